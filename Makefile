@@ -1,0 +1,36 @@
+# `make train` and `make test` set everything up (a local .venv) and run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: setup data train play test bench tensorboard clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+data: $(STAMP)           ## fetch the Shakespeare corpus into shakespeare/
+	$(PY) txt_utils.py fetch
+
+train: $(STAMP)          ## make train ARGS="--layers 2 --units 256"
+	$(PY) rnn_train.py $(ARGS)
+
+play: $(STAMP)           ## make play ARGS="--prime ROMEO: -n 500"
+	$(PY) rnn_play.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m unittest tests.py
+
+bench: $(STAMP)
+	$(PY) benchmark.py $(ARGS)
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir=log
+
+clean:                   ## removes the environment, not checkpoints or logs
+	rm -rf $(VENV) __pycache__
