@@ -1,0 +1,206 @@
+"""Speed and memory figures, printed; each measurement runs in its own process.
+
+    python3 benchmark.py                  # everything (about 5 minutes on 2 cores)
+    python3 benchmark.py text train       # some sections: text matmul train generate
+
+- text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
+- matmul:   the machine's fp32 matrix-multiply rate (best of numpy and TensorFlow).
+- train:    training chars/s of the real training step (Adam, clipping, carried
+            state) for (a) GRU 3x512, seq 30, batch 200 and (b) GRU 2x256, seq 64,
+            batch 64, as a fraction of the FLOP bound = matmul rate / (3 x forward
+            FLOPs per char), and the peak memory of that process.
+- generate: batch-1 generation chars/s of a GRU 3x512, and the time from
+            launching `rnn_play.py` to its first character, TensorFlow import included.
+
+Throughput on a shared 2-core machine is noisy: each figure is the median of
+several windows after a warm-up, and ratios are best compared within one run.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONFIGS = {  # name: (model kwargs, batch, seqlen)
+    "a": (dict(cell="gru", layers=3, units=512), 200, 30),
+    "b": (dict(cell="gru", layers=2, units=256), 64, 64),
+}
+VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def windows(fn, seconds, count):
+    """Run fn() repeatedly; return per-window rates (fn returns units done)."""
+    rates = []
+    for _ in range(count):
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            done += fn()
+        rates.append(done / (time.perf_counter() - start))
+    return rates
+
+
+# ---------------------------------------------------------------- children
+
+def child_text(args):
+    import numpy as np
+    import txt_utils
+    words = "".join(chr(c) for c in range(32, 127)) + "\n"
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list(words), 1 << 20)) * 100  # 100 MiB of ASCII
+    vocab = txt_utils.Vocabulary.from_text(words)
+    mb = len(text) / 1e6
+    enc = [mb / timed(lambda: vocab.encode(text)) for _ in range(3)]
+    codes = vocab.encode(text)
+    dec = [mb / timed(lambda: vocab.decode(codes)) for _ in range(3)]
+    return {"encode_mb_s": statistics.median(enc), "decode_mb_s": statistics.median(dec),
+            "peak_mb": peak_rss_mb()}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def child_matmul(args):
+    import numpy as np
+    import tensorflow as tf
+    n = 4096
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    flops = 2 * n ** 3
+    np_rate = max(flops / timed(lambda: a @ a) for _ in range(3))
+    ta = tf.constant(a)
+    tf_rate = max(flops / timed(lambda: tf.matmul(ta, ta).numpy()) for _ in range(3))
+    return {"numpy_gflops": np_rate / 1e9, "tf_gflops": tf_rate / 1e9}
+
+
+def child_train(args):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from model import CharRNN, ModelConfig, flops_per_char
+    from training import make_train_step
+    kwargs, batch, seqlen = CONFIGS[args.config]
+    config = ModelConfig(vocab_size=VOCAB, **kwargs)
+    model = CharRNN(config, implementation=args.implementation)
+    variables = list(model.named_variables().values())
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(variables)
+    states = [tf.Variable(s, trainable=False) for s in model.initial_states(batch)]
+    step = make_train_step(model, optimizer, variables, states, clip_norm=5.0)
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, VOCAB, (16, batch, seqlen + 1), dtype=np.int32)
+    i = iter(range(1 << 60))
+
+    def one_step():
+        d = data[next(i) % len(data)]
+        loss, _, _ = step(d[:, :-1], d[:, 1:])
+        float(loss)
+        return batch * seqlen
+
+    for _ in range(3):
+        one_step()  # trace and warm up
+    rates = windows(one_step, args.seconds, args.windows)
+    return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "train_flops_per_char": 3 * flops_per_char(config), "peak_mb": peak_rss_mb()}
+
+
+def child_generate(args):
+    import tensorflow as tf
+    import checkpoints as ckpts
+    from model import CharRNN, ModelConfig
+    from sampling import Generator, SamplingConfig
+    from txt_utils import Vocabulary
+    vocab = Vocabulary([chr(c) for c in range(32, 32 + VOCAB - 2)] + ["\n"])
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), **CONFIGS["a"][0]))
+    model(tf.zeros([1, 1], tf.int32))
+    # A run directory holding this (untrained) model, for the time-to-first-character test.
+    run = os.path.join(args.tmp, "bench")
+    os.makedirs(run, exist_ok=True)
+    ckpts.save_run_files(run, {"model": model.config.to_json(), "training": {}}, vocab, {"files": []})
+    tf.train.CheckpointManager(ckpts.weights_checkpoint(model), run, max_to_keep=1).save(checkpoint_number=0)
+    generator = Generator(model, vocab, SamplingConfig(seed=0))
+    start = time.perf_counter()
+    next(generator.stream(length=1))
+    compile_s = time.perf_counter() - start
+    stream = generator.stream(length=0)
+    rates = windows(lambda: next(stream).shape[1], args.seconds, args.windows)
+    return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates), "compile_s": compile_s}
+
+
+def first_char_seconds(checkpoint_dir):
+    """Wall time from launching rnn_play.py to reading its first character."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "rnn_play.py", "bench", "--checkpoint-dir", checkpoint_dir,
+                             "-n", "1000", "--seed", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdout.read(1)
+    elapsed = time.perf_counter() - start
+    proc.stdout.read()
+    proc.wait()
+    return elapsed
+
+
+# ---------------------------------------------------------------- parent
+
+def run_child(kind, **kw):
+    cmd = [sys.executable, __file__, "--child", kind] + [f"--{k}={v}" for k, v in kw.items()]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"benchmark child {kind} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sections", nargs="*", default=["text", "matmul", "train", "generate"])
+    p.add_argument("--seconds", type=float, default=10, help="length of each measuring window")
+    p.add_argument("--windows", type=int, default=5, help="windows per figure; the median is reported")
+    p.add_argument("--implementation", default="auto", help="model implementation for the training figures")
+    p.add_argument("--config", default="a")
+    p.add_argument("--tmp", default="")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(globals()[f"child_{args.child}"](args)))
+        return
+    timing = dict(seconds=args.seconds, windows=args.windows)
+    print(f"machine: {os.cpu_count()} CPUs; each figure the median of {args.windows} windows of {args.seconds:g} s")
+    if "text" in args.sections:
+        r = run_child("text")
+        print(f"text: encode {r['encode_mb_s']:,.0f} MB/s, decode {r['decode_mb_s']:,.0f} MB/s "
+              f"(100 MB ASCII, median of 3; peak {r['peak_mb']:,.0f} MB)")
+    matmul = None
+    if "matmul" in args.sections or "train" in args.sections:
+        m = run_child("matmul")
+        matmul = max(m["numpy_gflops"], m["tf_gflops"])
+        print(f"matmul: fp32 4096^3 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s")
+    if "train" in args.sections:
+        for name, (kwargs, batch, seqlen) in CONFIGS.items():
+            r = run_child("train", config=name, implementation=args.implementation, **timing)
+            bound = matmul * 1e9 / r["train_flops_per_char"]
+            print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
+                  f"batch {batch}: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, max {r['max']:,.0f}); "
+                  f"FLOP bound {bound:,.0f} chars/s; fraction {r['chars_s'] / bound:.2f}; "
+                  f"peak memory {r['peak_mb']:,.0f} MB")
+    if "generate" in args.sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_child("generate", tmp=tmp, **timing)
+            first = statistics.median(first_char_seconds(tmp) for _ in range(3))
+        print(f"generate: GRU 3x512, batch 1: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
+              f"max {r['max']:,.0f}; compile {r['compile_s']:.1f} s); time to first character of "
+              f"`rnn_play.py` incl. TensorFlow import: {first:.2f} s (median of 3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Generate text from a trained checkpoint.
+
+    python3 rnn_play.py                         # 1000 characters from the newest checkpoint
+    python3 rnn_play.py RUN -n 0                # stream until Ctrl-C
+    python3 rnn_play.py RUN --prime "ROMEO:" --temperature 0.7 --seed 1
+    python3 rnn_play.py checkpoints/RUN/best/ckpt-1500 --samples 4
+
+The model is rebuilt from the run's saved configuration and vocabulary, so no
+flag has to match what was trained. Exit codes: 0 done, 2 bad input.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
+
+import checkpoints as ckpts  # noqa: E402  (after the environment is set)
+from sampling import Generator, SamplingConfig  # noqa: E402
+from txt_utils import UserError  # noqa: E402
+
+FLUSH_SECONDS = 0.05
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description="Generate text from a trained character model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="run name, run directory or checkpoint prefix (default: the newest checkpoint)")
+    p.add_argument("-n", "--length", type=int, default=1000,
+                   help="characters to generate after the prime; 0 streams until Ctrl-C")
+    p.add_argument("--prime", default="", help="text to warm the state up on; echoed first")
+    p.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 file")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="below 1 plays safe, above 1 takes risks; 1 samples the model as trained")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="sample only among the K most likely characters (the original project's topn)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="sample only among the most likely characters whose probability adds up to P")
+    p.add_argument("--argmax", action="store_true", help="always take the most likely character (greedy)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="same seed and checkpoint give the same text in every run (default: random)")
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="generate N independent samples as one batch, printed one after the other")
+    p.add_argument("--checkpoint-dir", default="checkpoints", help="where to look for runs")
+    return p
+
+
+def read_prime(args):
+    if args.prime_file is None:
+        return args.prime
+    try:
+        with open(args.prime_file, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"--prime-file {args.prime_file}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"--prime-file {args.prime_file} is not UTF-8 (byte {e.start}); "
+                        f"convert it, e.g. with iconv") from None
+
+
+def play(args):
+    if args.length < 0:
+        raise UserError(f"--length must be >= 0 (got {args.length})")
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1 (got {args.samples})")
+    if args.samples > 1 and args.length == 0:
+        raise UserError("--samples N needs a finite --length: samples are printed one after the other")
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.argmax, seed).check()
+    prime = read_prime(args)
+    model, vocab, run_dir, prefix = ckpts.load_for_generation(args.checkpoint, args.checkpoint_dir)
+    print(f"generating from {prefix} (seed {seed})", file=sys.stderr)
+    unknown = vocab.unknown_chars(prime)
+    if unknown:
+        print(f"warning: the prime has characters this model never saw, read as unknown: "
+              f"{''.join(unknown)!r}", file=sys.stderr)
+    generator = Generator(model, vocab, sampling)
+    if args.samples == 1:
+        write(prime)
+        last_flush = time.monotonic()
+        for ids in generator.stream(prime, args.length):
+            text = vocab.decode(ids[0])
+            sys.stdout.write(text)
+            if "\n" in text or time.monotonic() - last_flush > FLUSH_SECONDS:
+                sys.stdout.flush()
+                last_flush = time.monotonic()
+        write("\n")
+    else:
+        rows = [[] for _ in range(args.samples)]
+        for ids in generator.stream(prime, args.length, samples=args.samples):
+            for row, r in zip(rows, ids):
+                row.append(vocab.decode(r))
+        for i, row in enumerate(rows):
+            write(f"--- sample {i + 1} ---\n{prime}{''.join(row)}\n")
+    return 0
+
+
+def write(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):  # never crash on a console that cannot show a character
+        stream.reconfigure(errors="replace")
+    args = make_parser().parse_args(argv)
+    try:
+        return play(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        write("\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): point stdout at devnull so the final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

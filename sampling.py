@@ -1,0 +1,124 @@
+"""Sampling: turn logits into characters, and a compiled generation loop.
+
+Generation runs many characters inside one XLA-compiled loop (a Python call
+per character is about 10x slower) and hands them back in chunks, carrying the
+RNN state between chunks, so text streams out without costing speed.
+
+Randomness is stateless: the draw for position t uses the seed (S, t), so the
+same checkpoint, seed and settings give the same text in every process, for
+every chunk size.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from txt_utils import UserError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # <1 sharpens the distribution, >1 flattens it
+    top_k: int | None = None  # keep the k most likely characters (None = all); the original's topn
+    top_p: float = 1.0        # keep the smallest set whose probability reaches p (nucleus)
+    argmax: bool = False      # always take the most likely character
+    seed: int = 0
+
+    def check(self):
+        """Raise UserError naming the flag at fault."""
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be > 0 (got {self.temperature}); use --argmax for greedy text")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"--top-k must be >= 1 (got {self.top_k})")
+        return self
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=1.0, banned=None):
+    """Scale logits by 1/temperature and set those outside top-k / top-p to -inf.
+
+    logits: [B, V]. banned: index never to sample (the unknown symbol).
+    """
+    neg_inf = tf.constant(-np.inf, logits.dtype)
+    logits = logits / temperature
+    if banned is not None:
+        logits = tf.tensor_scatter_nd_update(
+            logits, tf.stack([tf.range(tf.shape(logits)[0]), tf.fill([tf.shape(logits)[0]], banned)], 1),
+            tf.fill([tf.shape(logits)[0]], neg_inf))
+    if top_k:
+        kth = tf.math.top_k(logits, k=min(top_k, logits.shape[-1])).values[:, -1:]  # [B, 1]
+        logits = tf.where(logits < kth, neg_inf, logits)
+    if top_p < 1.0:
+        sorted_logits = tf.sort(logits, direction="DESCENDING")  # [B, V]
+        probs = tf.nn.softmax(sorted_logits)
+        # A character is kept while the probability mass before it is < p: the top one always is.
+        mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
+        kept = tf.reduce_sum(tf.cast(mass_before < top_p, tf.int32), axis=-1, keepdims=True)  # [B, 1]
+        threshold = tf.gather(sorted_logits, kept - 1, batch_dims=1)  # [B, 1]
+        logits = tf.where(logits < threshold, neg_inf, logits)
+    return logits
+
+
+def pick(logits, config: SamplingConfig, seed, banned=None):
+    """Choose one id per row of logits [B, V] -> [B] int32."""
+    if config.argmax:
+        if banned is not None:
+            logits = filter_logits(logits, banned=banned)
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    logits = filter_logits(logits, config.temperature, config.top_k, config.top_p, banned)
+    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits); unlike
+    # stateless_categorical it compiles under XLA. Filtered (-inf) logits are never drawn.
+    uniform = tf.random.stateless_uniform(tf.shape(logits), seed=seed, minval=1e-20, maxval=1.0)
+    return tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), axis=-1, output_type=tf.int32)
+
+
+class Generator:
+    """Generate text from a CharRNN, `chunk` characters per compiled call.
+
+    The same compiled loop warms the state up on a prime: while a prime lasts,
+    its next character is forced instead of sampled.
+    """
+
+    def __init__(self, model, vocab, config: SamplingConfig, chunk=256, jit=True):
+        self.model, self.vocab, self.config, self.chunk = model, vocab, config.check(), chunk
+        self._run = tf.function(self._chunk, jit_compile=jit, reduce_retracing=True)
+
+    def _chunk(self, states, token, forced, n_forced, position):
+        # states: list of [B, S]; token: [B] last input; forced: [B, L] prime chars, n_forced of them valid.
+        out = tf.TensorArray(tf.int32, size=self.chunk)
+        for i in tf.range(self.chunk):
+            logits, states = self.model(token[:, None], states, training=False)  # [B, 1, V]
+            seed = tf.stack([tf.cast(self.config.seed, tf.int64), position + tf.cast(i, tf.int64)])
+            sampled = pick(tf.cast(logits[:, 0], tf.float32), self.config, seed, banned=self.vocab.unk_index)
+            token = tf.where(i < n_forced, forced[:, tf.minimum(i, self.chunk - 1)], sampled)
+            out = out.write(i, token)
+        return tf.transpose(out.stack()), states, token  # [B, L]
+
+    def stream(self, prime="", length=1000, samples=1):
+        """Yield numpy arrays [samples, n] of generated ids, the prime excluded.
+
+        length 0 streams forever. The prime is encoded with the vocabulary
+        (unknown characters map to the unknown symbol); with no prime the state
+        starts from a newline, as if a new paragraph began.
+        """
+        ids = self.vocab.encode(prime or "\n").astype(np.int32)  # [P]
+        token = tf.fill([samples], int(ids[0]))
+        states = self.model.initial_states(samples)
+        pending = ids[1:]  # prime characters still to be forced
+        position, produced = 0, 0
+        while length == 0 or produced < length:
+            forced = np.zeros([self.chunk], np.int32)
+            n_forced = min(len(pending), self.chunk)
+            forced[:n_forced] = pending[:n_forced]
+            pending = pending[n_forced:]
+            out, states, token = self._run(states, token, tf.constant(np.tile(forced, (samples, 1))),
+                                           tf.constant(n_forced), tf.constant(position, tf.int64))
+            position += self.chunk
+            out = out.numpy()[:, n_forced:]
+            if length:
+                out = out[:, :length - produced]
+            produced += out.shape[1]
+            if out.shape[1]:
+                yield out

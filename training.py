@@ -1,0 +1,442 @@
+"""The training loop: truncated backpropagation through time, one compiled step per batch.
+
+    train(config, resume)            the whole job, called by rnn_train.py
+      prepare_run                    new run or resumed run; refuses mismatches
+      read the corpus                txt_utils.read_corpus
+      build model, Adam, checkpoint  model.CharRNN, checkpoints.training_checkpoint
+      loop over the sequencer        train_step; validate / sample / checkpoint on a schedule
+
+The RNN state is carried from batch to batch in tf.Variables (the sequencer's
+rows continue each other), and it is saved with the checkpoint, with the
+optimizer, the dropout seed generators and the sequencer position, so that a
+resumed run computes exactly what an uninterrupted one would have.
+"""
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+import checkpoints as ckpts
+import txt_utils
+from model import CharRNN, ModelConfig, flops_per_char
+from sampling import Generator, SamplingConfig
+from txt_utils import UserError
+
+DEFAULT_DATA = "shakespeare/*.txt"
+VAL_ROW_CHARS = 1024     # validation rows are at least this long, read from a zero state
+SAMPLE_CHARS = 300
+
+
+@dataclass
+class TrainConfig:
+    data: list = field(default_factory=lambda: [DEFAULT_DATA])
+    validation: str = "files"
+    max_vocab: int = 0
+    cell: str = "gru"
+    layers: int = 3
+    units: int = 512
+    embedding: int = 0
+    dropout: float = 0.2
+    seqlen: int = 30
+    batch_size: int = 200
+    lr: float = 0.001
+    clip_norm: float = 5.0
+    epochs: int = 10
+    max_steps: int = 0
+    seed: int = 0
+    run: str = ""
+    checkpoint_dir: str = "checkpoints"
+    log_dir: str = "log"
+    val_every: int = 50
+    sample_every: int = 150
+    checkpoint_every: int = 500
+    log_every: int = 10
+    keep: int = 5
+    max_nonfinite: int = 10
+    allow_corpus_change: bool = False
+    implementation: str = "auto"
+
+    def model_config(self, vocab_size):
+        return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
+                           embedding=self.embedding, dropout=self.dropout, seed=self.seed)
+
+
+# A resumed run must keep these: they define the model, the text and the batches.
+FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
+                   "max_vocab", "validation")
+# These belong to the process, not the run: never taken from the saved config.
+PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation")
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+# ---------------------------------------------------------------- the run
+
+def prepare_run(cfg, resume, explicit):
+    """Return (run_dir, log_dir, effective config, resuming).
+
+    resume: None for a new run, "" for the newest run, or a run name/directory.
+    explicit: the config fields given on the command line, which may override
+    a resumed run's saved configuration where that is safe.
+    """
+    root = Path(cfg.checkpoint_dir)
+    if resume is None:
+        name = cfg.run or f"{cfg.cell}{cfg.layers}x{cfg.units}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir, log_dir = root / name, Path(cfg.log_dir) / name
+        # A directory that holds checkpoints or logs belongs to another run; one left with
+        # only its JSON files by a run that failed before training may be reused.
+        taken = [d for d in (run_dir, log_dir)
+                 if d.exists() and any(p.name.startswith(("ckpt-", "checkpoint", "events.")) or p.is_dir()
+                                       for p in d.iterdir())]
+        if taken:
+            raise UserError(f"{taken[0]} already exists; continue it with `--resume {name}` "
+                            f"or choose another --run")
+        return run_dir, log_dir, cfg, False
+    if resume == "":
+        run_dir = ckpts.newest_run(root)
+        if run_dir is None:
+            raise UserError(f"--resume: no run with a checkpoint under {root}/; start one without --resume")
+    else:
+        run_dir = Path(resume) if ckpts.is_run(resume) else root / resume
+        if not ckpts.is_run(run_dir):
+            raise UserError(f"--resume {resume}: no run {run_dir} (runs are listed in {root}/)")
+    saved = ckpts.read_json(Path(run_dir) / ckpts.CONFIG).get("training")
+    if not isinstance(saved, dict):
+        raise UserError(f"{Path(run_dir) / ckpts.CONFIG} has no training section")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = TrainConfig(**{k: v for k, v in saved.items() if k in known and k not in PER_PROCESS})
+    for name in explicit:
+        new, old = getattr(cfg, name), getattr(merged, name)
+        if name in FIXED_ON_RESUME and new != old:
+            raise UserError(f"{flag(name)} {new} differs from run {run_dir.name}'s {old}; "
+                            f"drop the flag to resume, or start a new run")
+        if name == "data" and new != old and not cfg.allow_corpus_change:
+            raise UserError(f"--data {' '.join(new)} differs from run {run_dir.name}'s {' '.join(old)}; "
+                            f"pass --allow-corpus-change to train on new text")
+    for name in explicit:
+        setattr(merged, name, getattr(cfg, name))
+    for name in PER_PROCESS:
+        setattr(merged, name, getattr(cfg, name))
+    merged.run = run_dir.name
+    return Path(run_dir), Path(cfg.log_dir) / run_dir.name, merged, True
+
+
+def check_writable(*dirs):
+    """Fail before any training if a directory cannot be written."""
+    for d in dirs:
+        probe = Path(d) / ".write-test"
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to {d} ({e.strerror}); choose another "
+                            f"{'--log-dir' if 'log' in str(d) else '--checkpoint-dir'}") from None
+
+
+def corpus_manifest(cfg, corpus):
+    return {"data": cfg.data, "validation": cfg.validation,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in corpus.files]}
+
+
+def check_same_corpus(saved, current, allow, run_dir):
+    """Refuse to resume on different text, naming the first file that differs."""
+    old = {f["path"]: f for f in saved["files"]}
+    new = {f["path"]: f for f in current["files"]}
+    for path in sorted(old.keys() | new.keys()):
+        if old.get(path) != new.get(path):
+            what = ("is new" if path not in old else "is gone" if path not in new else "has changed")
+            if allow:
+                print(f"warning: corpus file {path} {what} since run {run_dir.name} started", file=sys.stderr)
+                continue
+            raise UserError(f"corpus file {path} {what} since run {run_dir.name} started "
+                            f"(see {run_dir / ckpts.CORPUS}); pass --allow-corpus-change to continue on it")
+
+
+def read_corpus(cfg, vocab=None):
+    if cfg.data == [DEFAULT_DATA]:
+        txt_utils.ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
+    return txt_utils.read_corpus(cfg.data, vocab=vocab, max_vocab=cfg.max_vocab or None,
+                                 validation=cfg.validation)
+
+
+# ---------------------------------------------------------------- compiled steps
+
+def make_train_step(model, optimizer, variables, states, clip_norm):
+    """One compiled training step on a batch; the carried state lives in `states`.
+
+    A step whose loss or gradient is not finite changes nothing: no weight, no
+    optimizer slot, no state. It returns (loss, accuracy, finite).
+    """
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y):  # x, y: [B, T] int
+        with tf.GradientTape() as tape:
+            logits, new_states = model(x, [s.value() for s in states], training=True)  # [B, T, V]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, variables)
+        grads, norm = tf.clip_by_global_norm(grads, clip_norm)
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+
+        def apply():
+            optimizer.apply(grads, variables)
+            for s, new in zip(states, new_states):
+                s.assign(new)
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
+        return loss, accuracy, finite
+
+    return train_step
+
+
+def make_validate(model, seqlen):
+    """Return validate(codes) -> (loss in nats/char, accuracy) on held-out text.
+
+    The text is cut into a few long rows, each read from a zero state with the
+    state carried from chunk to chunk: the model is judged the way it generates,
+    not on independent short windows that each start cold.
+    """
+    @tf.function(reduce_retracing=True)
+    def eval_chunk(x, y, states):
+        logits, states = model(x, states, training=False)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)  # [R, T]
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
+        return tf.reduce_sum(ce), tf.reduce_sum(correct), states
+
+    def validate(codes):
+        n = len(codes) - 1
+        rows = max(1, min(64, n // VAL_ROW_CHARS))
+        row_len = n // rows // seqlen * seqlen
+        if row_len == 0:
+            return None
+        x = codes[:rows * row_len].reshape(rows, row_len).astype(np.int32)     # [R, L]
+        y = codes[1:rows * row_len + 1].reshape(rows, row_len).astype(np.int32)
+        states = model.initial_states(rows)
+        total_ce, total_correct = 0.0, 0.0
+        for t in range(0, row_len, seqlen):
+            ce, correct, states = eval_chunk(x[:, t:t + seqlen], y[:, t:t + seqlen], states)
+            total_ce += float(ce)
+            total_correct += float(correct)
+        return total_ce / x.size, total_correct / x.size
+
+    return validate
+
+
+# ---------------------------------------------------------------- the job
+
+class Interrupt:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so the current
+    step completes and a checkpoint is written before the process exits."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train(cfg: TrainConfig, resume=None, explicit=()):
+    """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal."""
+    run_dir, log_dir, cfg, resuming = prepare_run(cfg, resume, explicit)
+    check_writable(cfg.checkpoint_dir, cfg.log_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ckpts.RunLock(run_dir):
+        check_writable(run_dir, log_dir)
+        return _train(cfg, run_dir, log_dir, resuming)
+
+
+def _train(cfg, run_dir, log_dir, resuming):
+    if resuming:
+        saved_config, vocab, saved_manifest = ckpts.load_run_files(run_dir)
+        corpus = read_corpus(cfg, vocab=vocab)
+        check_same_corpus(saved_manifest, corpus_manifest(cfg, corpus), cfg.allow_corpus_change, run_dir)
+        prefix = ckpts.latest_checkpoint(run_dir)
+        if prefix is None:
+            raise UserError(f"{run_dir} holds no checkpoint to resume from; start a new run instead")
+    else:
+        corpus = read_corpus(cfg)
+        vocab, prefix = corpus.vocab, None
+    train_codes, valid_codes = corpus.train, corpus.valid
+    nb_batches = txt_utils.batches_per_epoch(len(train_codes), cfg.batch_size, cfg.seqlen)
+    total_steps = cfg.max_steps or cfg.epochs * nb_batches
+    nb_epochs = math.ceil(total_steps / nb_batches)
+
+    mconf = cfg.model_config(len(vocab))
+    keras.utils.set_random_seed(cfg.seed)
+    model = CharRNN(mconf, implementation=cfg.implementation)
+    model(tf.zeros([1, 1], tf.int32))  # build every variable before restoring
+    named = model.named_variables()
+    variables = list(named.values())
+    optimizer = keras.optimizers.Adam(cfg.lr)
+    optimizer.build(variables)
+    states = [tf.Variable(s, trainable=False) for s in model.initial_states(cfg.batch_size)]
+    progress = {name: tf.Variable(0, dtype=tf.int64) for name in ("step", "epoch", "batch", "nonfinite")}
+    progress["best_val_loss"] = tf.Variable(np.inf, dtype=tf.float64)
+    checkpoint = ckpts.training_checkpoint(model, optimizer, progress, states)
+    manager = tf.train.CheckpointManager(checkpoint, str(run_dir), max_to_keep=cfg.keep)
+    best_manager = tf.train.CheckpointManager(checkpoint, str(run_dir / ckpts.BEST), max_to_keep=1)
+
+    config_json = {"model": mconf.to_json(), "training": dataclasses.asdict(cfg)}
+    if resuming:
+        ckpts.restore(checkpoint, prefix, what="run")
+        optimizer.learning_rate.assign(cfg.lr)  # a new --lr applies from here on
+        print(f"resuming {run_dir} from {Path(prefix).name} (step {int(progress['step'])})", file=sys.stderr)
+    else:
+        print(f"new run {run_dir}: {len(train_codes):,} training and {len(valid_codes):,} validation chars "
+              f"from {len(corpus.files)} files, vocabulary {len(vocab)}", file=sys.stderr)
+    ckpts.save_run_files(run_dir, config_json, vocab, corpus_manifest(cfg, corpus))
+
+    train_step = make_train_step(model, optimizer, variables, states, cfg.clip_norm)
+    validate = make_validate(model, cfg.seqlen)
+    generator = Generator(model, vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
+    train_writer = tf.summary.create_file_writer(str(log_dir / "train"))
+    valid_writer = tf.summary.create_file_writer(str(log_dir / "validation"))
+    with train_writer.as_default(step=int(progress["step"])):
+        tf.summary.text("config", config_markdown(config_json, corpus))
+
+    def save(manager_):
+        for name, v in list(named.items()) + [(f"state {i}", s) for i, s in enumerate(states)]:
+            if not np.all(np.isfinite(v.numpy())):
+                raise UserError(f"refusing to write a checkpoint: {name} is not finite")
+        return manager_.save(checkpoint_number=int(progress["step"]))
+
+    def run_validation(step):
+        result = validate(valid_codes) if len(valid_codes) else None
+        if result is None:
+            return
+        loss, accuracy = result
+        with valid_writer.as_default(step=step):
+            write_metrics(loss, accuracy)
+        best = loss < float(progress["best_val_loss"])
+        if best:
+            progress["best_val_loss"].assign(loss)
+            save(best_manager)
+        tqdm.write(f"step {step:>7}  validation: loss {loss:.4f} nats, {loss / math.log(2):.4f} bits/char, "
+                   f"accuracy {accuracy:.2%}{'  (best)' if best else ''}")
+
+    def show_sample(step):
+        ids = next(generator.stream(length=SAMPLE_CHARS))[0]
+        text = vocab.decode(ids)
+        tqdm.write(f"--- sample at step {step} ---\n{text}\n---")
+        with train_writer.as_default(step=step):
+            tf.summary.text("sample", "```\n" + text + "\n```")
+
+    step = int(progress["step"])
+    epoch, batch = divmod(step, nb_batches)
+    flops = 3 * flops_per_char(mconf)
+    chars_per_step = cfg.batch_size * cfg.seqlen
+    nonfinite_in_a_row = 0
+    window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t": time.perf_counter(), "chars": 0}
+    started, start_step = time.perf_counter(), step
+    bar = None
+    exit_code = 0
+    sequencer = txt_utils.rnn_minibatch_sequencer(train_codes, cfg.batch_size, cfg.seqlen, nb_epochs,
+                                                  start_epoch=epoch, start_batch=batch)
+    with Interrupt() as interrupt:
+        for x, y, epoch in sequencer:
+            if step >= total_steps or interrupt.signum is not None:
+                break
+            batch = step % nb_batches
+            if bar is None or batch == 0:
+                if bar is not None:
+                    bar.close()
+                bar = tqdm(total=nb_batches, initial=batch, desc=f"epoch {epoch + 1}/{nb_epochs}",
+                           unit="batch", file=sys.stderr, dynamic_ncols=True, disable=None, leave=False)
+            loss, accuracy, finite = train_step(x.astype(np.int32), y.astype(np.int32))
+            step += 1
+            progress["step"].assign(step)
+            progress["epoch"].assign(step // nb_batches)
+            progress["batch"].assign(step % nb_batches)
+            if not bool(finite):
+                nonfinite_in_a_row += 1
+                progress["nonfinite"].assign_add(1)
+                tqdm.write(f"step {step}: non-finite loss or gradient, step skipped "
+                           f"({nonfinite_in_a_row} in a row)")
+                if nonfinite_in_a_row >= cfg.max_nonfinite:
+                    last = manager.latest_checkpoint or "none was written"
+                    raise UserError(f"training diverged: {nonfinite_in_a_row} non-finite steps in a row at "
+                                    f"step {step}; the last good checkpoint is {last}; lower --lr or "
+                                    f"--clip-norm and --resume")
+            else:
+                nonfinite_in_a_row = 0
+                window["loss"] += float(loss)
+                window["accuracy"] += float(accuracy)
+                window["n"] += 1
+            window["chars"] += chars_per_step
+            bar.update(1)
+            if step % cfg.log_every == 0 and window["n"]:
+                now = time.perf_counter()
+                speed = window["chars"] / (now - window["t"])
+                left = (total_steps - step) * chars_per_step / speed
+                mean_loss = window["loss"] / window["n"]
+                bar.set_postfix_str(f"loss {mean_loss:.3f}, {speed:,.0f} chars/s, run left {format_duration(left)}",
+                                    refresh=False)
+                with train_writer.as_default(step=step):
+                    write_metrics(mean_loss, window["accuracy"] / window["n"])
+                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+                    tf.summary.scalar("chars_per_s", speed)
+                    tf.summary.scalar("flop_rate_gflops", speed * flops / 1e9)
+                window.update(loss=0.0, accuracy=0.0, n=0, t=now, chars=0)
+            if step % cfg.val_every == 0:
+                run_validation(step)
+            if step % cfg.sample_every == 0:
+                show_sample(step)
+            if step % cfg.checkpoint_every == 0:
+                save(manager)
+        if bar is not None:
+            bar.close()
+        if interrupt.signum is not None:
+            exit_code = 128 + interrupt.signum
+            print(f"\ninterrupted by signal {interrupt.signum} at step {step}", file=sys.stderr)
+        elif step % cfg.val_every and step > start_step:
+            run_validation(step)
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+            path = save(manager)
+            print(f"saved {path}", file=sys.stderr)
+    train_writer.flush()
+    valid_writer.flush()
+    if step > start_step and exit_code == 0:
+        elapsed = time.perf_counter() - started
+        print(f"done: step {step} of {total_steps} in {format_duration(elapsed)}; "
+              f"generate text with `python3 rnn_play.py {run_dir.name}`", file=sys.stderr)
+    return exit_code
+
+
+def write_metrics(loss, accuracy):
+    tf.summary.scalar("loss", loss)
+    tf.summary.scalar("bits_per_char", loss / math.log(2))
+    tf.summary.scalar("accuracy", accuracy)
+
+
+def config_markdown(config_json, corpus):
+    rows = [f"| {section}.{k} | {v} |" for section, values in config_json.items() for k, v in values.items()]
+    rows.append(f"| corpus | {len(corpus.files)} files, {len(corpus.codes):,} chars |")
+    return "| setting | value |\n|---|---|\n" + "\n".join(rows)
