@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children import TensorFlow through tf_setup
 
 CONFIGS = {  # name: (model kwargs, batch, seqlen)
     "a": (dict(cell="gru", layers=3, units=512), 200, 30),

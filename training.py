@@ -299,7 +299,8 @@ def _train(cfg, run_dir, log_dir, resuming):
     optimizer.build(variables)
     states = [tf.Variable(s, trainable=False) for s in model.initial_states(cfg.batch_size)]
     progress = {name: tf.Variable(0, dtype=tf.int64) for name in ("step", "epoch", "batch", "nonfinite")}
-    progress["best_val_loss"] = tf.Variable(np.inf, dtype=tf.float64)
+    # "No validation yet" is the largest float, not inf: no checkpoint holds NaN or Inf.
+    progress["best_val_loss"] = tf.Variable(np.finfo(np.float64).max, dtype=tf.float64)
     checkpoint = ckpts.training_checkpoint(model, optimizer, progress, states)
     manager = tf.train.CheckpointManager(checkpoint, str(run_dir), max_to_keep=cfg.keep)
     best_manager = tf.train.CheckpointManager(checkpoint, str(run_dir / ckpts.BEST), max_to_keep=1)
@@ -323,9 +324,17 @@ def _train(cfg, run_dir, log_dir, resuming):
         tf.summary.text("config", config_markdown(config_json, corpus))
 
     def save(manager_):
+        """Write a checkpoint unless some value is not finite: no checkpoint ever holds NaN or Inf.
+
+        During a run of skipped (non-finite) steps nothing is written either, so the
+        newest checkpoint stays the last one known to train well."""
+        if nonfinite_in_a_row:
+            return None
         for name, v in list(named.items()) + [(f"state {i}", s) for i, s in enumerate(states)]:
             if not np.all(np.isfinite(v.numpy())):
-                raise UserError(f"refusing to write a checkpoint: {name} is not finite")
+                tqdm.write(f"step {int(progress['step'])}: {name} is not finite; checkpoint not written, "
+                           f"the last good one is kept")
+                return None
         return manager_.save(checkpoint_number=int(progress["step"]))
 
     def run_validation(step):
@@ -420,7 +429,8 @@ def _train(cfg, run_dir, log_dir, resuming):
             run_validation(step)
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
             path = save(manager)
-            print(f"saved {path}", file=sys.stderr)
+            if path:
+                print(f"saved {path}", file=sys.stderr)
     train_writer.flush()
     valid_writer.flush()
     if step > start_step and exit_code == 0:
