@@ -85,7 +85,8 @@ def play(args):
             if "\n" in text or time.monotonic() - last_flush > FLUSH_SECONDS:
                 sys.stdout.flush()
                 last_flush = time.monotonic()
-        write("\n")
+        if sys.stdout.isatty():  # end the line for the shell prompt; a pipe gets exactly -n characters
+            write("\n")
     else:
         rows = [[] for _ in range(args.samples)]
         for ids in generator.stream(prime, args.length, samples=args.samples):
@@ -103,7 +104,8 @@ def write(text):
 
 def main(argv=None):
     for stream in (sys.stdout, sys.stderr):  # never crash on a console that cannot show a character
-        stream.reconfigure(errors="replace")
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     args = make_parser().parse_args(argv)
     try:
         return play(args)

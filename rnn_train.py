@@ -103,7 +103,8 @@ def check_values(cfg):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     for stream in (sys.stdout, sys.stderr):  # never crash on a console that cannot show a character
-        stream.reconfigure(errors="replace")
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     parser = make_parser()
     args = parser.parse_args(argv)
     # Which flags were given: argparse leaves an attribute alone when the namespace already has it.

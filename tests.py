@@ -727,3 +727,149 @@ class TestSignals(unittest.TestCase):
 def dataclasses_replace(obj, **changes):
     import dataclasses
     return dataclasses.replace(obj, **changes)
+
+
+class TestSampler(unittest.TestCase):
+    """Sampling rules on hand-built logits, where the right answer is known."""
+
+    LOGITS = tf.constant([[1.0, 3.0, 2.0, 0.5], [4.0, 0.0, 1.0, 3.9]])
+
+    def draw(self, config, n=200):
+        return np.stack([pick(self.LOGITS, config, tf.constant([7, i], tf.int64)).numpy() for i in range(n)])
+
+    def test_top_k_1_is_argmax(self):
+        self.assertTrue(np.all(self.draw(SamplingConfig(top_k=1)) == [1, 0]))
+        self.assertEqual(pick(self.LOGITS, SamplingConfig(argmax=True), None).numpy().tolist(), [1, 0])
+
+    def test_top_k_keeps_k(self):
+        drawn = self.draw(SamplingConfig(top_k=2))
+        self.assertEqual(set(drawn[:, 0]), {1, 2})
+        self.assertEqual(set(drawn[:, 1]), {0, 3})
+
+    def test_tiny_top_p_keeps_only_the_top(self):
+        self.assertTrue(np.all(self.draw(SamplingConfig(top_p=1e-6)) == [1, 0]))
+        kept = np.isfinite(filter_logits(self.LOGITS, top_p=0.7).numpy())
+        # row 0: p = .61, .22, .11, .05 -> the top two reach 0.7
+        self.assertEqual(kept[0].tolist(), [False, True, True, False])
+
+    def test_temperature_sharpens_and_flattens(self):
+        def top_probability(t):
+            return float(tf.reduce_max(tf.nn.softmax(filter_logits(self.LOGITS, temperature=t))[0]))
+        self.assertGreater(top_probability(0.5), top_probability(1.0))
+        self.assertGreater(top_probability(1.0), top_probability(2.0))
+        self.assertAlmostEqual(top_probability(1e-3), 1.0, places=5)
+        counts = np.bincount(self.draw(SamplingConfig(temperature=100.0), n=400)[:, 0], minlength=4)
+        self.assertTrue(np.all(counts > 60), counts)  # nearly uniform
+
+    def test_banned_unknown_is_never_drawn(self):
+        drawn = self.draw(SamplingConfig(temperature=5.0), n=100)
+        self.assertIn(1, drawn[:, 0])
+        banned = np.stack([pick(self.LOGITS, SamplingConfig(), tf.constant([1, i], tf.int64), banned=1).numpy()
+                           for i in range(100)])
+        self.assertNotIn(1, banned[:, 0])
+
+    def test_bad_settings_name_the_flag(self):
+        for config, flag_name in ((SamplingConfig(temperature=0), "--temperature"),
+                                  (SamplingConfig(top_p=0), "--top-p"), (SamplingConfig(top_p=1.5), "--top-p"),
+                                  (SamplingConfig(top_k=0), "--top-k")):
+            with self.assertRaisesRegex(UserError, flag_name):
+                config.check()
+
+
+def play(*argv):
+    """Run rnn_play in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = rnn_play.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+class TestPlay(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp_holder = tempfile.TemporaryDirectory()
+        cls.tmp = cls.tmp_holder.name
+        quiet_train(tiny(cls.tmp, run="first", max_steps=10))
+        time.sleep(0.05)
+        quiet_train(tiny(cls.tmp, run="second", max_steps=30))
+        cls.ck = os.path.join(cls.tmp, "ck")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp_holder.cleanup()
+
+    def test_length_is_exact_and_the_newest_checkpoint_is_the_default(self):
+        code, out, err = play("--checkpoint-dir", self.ck, "-n", "300", "--seed", "1")
+        self.assertEqual(code, 0)
+        self.assertEqual(len(out), 300)
+        self.assertIn(os.path.join("second", "ckpt-30"), err)
+
+    def test_same_seed_same_text_across_processes(self):
+        args = ["first", "--checkpoint-dir", self.ck, "-n", "400", "--seed", "5", "--temperature", "1.5"]
+        _, here, _ = play(*args)
+        other = subprocess.run([sys.executable, "rnn_play.py", *args], capture_output=True, text=True, timeout=120)
+        self.assertEqual(other.returncode, 0, other.stderr)
+        self.assertEqual(other.stdout, here)
+        _, different, _ = play(*args[:-3], "6", "--temperature", "1.5")
+        self.assertNotEqual(different, here)
+
+    def test_choosing_a_checkpoint(self):
+        run_dir = os.path.join(self.ck, "first")
+        for spec, expected in (("first", "first/ckpt-10"), (run_dir, "first/ckpt-10"),
+                               (os.path.join(self.ck, "second", "ckpt-20"), "second/ckpt-20"),
+                               (os.path.join(self.ck, "second", "best"), "second/best/ckpt-")):
+            with self.subTest(spec=spec):
+                code, out, err = play(spec, "--checkpoint-dir", self.ck, "-n", "20", "--seed", "1")
+                self.assertEqual(code, 0, err)
+                self.assertIn(expected, err)
+                self.assertEqual(len(out), 20)
+
+    def test_prime_is_echoed_and_unknown_characters_are_named(self):
+        code, out, err = play("second", "--checkpoint-dir", self.ck, "-n", "50", "--prime", "the Zéat",
+                              "--seed", "2")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.startswith("the Zéat"))
+        self.assertEqual(len(out), len("the Zéat") + 50)
+        self.assertRegex(err, r"warning: .*'Zé'")
+
+    def test_prime_file(self):
+        path = os.path.join(self.tmp, "prime.txt")
+        write(path, "the dog ")
+        code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "10", "--prime-file", path)
+        self.assertEqual((code, out[:8], len(out)), (0, "the dog ", 18))
+
+    def test_samples_are_independent(self):
+        code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "80", "--samples", "3",
+                            "--seed", "3", "--temperature", "2")
+        self.assertEqual(code, 0)
+        samples = out.split("--- sample ")[1:]
+        self.assertEqual(len(samples), 3)
+        self.assertEqual(len(set(samples[i].split("\n", 1)[1] for i in range(3))), 3)
+
+    def test_errors_exit_2_with_one_line(self):
+        empty = os.path.join(self.tmp, "empty")
+        os.makedirs(empty, exist_ok=True)
+        not_a_checkpoint = os.path.join(self.tmp, "corpus", "part0.txt")
+        cases = [(["--checkpoint-dir", empty], "no checkpoint found.*rnn_train.py"),
+                 ([not_a_checkpoint, "--checkpoint-dir", self.ck], ".*part0.txt is not a run name"),
+                 (["--checkpoint-dir", self.ck, "--temperature", "0"], "--temperature must be > 0"),
+                 (["--checkpoint-dir", self.ck, "--top-p", "0"], "--top-p"),
+                 (["--checkpoint-dir", self.ck, "--top-p", "1.5"], "--top-p"),
+                 (["--checkpoint-dir", self.ck, "--top-k", "0"], "--top-k must be >= 1")]
+        for argv, message in cases:
+            with self.subTest(argv=argv):
+                code, out, err = play(*argv)
+                self.assertEqual(code, 2)
+                self.assertRegex(err, "^error: " + message)
+                self.assertEqual(err.count("\n"), 1)
+
+    def test_streaming_into_head_ends_cleanly(self):
+        proc = subprocess.Popen([sys.executable, "rnn_play.py", "second", "--checkpoint-dir", self.ck, "-n", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = proc.stdout.read(2000)  # arrives while generation goes on: it streams
+        proc.stdout.close()  # what `head` does once it has enough
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=60)
+        self.assertEqual(len(first), 2000)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertNotIn("Traceback", err)
