@@ -172,6 +172,7 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        import tf_setup  # noqa: F401  (TensorFlow without its start-up chatter)
         print(json.dumps(globals()[f"child_{args.child}"](args)))
         return
     timing = dict(seconds=args.seconds, windows=args.windows)
