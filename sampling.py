@@ -83,17 +83,22 @@ class Generator:
 
     def __init__(self, model, vocab, config: SamplingConfig, chunk=256, jit=True):
         self.model, self.vocab, self.config, self.chunk = model, vocab, config.check(), chunk
-        self._run = tf.function(self._chunk, jit_compile=jit, reduce_retracing=True)
+        self._run = tf.function(self._chunk, jit_compile=jit, reduce_retracing=True, autograph=False)
 
     def _chunk(self, states, token, forced, n_forced, position):
         # states: list of [B, S]; token: [B] last input; forced: [B, L] prime chars, n_forced of them valid.
-        out = tf.TensorArray(tf.int32, size=self.chunk)
-        for i in tf.range(self.chunk):
+        # An explicit tf.while_loop, traced without autograph: converting the model's code
+        # with autograph would add about a second before the first character.
+        def body(i, token, states, out):
             logits, states = self.model(token[:, None], states, training=False)  # [B, 1, V]
             seed = tf.stack([tf.cast(self.config.seed, tf.int64), position + tf.cast(i, tf.int64)])
             sampled = pick(tf.cast(logits[:, 0], tf.float32), self.config, seed, banned=self.vocab.unk_index)
             token = tf.where(i < n_forced, forced[:, tf.minimum(i, self.chunk - 1)], sampled)
-            out = out.write(i, token)
+            return i + 1, token, states, out.write(i, token)
+
+        out = tf.TensorArray(tf.int32, size=self.chunk)
+        _, token, states, out = tf.while_loop(lambda i, *_: i < self.chunk, body,
+                                              (tf.constant(0), token, states, out))
         return tf.transpose(out.stack()), states, token  # [B, L]
 
     def stream(self, prime="", length=1000, samples=1):
