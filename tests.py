@@ -448,9 +448,6 @@ class TestFetchShakespeare(unittest.TestCase):
         self.assertEqual(stderr.getvalue().count("\n"), 1)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 # ---------------------------------------------------------------- training, checkpoints, generation
 
@@ -468,8 +465,204 @@ import rnn_play  # noqa: E402
 import training  # noqa: E402
 from sampling import SamplingConfig, filter_logits, pick  # noqa: E402
 from training import TrainConfig  # noqa: E402
+from model import CharRNN, ModelConfig, flops_per_char  # noqa: E402
+import keras  # noqa: E402
 
 LINES = ["the cat sat on the mat.\n", "a dog ran to the log.\n", "my hat is on the cat.\n"]
+
+
+# ---------------------------------------------------------------- the model
+
+V = 11  # vocabulary of the tiny model tests
+
+
+def tiny_model_config(**overrides):
+    return ModelConfig(**{"vocab_size": V, "layers": 2, "units": 8, "dropout": 0.0, **overrides})
+
+
+def random_ids(batch, seqlen, seed=0):
+    return tf.constant(np.random.default_rng(seed).integers(0, V, size=(batch, seqlen)), tf.int32)
+
+
+def random_states(model, batch, seed=1):
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.uniform(-1, 1, (batch, s)), tf.float32) for s in model.state_sizes()]
+
+
+def copy_weights(source, target):
+    for name, variable in target.named_variables().items():
+        variable.assign(source.named_variables()[name])
+
+
+def mean_loss(y, logits):
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+
+class ModelConfigTest(unittest.TestCase):
+    def test_json_round_trip(self):
+        config = ModelConfig(vocab_size=98, cell="lstm", layers=2, units=64, embedding=16, dropout=0.1, seed=7)
+        self.assertEqual(ModelConfig.from_json(config.to_json()), config)
+
+    def test_rejects_unknown_keys_and_bad_values(self):
+        with self.assertRaisesRegex(ValueError, "unknown"):
+            ModelConfig.from_json({"vocab_size": 98, "hidden": 512})
+        with self.assertRaisesRegex(ValueError, "vocab_size"):
+            ModelConfig.from_json({"cell": "gru"})
+        for bad in ({"cell": "transformer"}, {"layers": 0}, {"units": 2.5}, {"dropout": 1.0}, {"embedding": -1}):
+            with self.subTest(bad=bad), self.assertRaises(ValueError):
+                ModelConfig.from_json({"vocab_size": 98, **bad})
+
+    def test_flops_per_char(self):
+        # GRU 3x512 over one-hot 98: 6·512·(98+512) + 2·6·512·1024 + 2·512·98
+        expected = 6 * 512 * 610 + 2 * 6 * 512 * 1024 + 2 * 512 * 98
+        self.assertEqual(flops_per_char(ModelConfig(vocab_size=98)), expected)
+        self.assertEqual(flops_per_char(ModelConfig(vocab_size=10, cell="rnn", layers=1, units=4, embedding=3)), 2 * 4 * 7 + 2 * 4 * 10)
+
+
+class CharRNNTest(unittest.TestCase):
+    def test_shapes_and_state_sizes(self):
+        for cell in ("gru", "lstm", "rnn"):
+            for implementation in ("fused", "keras"):
+                with self.subTest(cell=cell, implementation=implementation):
+                    model = CharRNN(tiny_model_config(cell=cell, embedding=4), implementation)
+                    logits, states = model(random_ids(3, 5))
+                    self.assertEqual(logits.shape, (3, 5, V))
+                    self.assertEqual(logits.dtype, tf.float32)
+                    self.assertEqual([s.shape for s in states], [(3, 16 if cell == "lstm" else 8)] * 2)
+
+    def test_named_variables_are_complete_and_stable(self):
+        for embedding in (0, 4):
+            names = {impl: set(CharRNN(tiny_model_config(embedding=embedding), impl).named_variables()) for impl in ("fused", "keras")}
+            self.assertEqual(names["fused"], names["keras"])
+            model = CharRNN(tiny_model_config(embedding=embedding), "fused")
+            self.assertEqual(len(model.named_variables()), len(model.trainable_variables))
+            self.assertEqual(("embedding/embeddings" in names["fused"]), bool(embedding))
+            self.assertIn("rnn_1/recurrent_kernel", names["fused"])
+            self.assertEqual(model.named_variables()["rnn_0/bias"].shape, (2, 24))  # GRU reset_after
+
+    def test_seed_makes_initial_weights_reproducible(self):
+        a = CharRNN(tiny_model_config(seed=3), "fused").named_variables()
+        b = CharRNN(tiny_model_config(seed=3), "keras").named_variables()
+        c = CharRNN(tiny_model_config(seed=4), "fused").named_variables()
+        for name in a:
+            np.testing.assert_array_equal(a[name].numpy(), b[name].numpy(), err_msg=name)
+        self.assertFalse(np.array_equal(a["rnn_0/kernel"].numpy(), c["rnn_0/kernel"].numpy()))
+
+    def test_fused_and_keras_implementations_agree(self):
+        # Weights saved from one implementation must load into the other (cuDNN on GPU).
+        for cell in ("gru", "lstm", "rnn"):
+            for embedding in (0, 4):
+                with self.subTest(cell=cell, embedding=embedding):
+                    config = tiny_model_config(cell=cell, embedding=embedding, dropout=0.3)
+                    fused, stock = CharRNN(config, "fused"), CharRNN(config, "keras")
+                    for v in fused.named_variables().values():  # nonzero biases too
+                        v.assign(tf.random.stateless_uniform(v.shape, [1, v.shape[-1]], -0.5, 0.5))
+                    copy_weights(fused, stock)
+                    ids, states = random_ids(65, 7), random_states(fused, 65)  # 65: uneven chains
+                    logits_f, states_f = fused(ids, states)
+                    logits_k, states_k = stock(ids, states)
+                    np.testing.assert_allclose(logits_f, logits_k, atol=1e-5)
+                    for s_f, s_k in zip(states_f, states_k):
+                        np.testing.assert_allclose(s_f, s_k, atol=1e-5)
+
+    def test_fused_gru_gradients_match_keras_gru(self):
+        config = tiny_model_config(embedding=0)
+        fused, stock = CharRNN(config, "fused"), CharRNN(config, "keras")
+        for v in fused.named_variables().values():
+            v.assign(tf.random.stateless_uniform(v.shape, [2, v.shape[-1]], -0.5, 0.5))
+        copy_weights(fused, stock)
+        ids, states = random_ids(64, 6), random_states(fused, 64)
+        y = random_ids(64, 6, seed=5)
+        results = {}
+        for name, model in (("fused", fused), ("keras", stock)):
+            variables = model.named_variables()
+            with tf.GradientTape() as tape:
+                logits, _ = model(ids, states, training=True)
+                loss = mean_loss(y, logits)
+            grads = tape.gradient(loss, list(variables.values()))
+            results[name] = loss, {n: tf.convert_to_tensor(g) for n, g in zip(variables, grads)}
+        np.testing.assert_allclose(results["fused"][0], results["keras"][0], rtol=1e-6)
+        for name, g in results["keras"][1].items():
+            self.assertGreater(np.abs(g).max(), 0, name)
+            np.testing.assert_allclose(results["fused"][1][name], g, atol=1e-6, err_msg=name)
+
+    def test_state_carries_across_calls(self):
+        # Feeding a sequence in two chunks with the state carried equals feeding it whole.
+        for cell in ("gru", "lstm", "rnn"):
+            with self.subTest(cell=cell):
+                model = CharRNN(tiny_model_config(cell=cell), "fused")
+                ids = random_ids(4, 10)
+                whole, _ = model(ids)
+                first, states = model(ids[:, :6])
+                second, _ = model(ids[:, 6:], states)
+                np.testing.assert_allclose(tf.concat([first, second], 1), whole, atol=1e-5)
+
+    def test_compiled_training_step_with_unknown_sequence_length(self):
+        # A tf.function that relaxed its shapes takes the tf.scan path; it must match.
+        model = CharRNN(tiny_model_config(), "fused")
+        ids = random_ids(4, 5)
+        unrolled, _ = model(ids)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        def step(x):
+            with tf.GradientTape() as tape:
+                logits, _ = model(x, training=True)
+                loss = mean_loss(x, logits)
+            return logits, tape.gradient(loss, model.trainable_variables)
+
+        logits, grads = step(ids)
+        np.testing.assert_allclose(logits, unrolled, atol=1e-5)
+        self.assertTrue(all(g is not None for g in grads))
+
+    def test_training_step_learns_and_carries_state(self):
+        model = CharRNN(tiny_model_config(dropout=0.1), "fused")
+        optimizer = keras.optimizers.Adam(1e-2)
+        # Each row counts up modulo V from a random start: predictable from the previous id.
+        ids = (random_ids(64, 1) + tf.range(8)) % V
+        x, y = ids[:, :-1], ids[:, 1:]
+
+        @tf.function(reduce_retracing=True)
+        def train_step(x, y, states):
+            with tf.GradientTape() as tape:
+                logits, states = model(x, states, training=True)
+                loss = mean_loss(y, logits)
+            grads = tape.gradient(loss, model.trainable_variables)
+            grads, _ = tf.clip_by_global_norm(grads, 5.0)
+            optimizer.apply(grads, model.trainable_variables)
+            return loss, states
+
+        states = model.initial_states(64)
+        losses = []
+        for _ in range(30):
+            loss, states = train_step(x, y, states)
+            losses.append(float(loss))
+        self.assertLess(losses[-1], 0.5 * losses[0])
+        self.assertEqual(states[0].shape, (64, 8))
+
+    def test_rng_variables_make_dropout_reproducible(self):
+        model = CharRNN(tiny_model_config(dropout=0.5), "fused")
+        rng = model.rng_variables()
+        self.assertEqual(set(rng), {"dropout_0/seed_state", "dropout_1/seed_state"})
+        self.assertIsInstance(rng["dropout_0/seed_state"], tf.Variable)
+        saved = {name: v.numpy() for name, v in rng.items()}
+        ids = random_ids(4, 5)
+        first, _ = model(ids, training=True)
+        second, _ = model(ids, training=True)
+        for name, value in saved.items():
+            rng[name].assign(value)
+        replay, _ = model(ids, training=True)
+        self.assertFalse(np.allclose(first, second))
+        np.testing.assert_array_equal(first, replay)
+
+    def test_checkpoint_saves_named_and_rng_variables(self):
+        model = CharRNN(tiny_model_config(dropout=0.5), "fused")
+        checkpoint = tf.train.Checkpoint(**{n.replace("/", "."): v for n, v in {**model.named_variables(), **model.rng_variables()}.items()})
+        with tempfile.TemporaryDirectory() as directory:
+            path = checkpoint.write(f"{directory}/ckpt")
+            other = CharRNN(tiny_model_config(dropout=0.5, seed=9), "keras")
+            tf.train.Checkpoint(**{n.replace("/", "."): v for n, v in {**other.named_variables(), **other.rng_variables()}.items()}).read(path).assert_consumed()
+        ids = random_ids(3, 4)
+        np.testing.assert_allclose(model(ids)[0], other(ids)[0], atol=1e-5)
 
 
 def make_corpus(folder, files=8, repeats=40):
@@ -873,3 +1066,7 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(len(first), 2000)
         self.assertEqual(proc.returncode, 0, err)
         self.assertNotIn("Traceback", err)
+
+
+if __name__ == "__main__":
+    unittest.main()
