@@ -22,6 +22,9 @@ def _import_quietly():
         import tensorflow as tf
         tf.config.list_physical_devices()  # device discovery logs its own warnings
         tf.get_logger().setLevel("ERROR")
+        # The first int32 transpose logs a false "oneDNN supports DT_INT32 only on
+        # platforms with AVX-512" error line, once per process: spend it here.
+        tf.transpose(tf.zeros([1, 1], tf.int32))
     finally:
         os.dup2(saved, 2)
         os.close(saved)
