@@ -233,7 +233,7 @@ def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="auto
     if mconf.vocab_size != len(vocab):
         raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but "
                         f"{Path(run_dir) / CONFIG} says vocab_size {mconf.vocab_size}")
-    model = CharRNN(mconf, implementation=implementation)
+    model = CharRNN(mconf, implementation=implementation, initialize=False)  # restored below
     restore(weights_checkpoint(model), prefix, what="model", extra_ok=True)
     return model, vocab, run_dir, prefix
 

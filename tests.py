@@ -548,6 +548,14 @@ class CharRNNTest(unittest.TestCase):
             np.testing.assert_array_equal(a[name].numpy(), b[name].numpy(), err_msg=name)
         self.assertFalse(np.array_equal(a["rnn_0/kernel"].numpy(), c["rnn_0/kernel"].numpy()))
 
+    def test_uninitialized_model_has_zero_weights_and_the_same_dropout_seeds(self):
+        config = tiny_model_config(dropout=0.3, embedding=4)
+        fresh, bare = CharRNN(config, "fused"), CharRNN(config, "fused", initialize=False)
+        for name, v in bare.named_variables().items():
+            self.assertFalse(np.any(v.numpy()), name)
+        for name, v in fresh.rng_variables().items():
+            np.testing.assert_array_equal(v.numpy(), bare.rng_variables()[name].numpy(), err_msg=name)
+
     def test_fused_and_keras_implementations_agree(self):
         # Weights saved from one implementation must load into the other (cuDNN on GPU).
         for cell in ("gru", "lstm", "rnn"):
