@@ -4,6 +4,7 @@
     python3 rnn_play.py RUN -n 0                # stream until Ctrl-C
     python3 rnn_play.py RUN --prime "ROMEO:" --temperature 0.7 --seed 1
     python3 rnn_play.py checkpoints/RUN/best/ckpt-1500 --samples 4
+    python3 rnn_play.py RUN --export exported/   # a SavedModel that generates on its own
 
 The model is rebuilt from the run's saved configuration and vocabulary, so no
 flag has to match what was trained. Exit codes: 0 done, 2 bad input.
@@ -43,6 +44,10 @@ def make_parser():
     p.add_argument("--samples", type=int, default=1, metavar="N",
                    help="generate N independent samples as one batch, printed one after the other")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where to look for runs")
+    p.add_argument("--export", metavar="DIR",
+                   help="instead of generating, write a TensorFlow SavedModel to the new folder DIR, "
+                        "with a text-in, text-out `generate` signature (top-k/top-p/argmax fixed "
+                        "from these flags) and a bare `step` signature; see export.py")
     return p
 
 
@@ -70,6 +75,11 @@ def play(args):
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.argmax, seed).check()
     prime = read_prime(args)
     model, vocab, run_dir, prefix = ckpts.load_for_generation(args.checkpoint, args.checkpoint_dir)
+    if args.export:
+        import export  # only here: it is not needed to generate
+        target = export.export(model, vocab, run_dir, sampling, args.export)
+        print(f"exported {prefix} to {target}: tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
+        return 0
     print(f"generating from {prefix} (seed {seed})", file=sys.stderr)
     unknown = vocab.unknown_chars(prime)
     if unknown:

@@ -9,7 +9,7 @@ same checkpoint, seed and settings give the same text in every process, for
 every chunk size.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tensorflow as tf
@@ -83,16 +83,21 @@ class Generator:
 
     def __init__(self, model, vocab, config: SamplingConfig, chunk=256, jit=True):
         self.model, self.vocab, self.config, self.chunk = model, vocab, config.check(), chunk
-        self._run = tf.function(self._chunk, jit_compile=jit, reduce_retracing=True, autograph=False)
+        # compiled_chunk(states, token, forced, n_forced, position, seed, temperature)
+        #   -> (ids [B, chunk], states, last token): the loop behind stream(), also used by export.py
+        self.compiled_chunk = tf.function(self._chunk, jit_compile=jit, reduce_retracing=True, autograph=False)
 
-    def _chunk(self, states, token, forced, n_forced, position):
-        # states: list of [B, S]; token: [B] last input; forced: [B, L] prime chars, n_forced of them valid.
+    def _chunk(self, states, token, forced, n_forced, position, seed, temperature):
+        # states: list of [B, S]; token: [B] last input; forced: [B, L] prime chars, n_forced of
+        # them valid; position: of the chunk's first character; seed int64, temperature float32.
         # An explicit tf.while_loop, traced without autograph: converting the model's code
         # with autograph would add about a second before the first character.
+        config = replace(self.config, seed=seed, temperature=temperature)
+
         def body(i, token, states, out):
             logits, states = self.model(token[:, None], states, training=False)  # [B, 1, V]
-            seed = tf.stack([tf.cast(self.config.seed, tf.int64), position + tf.cast(i, tf.int64)])
-            sampled = pick(tf.cast(logits[:, 0], tf.float32), self.config, seed, banned=self.vocab.unk_index)
+            draw = tf.stack([seed, position + tf.cast(i, tf.int64)])
+            sampled = pick(tf.cast(logits[:, 0], tf.float32), config, draw, banned=self.vocab.unk_index)
             token = tf.where(i < n_forced, forced[:, tf.minimum(i, self.chunk - 1)], sampled)
             return i + 1, token, states, out.write(i, token)
 
@@ -118,8 +123,10 @@ class Generator:
             n_forced = min(len(pending), self.chunk)
             forced[:n_forced] = pending[:n_forced]
             pending = pending[n_forced:]
-            out, states, token = self._run(states, token, tf.constant(np.tile(forced, (samples, 1))),
-                                           tf.constant(n_forced), tf.constant(position, tf.int64))
+            out, states, token = self.compiled_chunk(states, token, tf.constant(np.tile(forced, (samples, 1))),
+                                           tf.constant(n_forced), tf.constant(position, tf.int64),
+                                           tf.constant(self.config.seed, tf.int64),
+                                           tf.constant(self.config.temperature, tf.float32))
             position += self.chunk
             out = out.numpy()[:, n_forced:]
             if length:

@@ -9,6 +9,7 @@ import tarfile
 import tempfile
 import tracemalloc
 import unittest
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -820,6 +821,13 @@ def read_texts(folder):
             for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "text"}
 
 
+def flip_byte(path, fraction_denominator):
+    """Invert the byte at len/fraction_denominator of the file."""
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // fraction_denominator] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
 class TestCheckpointDamage(unittest.TestCase):
     """Every kind of damage gives one error naming the file, never a fresh start."""
 
@@ -853,18 +861,12 @@ class TestCheckpointDamage(unittest.TestCase):
 
     def test_flipped_byte_in_data(self):
         def flip(run_dir):
-            path = os.path.join(run_dir, "ckpt-20.data-00000-of-00001")
-            data = bytearray(open(path, "rb").read())
-            data[len(data) // 2] ^= 0xFF
-            open(path, "wb").write(bytes(data))
+            flip_byte(os.path.join(run_dir, "ckpt-20.data-00000-of-00001"), 2)
         self.assert_refused(self.damaged(flip), r"ckpt-20\.data-00000-of-00001 is damaged")
 
     def test_flipped_byte_in_index(self):
         def flip(run_dir):
-            path = os.path.join(run_dir, "ckpt-20.index")
-            data = bytearray(open(path, "rb").read())
-            data[len(data) // 3] ^= 0xFF
-            open(path, "wb").write(bytes(data))
+            flip_byte(os.path.join(run_dir, "ckpt-20.index"), 3)
         self.assert_refused(self.damaged(flip), r"ckpt-20\.(index|data-00000-of-00001) is damaged")
 
     def test_truncated_data(self):
@@ -998,6 +1000,30 @@ class TestPlay(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.tmp_holder.cleanup()
+
+    def test_export_generates_the_same_text_as_rnn_play_without_this_code(self):
+        target = os.path.join(self.tmp, "exported")
+        code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", target, "--top-k", "5")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(os.path.isfile(os.path.join(target, "assets", "vocab.json")))
+        exported = tf.saved_model.load(target)
+        text = exported.generate(prime=tf.constant("the cat"), length=tf.constant(200),
+                                 temperature=tf.constant(0.9), seed=tf.constant(7, tf.int64))["text"]
+        _, expected, _ = play("second", "--checkpoint-dir", self.ck, "--prime", "the cat", "-n", "200",
+                              "--temperature", "0.9", "--top-k", "5", "--seed", "7")
+        self.assertEqual("the cat" + text.numpy().decode(), expected)
+        # step: the bare model, states in and out
+        model, vocab, _, _ = ckpts.load_for_generation("second", self.ck)
+        ids = tf.constant(vocab.encode("a dog ran")[None].astype(np.int32))
+        states = tf.zeros([2, 1, 16])
+        out = exported.step(ids=ids, states=states)
+        logits, _ = model(ids, list(states))
+        np.testing.assert_allclose(out["logits"], logits, atol=1e-5)
+        # the folder now exists: a second export refuses to write over it
+        code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", target)
+        self.assertEqual(code, 2)
+        self.assertIn("--export", err)
+        self.assertEqual(err.count("\n"), 1)
 
     def test_length_is_exact_and_the_newest_checkpoint_is_the_default(self):
         code, out, err = play("--checkpoint-dir", self.ck, "-n", "300", "--seed", "1")
