@@ -18,7 +18,7 @@ import time
 import tf_setup  # noqa: F401  (imports TensorFlow without its start-up chatter)
 import checkpoints as ckpts
 from sampling import Generator, SamplingConfig
-from txt_utils import UserError
+from txt_utils import UserError, safe_console
 
 FLUSH_SECONDS = 0.05
 
@@ -113,9 +113,7 @@ def write(text):
 
 
 def main(argv=None):
-    for stream in (sys.stdout, sys.stderr):  # never crash on a console that cannot show a character
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
+    safe_console()
     args = make_parser().parse_args(argv)
     try:
         return play(args)

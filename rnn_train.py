@@ -16,7 +16,7 @@ import sys
 
 import tf_setup  # noqa: F401  (imports TensorFlow without its start-up chatter)
 from training import TrainConfig, train
-from txt_utils import UserError
+from txt_utils import UserError, safe_console
 
 
 def make_parser():
@@ -102,9 +102,7 @@ def check_values(cfg):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    for stream in (sys.stdout, sys.stderr):  # never crash on a console that cannot show a character
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
+    safe_console()
     parser = make_parser()
     args = parser.parse_args(argv)
     # Which flags were given: argparse leaves an attribute alone when the namespace already has it.

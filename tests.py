@@ -927,6 +927,30 @@ class TestSignals(unittest.TestCase):
                 np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+class TestConsole(unittest.TestCase):
+    def test_train_and_play_on_an_ascii_console_with_unicode_text(self):
+        """A console that cannot show a character prints '?' instead of crashing."""
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = os.path.join(tmp, "unicode.txt")
+            write(corpus, ("naïve café — ☃ Ελληνικά 日本語 🎭\n" * 200).encode())
+            env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+            train = subprocess.run(
+                [sys.executable, "rnn_train.py", "--data", corpus, "--validation", "tail", "--layers", "1",
+                 "--units", "16", "--seqlen", "8", "--batch-size", "4", "--max-steps", "20", "--val-every", "10",
+                 "--sample-every", "10", "--checkpoint-dir", os.path.join(tmp, "ck"),
+                 "--log-dir", os.path.join(tmp, "log"), "--run", "u"],
+                capture_output=True, text=True, encoding="ascii", errors="strict", env=env, timeout=300)
+            self.assertEqual(train.returncode, 0, train.stderr)
+            self.assertNotIn("Traceback", train.stderr)
+            self.assertIn("?", train.stdout)  # the samples' non-ASCII characters
+            play = subprocess.run(
+                [sys.executable, "rnn_play.py", "u", "--checkpoint-dir", os.path.join(tmp, "ck"),
+                 "--prime", "naïve ☃", "-n", "50"],
+                capture_output=True, text=True, encoding="ascii", errors="strict", env=env, timeout=300)
+            self.assertEqual(play.returncode, 0, play.stderr)
+            self.assertTrue(play.stdout.startswith("na?ve ?"), play.stdout)
+
+
 def dataclasses_replace(obj, **changes):
     import dataclasses
     return dataclasses.replace(obj, **changes)

@@ -33,6 +33,14 @@ class UserError(Exception):
     fault and the fix. The CLIs print it and exit 2 with no traceback."""
 
 
+def safe_console():
+    """Never crash on a console that cannot show a character (a cp1252 Windows
+    console, a C locale): such characters print as '?' instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
 UNKNOWN = "\ufffd"  # how the unknown symbol decodes
 _SLICE = 1 << 22  # characters encoded per step: bounds the temporary arrays of encode()
 
