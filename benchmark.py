@@ -8,9 +8,12 @@
 - train:    training chars/s of the real training step (Adam, clipping, carried
             state) for (a) GRU 3x512, seq 30, batch 200 and (b) GRU 2x256, seq 64,
             batch 64, as a fraction of the FLOP bound = matmul rate / (3 x forward
-            FLOPs per char), and the peak memory of that process.
-- generate: batch-1 generation chars/s of a GRU 3x512, and the time from
-            launching `rnn_play.py` to its first character, TensorFlow import included.
+            FLOPs per char), and the peak memory of that process; with the default
+            implementation and, as a baseline, the stock Keras layers in the same loop.
+- generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
+            as a baseline, from one tf.function call per character; and the time
+            from launching `rnn_play.py` to its first character, TensorFlow import
+            included.
 
 Throughput on a shared 2-core machine is noisy: each figure is the median of
 several windows after a warm-up, and ratios are best compared within one run.
@@ -136,7 +139,28 @@ def child_generate(args):
     compile_s = time.perf_counter() - start
     stream = generator.stream(length=0)
     rates = windows(lambda: next(stream).shape[1], args.seconds, args.windows)
-    return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates), "compile_s": compile_s}
+
+    # The baseline the compiled loop replaces: one tf.function call per character.
+    from sampling import pick
+    config = SamplingConfig(seed=0)
+
+    @tf.function
+    def one_char(token, states, position):
+        logits, states = model(token[:, None], states)
+        return pick(logits[:, 0], config, tf.stack([tf.constant(0, tf.int64), position]), banned=0), states
+
+    state = [tf.constant([1]), model.initial_states(1), 0]
+
+    def per_char():
+        state[0], state[1] = one_char(state[0], state[1], tf.constant(state[2], tf.int64))
+        state[2] += 1
+        int(state[0][0])  # the character must reach Python, as when printing it
+        return 1
+
+    per_char()
+    baseline = windows(per_char, args.seconds / 2, 3)
+    return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates), "compile_s": compile_s,
+            "per_char_s": statistics.median(baseline)}
 
 
 def first_char_seconds(checkpoint_dir):
@@ -187,20 +211,23 @@ def main():
         matmul = max(m["numpy_gflops"], m["tf_gflops"])
         print(f"matmul: fp32 4096^3 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s")
     if "train" in args.sections:
+        implementations = [args.implementation] + (["keras"] if args.implementation != "keras" else [])
         for name, (kwargs, batch, seqlen) in CONFIGS.items():
-            r = run_child("train", config=name, implementation=args.implementation, **timing)
-            bound = matmul * 1e9 / r["train_flops_per_char"]
-            print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
-                  f"batch {batch}: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, max {r['max']:,.0f}); "
-                  f"FLOP bound {bound:,.0f} chars/s; fraction {r['chars_s'] / bound:.2f}; "
-                  f"peak memory {r['peak_mb']:,.0f} MB")
+            for implementation in implementations:
+                r = run_child("train", config=name, implementation=implementation, **timing)
+                bound = matmul * 1e9 / r["train_flops_per_char"]
+                print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
+                      f"batch {batch}, {implementation}: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
+                      f"max {r['max']:,.0f}); FLOP bound {bound:,.0f} chars/s; fraction "
+                      f"{r['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
     if "generate" in args.sections:
         with tempfile.TemporaryDirectory() as tmp:
             r = run_child("generate", tmp=tmp, **timing)
             first = statistics.median(first_char_seconds(tmp) for _ in range(3))
         print(f"generate: GRU 3x512, batch 1: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
-              f"max {r['max']:,.0f}; compile {r['compile_s']:.1f} s); time to first character of "
-              f"`rnn_play.py` incl. TensorFlow import: {first:.2f} s (median of 3)")
+              f"max {r['max']:,.0f}; compile {r['compile_s']:.1f} s); a tf.function call per character: "
+              f"{r['per_char_s']:,.0f} chars/s (x{r['chars_s'] / r['per_char_s']:.1f}); time to first "
+              f"character of `rnn_play.py` incl. TensorFlow import: {first:.2f} s (median of 3)")
 
 
 if __name__ == "__main__":
