@@ -83,12 +83,19 @@ def is_run(path):
     return (Path(path) / CONFIG).is_file()
 
 
-def newest_run(checkpoint_dir):
-    """The run whose newest checkpoint was written last, or None."""
-    runs = [p for p in Path(checkpoint_dir).glob("*") if is_run(p) and latest_checkpoint(p)]
+def newest_run(checkpoint_dir, find=None):
+    """The run whose newest checkpoint (by find, default latest_checkpoint) was written last, or None."""
+    find = find or latest_checkpoint
+    runs = [p for p in Path(checkpoint_dir).glob("*") if is_run(p) and find(p)]
     if not runs:
         return None
-    return max(runs, key=lambda p: os.path.getmtime(latest_checkpoint(p) + ".index"))
+    return max(runs, key=lambda p: os.path.getmtime(find(p) + ".index"))
+
+
+def generation_checkpoint(run_dir):
+    """The newest checkpoint of a run, or its best one while it has no other yet
+    (a young run validates more often than it checkpoints); None if neither."""
+    return latest_checkpoint(run_dir) or tf.train.latest_checkpoint(str(Path(run_dir) / BEST))
 
 
 def latest_checkpoint(run_dir):
@@ -125,15 +132,15 @@ def resolve(spec, checkpoint_dir="checkpoints"):
     With spec None, the newest run under checkpoint_dir.
     """
     if spec is None:
-        run_dir = newest_run(checkpoint_dir)
+        run_dir = newest_run(checkpoint_dir, find=generation_checkpoint)
         if run_dir is None:
             raise UserError(f"no checkpoint found under {checkpoint_dir}/; train one first with "
                             f"`python3 rnn_train.py` (or pass --checkpoint-dir)")
-        return run_dir, latest_checkpoint(run_dir)
+        return run_dir, generation_checkpoint(run_dir)
     path = Path(spec)
     for candidate in (path, Path(checkpoint_dir) / spec):
         if candidate.is_dir() and is_run(candidate):
-            prefix = latest_checkpoint(candidate)
+            prefix = generation_checkpoint(candidate)
             if prefix is None:
                 raise UserError(f"{candidate} holds no checkpoint yet; train it with "
                                 f"`python3 rnn_train.py --resume {candidate.name}`")

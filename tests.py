@@ -1049,6 +1049,20 @@ class TestPlay(unittest.TestCase):
         self.assertIn("--export", err)
         self.assertEqual(err.count("\n"), 1)
 
+    def test_a_run_with_only_its_best_checkpoint_is_played_from_it(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            quiet_train(tiny(tmp, run="young", max_steps=20))
+            run_dir = os.path.join(tmp, "ck", "young")
+            for name in os.listdir(run_dir):  # as before its first regular checkpoint
+                if name.startswith("ckpt-") or name == "checkpoint":
+                    os.remove(os.path.join(run_dir, name))
+            best = tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
+            self.assertIsNotNone(best)
+            for spec in (None, "young", run_dir):
+                self.assertEqual(ckpts.resolve(spec, os.path.join(tmp, "ck")), (Path(run_dir), best))
+            code, out, err = play("--checkpoint-dir", os.path.join(tmp, "ck"), "-n", "30")
+            self.assertEqual((code, len(out)), (0, 30), err)
+
     def test_length_is_exact_and_the_newest_checkpoint_is_the_default(self):
         code, out, err = play("--checkpoint-dir", self.ck, "-n", "300", "--seed", "1")
         self.assertEqual(code, 0)
