@@ -704,7 +704,9 @@ def checkpoint_tensors(prefix, section="weights/"):
 
 class TestTraining(unittest.TestCase):
     def setUp(self):
-        self.tmp = self.enterContext(tempfile.TemporaryDirectory())
+        holder = tempfile.TemporaryDirectory()  # (enterContext needs Python 3.11)
+        self.addCleanup(holder.cleanup)
+        self.tmp = holder.name
 
     def test_loss_falls_on_learnable_text(self):
         quiet_train(tiny(self.tmp, max_steps=150, val_every=15, dropout=0.0, units=32))
