@@ -120,10 +120,7 @@ def latest_checkpoint(run_dir):
                         f"prefix such as {str(bundles[-1])[:-6] if bundles else run_dir / 'ckpt-N'}") from None
     if state is None or not state.model_checkpoint_path:
         raise UserError(f"{index} is damaged (it names no checkpoint); delete it to let the run be found again")
-    prefix = state.model_checkpoint_path
-    if not os.path.isabs(prefix):
-        prefix = str(run_dir / prefix)
-    return prefix
+    return state.model_checkpoint_path  # get_checkpoint_state already put run_dir in front
 
 
 def resolve(spec, checkpoint_dir="checkpoints"):

@@ -752,6 +752,18 @@ class TestTraining(unittest.TestCase):
         self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "new")).endswith("ckpt-8"))
         self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "old")).endswith("ckpt-4"))
 
+    def test_relative_checkpoint_dir_resumes_and_plays(self):
+        """The default `checkpoints/` is a relative path: resume and play must find its files."""
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.tmp)
+        cfg = dataclasses_replace(tiny(self.tmp, max_steps=4), checkpoint_dir="ck", log_dir="log")
+        quiet_train(cfg)
+        self.assertEqual(ckpts.latest_checkpoint(os.path.join("ck", "r")), os.path.join("ck", "r", "ckpt-4"))
+        quiet_train(dataclasses_replace(cfg, max_steps=8), resume="r", explicit={"max_steps"})
+        self.assertTrue(os.path.exists(os.path.join(self.tmp, "ck", "r", "ckpt-8.index")))
+        code, out, err = play("r", "--checkpoint-dir", "ck", "-n", "20")
+        self.assertEqual((code, len(out)), (0, 20), err)
+
     def test_new_run_never_overwrites_another(self):
         quiet_train(tiny(self.tmp, max_steps=4))
         before = sorted(os.listdir(os.path.join(self.tmp, "ck", "r")))
