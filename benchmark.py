@@ -1,6 +1,6 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
-    python3 benchmark.py                  # everything (about 5 minutes on 2 cores)
+    python3 benchmark.py                  # everything (about 6 minutes on 2 cores)
     python3 benchmark.py text train       # some sections: text matmul train generate
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
