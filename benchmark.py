@@ -1,9 +1,12 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
     python3 benchmark.py                  # everything (about 6 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus)
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
+- corpus:   reading a 1 GB ASCII file with read_corpus (two streamed passes):
+            time, and the peak memory of the process (run it alone; it writes
+            the file to a temporary folder).
 - matmul:   the machine's fp32 matrix-multiply rate (best of numpy and TensorFlow).
 - train:    training chars/s of the real training step (Adam, clipping, carried
             state) for (a) GRU 3x512, seq 30, batch 200 and (b) GRU 2x256, seq 64,
@@ -74,6 +77,23 @@ def timed(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def child_corpus(args):
+    import txt_utils
+    start = time.perf_counter()
+    corpus = txt_utils.read_corpus(os.path.join(args.tmp, "*.txt"), validation="none")
+    seconds = time.perf_counter() - start
+    return {"chars": len(corpus.codes), "bytes": corpus.codes.nbytes, "seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
+def write_ascii_file(path, megabytes):
+    import numpy as np
+    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ,.;:!?'ABCDEFGHIJKLMNOPQRSTUVWXYZ\n", np.uint8)
+    block = alphabet[np.random.default_rng(0).integers(0, len(alphabet), 1 << 20)].tobytes()  # 1 MiB
+    with open(path, "wb") as f:
+        for _ in range(megabytes):
+            f.write(block)
 
 
 def child_matmul(args):
@@ -187,7 +207,8 @@ def run_child(kind, **kw):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sections", nargs="*", default=["text", "matmul", "train", "generate"])
+    p.add_argument("sections", nargs="*", default=["text", "matmul", "train", "generate"],
+                   help="text, corpus (writes a 1 GB file; not in the default set), matmul, train, generate")
     p.add_argument("--seconds", type=float, default=10, help="length of each measuring window")
     p.add_argument("--windows", type=int, default=5, help="windows per figure; the median is reported")
     p.add_argument("--implementation", default="auto", help="model implementation for the training figures")
@@ -196,7 +217,8 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        import tf_setup  # noqa: F401  (TensorFlow without its start-up chatter)
+        if args.child not in ("text", "corpus"):  # those measure memory without TensorFlow
+            import tf_setup  # noqa: F401  (TensorFlow without its start-up chatter)
         print(json.dumps(globals()[f"child_{args.child}"](args)))
         return
     timing = dict(seconds=args.seconds, windows=args.windows)
@@ -205,6 +227,13 @@ def main():
         r = run_child("text")
         print(f"text: encode {r['encode_mb_s']:,.0f} MB/s, decode {r['decode_mb_s']:,.0f} MB/s "
               f"(100 MB ASCII, median of 3; peak {r['peak_mb']:,.0f} MB)")
+    if "corpus" in args.sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_ascii_file(os.path.join(tmp, "big.txt"), 1000)
+            r = run_child("corpus", tmp=tmp)
+        print(f"corpus: read_corpus of a {r['chars'] / 1e9:.2f} GB ASCII file in {r['seconds']:.1f} s; "
+              f"its codes take {r['bytes'] / 1e6:,.0f} MB, the process peaked at {r['peak_mb']:,.0f} MB "
+              f"(TensorFlow not loaded)")
     matmul = None
     if "matmul" in args.sections or "train" in args.sections:
         m = run_child("matmul")
