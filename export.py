@@ -18,7 +18,6 @@ config.json and vocab.json are copied into DIR/assets for reference.
 import shutil
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 import checkpoints as ckpts
@@ -31,12 +30,9 @@ class ExportedGenerator(tf.Module):
         super().__init__()
         self.model = model  # tracks the weights
         self.generator = Generator(model, vocab, sampling)
-        cps = np.array([ord(c) for c in vocab.chars], np.int32)  # id -> code point
-        encode = np.zeros(cps[1:].max(initial=127) + 2, np.int32)  # code point -> id; the last entry: unknown
-        encode[cps[1:]] = np.arange(1, len(cps), dtype=np.int32)
-        self.decode_table = tf.constant(cps)
-        self.encode_table = tf.constant(encode)
-        self.newline = int(encode[ord("\n")]) if ord("\n") < len(encode) - 1 else vocab.unk_index
+        encode, decode = vocab.code_point_tables()
+        self.encode_table, self.decode_table = tf.constant(encode), tf.constant(decode)
+        self.newline = int(vocab.encode("\n")[0])  # the start when there is no prime, as in stream()
         layers, size = model.config.layers, model.state_sizes()[0]
         self.step = tf.function(self._step, input_signature=[
             tf.TensorSpec([None, None], tf.int32, name="ids"),

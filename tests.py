@@ -47,6 +47,14 @@ class TestVocabulary(unittest.TestCase):
         self.assertEqual(len(vocab), len(set(self.TEXT)) + 1)
         self.assertNotIn(0, codes)
 
+    def test_code_point_tables_agree_with_encode_and_decode(self):
+        vocab = Vocabulary.from_text("aé日🎭\n")
+        encode, decode = vocab.code_point_tables()
+        text = "aé日🎭\nzΩ\U0010FFFF"  # the last three are unknown
+        codes = encode[np.minimum([ord(c) for c in text], len(encode) - 1)]
+        np.testing.assert_array_equal(codes, vocab.encode(text))
+        self.assertEqual("".join(map(chr, decode[codes])), vocab.decode(codes))
+
     def test_ascii_round_trip(self):
         text = "The quick brown fox\njumps over the lazy dog.\n" * 10
         vocab = Vocabulary.from_text(text)

@@ -141,6 +141,12 @@ class Vocabulary:
             return self._decode_table.astype(np.uint8)[codes].tobytes().decode("ascii")
         return self._decode_table[codes].tobytes().decode("utf-32-le", "surrogatepass")
 
+    def code_point_tables(self):
+        """(encode, decode) int32 arrays for code that maps characters itself (the exported
+        graph): encode[min(cp, len(encode) - 1)] is the code of code point cp, 0 when
+        unknown; decode[code] is the code point of a code."""
+        return self._encode_table.astype(np.int32), self._decode_table.astype(np.int32)
+
     def unknown_chars(self, text):
         """The distinct characters of text that would encode as unknown, by code point."""
         known = set(self.chars)
