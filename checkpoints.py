@@ -59,6 +59,8 @@ def load_run_files(run_dir):
     """Return (config dict, Vocabulary, corpus manifest) of a run."""
     run_dir = Path(run_dir)
     config = read_json(run_dir / CONFIG)
+    if not isinstance(config, dict):
+        raise UserError(f"{run_dir / CONFIG} is damaged (not a JSON object); restore it from a backup")
     if config.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{run_dir / CONFIG} has format_version {config.get('format_version')!r}; "
                         f"this version of the tool reads format {FORMAT_VERSION}")

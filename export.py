@@ -79,12 +79,16 @@ def export(model, vocab, run_dir, sampling: SamplingConfig, directory):
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"--export {directory}: exists and is not an empty folder; "
                         f"name a new folder (nothing was written)")
+    existed = target.exists()
     module = ExportedGenerator(model, vocab, sampling)
     try:
         tf.saved_model.save(module, str(target), signatures={
             "generate": module.generate, "step": module.step})
-    except OSError as e:
-        raise UserError(f"--export {directory}: cannot write ({e.strerror or e}); choose another folder") from None
+    except (OSError, tf.errors.OpError) as e:
+        if target.exists() and not existed:  # leave nothing half-written
+            shutil.rmtree(target, ignore_errors=True)
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise UserError(f"--export {directory}: cannot write ({reason.splitlines()[0]}); choose another folder") from None
     (target / "assets").mkdir(exist_ok=True)
     for name in (ckpts.CONFIG, ckpts.VOCAB):
         shutil.copy(Path(run_dir) / name, target / "assets" / name)

@@ -55,7 +55,7 @@ def read_prime(args):
     if args.prime_file is None:
         return args.prime
     try:
-        with open(args.prime_file, encoding="utf-8") as f:
+        with open(args.prime_file, encoding="utf-8-sig") as f:  # a leading BOM is not text
             return f.read()
     except OSError as e:
         raise UserError(f"--prime-file {args.prime_file}: {e.strerror}") from None
@@ -71,11 +71,13 @@ def play(args):
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
     if args.samples > 1 and args.length == 0:
         raise UserError("--samples N needs a finite --length: samples are printed one after the other")
+    if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
+        raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.argmax, seed).check()
     prime = read_prime(args)
     model, vocab, run_dir, prefix = ckpts.load_for_generation(args.checkpoint, args.checkpoint_dir)
-    if args.export:
+    if args.export is not None:
         import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)
         print(f"exported {prefix} to {target}: tf.saved_model.load('{target}').generate(...)", file=sys.stderr)

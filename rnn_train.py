@@ -94,6 +94,11 @@ def check_values(cfg):
     for name in ["max_steps", "max_vocab", "embedding"]:
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(cfg, name)})")
+    if cfg.max_vocab == 1:
+        raise UserError("--max-vocab must be 0 (keep every character) or >= 2 (the unknown symbol and "
+                        "at least one character)")
+    if not 0 <= cfg.seed < 2 ** 32:
+        raise UserError(f"--seed must be in [0, 2**32) (got {cfg.seed})")
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1) (got {cfg.dropout})")
     if not cfg.lr > 0 or not cfg.clip_norm > 0:
@@ -117,6 +122,9 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the training loop, which handles Ctrl-C itself
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

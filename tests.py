@@ -795,9 +795,28 @@ class TestTraining(unittest.TestCase):
         write(os.path.join(self.tmp, "a-file"), "x")
         for flag_name in ("checkpoint_dir", "log_dir"):
             cfg = tiny(self.tmp, **{flag_name: os.path.join(self.tmp, "a-file", "sub")})
-            with self.assertRaisesRegex(UserError, "cannot write to .*a-file"):
+            with self.assertRaisesRegex(UserError, "cannot write to .*a-file.*--" + flag_name.replace("_", "-")):
                 quiet_train(cfg)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "r", "checkpoint")))
+
+    def test_bad_values_are_refused_before_training(self):
+        write(os.path.join(self.tmp, "ck", "a-file"), "x")
+        for overrides, pattern in (
+                (dict(seqlen=100000), r"one batch needs 400,001 training characters .* lower --batch-size or --seqlen"),
+                (dict(run="a-file"), r"a-file is a file, not a run folder; choose another --run"),
+                (dict(run="a/b"), r"--run 'a/b' must be a plain folder name")):
+            with self.subTest(overrides=overrides), self.assertRaisesRegex(UserError, pattern):
+                quiet_train(tiny(self.tmp, **overrides))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "r", "checkpoint")))
+
+    def test_resume_without_corpus_manifest_needs_allow_corpus_change(self):
+        quiet_train(tiny(self.tmp, max_steps=4))
+        os.remove(os.path.join(self.tmp, "ck", "r", "corpus.json"))
+        with self.assertRaisesRegex(UserError, r"corpus\.json is missing.*--allow-corpus-change"):
+            quiet_train(tiny(self.tmp, max_steps=8), resume="r", explicit={"max_steps"})
+        quiet_train(tiny(self.tmp, max_steps=8, allow_corpus_change=True), resume="r",
+                    explicit={"max_steps", "allow_corpus_change"})
+        self.assertTrue(os.path.exists(os.path.join(self.tmp, "ck", "r", "ckpt-8.index")))
 
     def test_nonfinite_steps_are_skipped_then_stop_the_run(self):
         # An absurd learning rate drives the weights to ~1e38: the forward pass then overflows.

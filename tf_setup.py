@@ -8,6 +8,7 @@ raised, and printed after stderr is restored.
 """
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def _import_quietly():
     sys.stderr.flush()
+    # Ctrl-C during the seconds TensorFlow takes to load ends the process quietly (exit 130).
+    previous = signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -29,6 +32,7 @@ def _import_quietly():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+        signal.signal(signal.SIGINT, previous)
 
 
 _import_quietly()

@@ -94,9 +94,14 @@ def prepare_run(cfg, resume, explicit):
     root = Path(cfg.checkpoint_dir)
     if resume is None:
         name = cfg.run or f"{cfg.cell}{cfg.layers}x{cfg.units}-{datetime.now():%Y%m%d-%H%M%S}"
+        if Path(name).name != name or name in (".", ".."):
+            raise UserError(f"--run {name!r} must be a plain folder name, without '/'")
         run_dir, log_dir = root / name, Path(cfg.log_dir) / name
         # A directory that holds checkpoints or logs belongs to another run; one left with
         # only its JSON files by a run that failed before training may be reused.
+        for d in (run_dir, log_dir):
+            if d.exists() and not d.is_dir():
+                raise UserError(f"{d} is a file, not a run folder; choose another --run")
         taken = [d for d in (run_dir, log_dir)
                  if d.exists() and any(p.name.startswith(("ckpt-", "checkpoint", "events.")) or p.is_dir()
                                        for p in d.iterdir())]
@@ -112,7 +117,8 @@ def prepare_run(cfg, resume, explicit):
         run_dir = Path(resume) if ckpts.is_run(resume) else root / resume
         if not ckpts.is_run(run_dir):
             raise UserError(f"--resume {resume}: no run {run_dir} (runs are listed in {root}/)")
-    saved = ckpts.read_json(Path(run_dir) / ckpts.CONFIG).get("training")
+    saved = ckpts.read_json(Path(run_dir) / ckpts.CONFIG)
+    saved = saved.get("training") if isinstance(saved, dict) else None
     if not isinstance(saved, dict):
         raise UserError(f"{Path(run_dir) / ckpts.CONFIG} has no training section")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -133,17 +139,16 @@ def prepare_run(cfg, resume, explicit):
     return Path(run_dir), Path(cfg.log_dir) / run_dir.name, merged, True
 
 
-def check_writable(*dirs):
-    """Fail before any training if a directory cannot be written."""
-    for d in dirs:
+def check_writable(dirs):
+    """Fail before any training if a directory cannot be written. dirs: {dir: flag to change}."""
+    for d, flag_name in dirs.items():
         probe = Path(d) / ".write-test"
         try:
             Path(d).mkdir(parents=True, exist_ok=True)
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise UserError(f"cannot write to {d} ({e.strerror}); choose another "
-                            f"{'--log-dir' if 'log' in str(d) else '--checkpoint-dir'}") from None
+            raise UserError(f"cannot write to {d} ({e.strerror}); choose another {flag_name}") from None
 
 
 def corpus_manifest(cfg, corpus):
@@ -153,6 +158,14 @@ def corpus_manifest(cfg, corpus):
 
 def check_same_corpus(saved, current, allow, run_dir):
     """Refuse to resume on different text, naming the first file that differs."""
+    if saved is None:
+        if allow:
+            return
+        raise UserError(f"{Path(run_dir) / ckpts.CORPUS} is missing, so the text cannot be checked; "
+                        f"pass --allow-corpus-change to resume anyway")
+    if not isinstance(saved, dict) or not isinstance(saved.get("files"), list):
+        raise UserError(f"{Path(run_dir) / ckpts.CORPUS} is damaged; restore it from a backup, "
+                        f"or delete it and pass --allow-corpus-change")
     old = {f["path"]: f for f in saved["files"]}
     new = {f["path"]: f for f in current["files"]}
     for path in sorted(old.keys() | new.keys()):
@@ -266,10 +279,10 @@ def format_duration(seconds):
 def train(cfg: TrainConfig, resume=None, explicit=()):
     """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal."""
     run_dir, log_dir, cfg, resuming = prepare_run(cfg, resume, explicit)
-    check_writable(cfg.checkpoint_dir, cfg.log_dir)
+    check_writable({cfg.checkpoint_dir: "--checkpoint-dir", cfg.log_dir: "--log-dir"})
     run_dir.mkdir(parents=True, exist_ok=True)
     with ckpts.RunLock(run_dir):
-        check_writable(run_dir, log_dir)
+        check_writable({run_dir: "--checkpoint-dir or --run", log_dir: "--log-dir or --run"})
         return _train(cfg, run_dir, log_dir, resuming)
 
 
@@ -286,6 +299,10 @@ def _train(cfg, run_dir, log_dir, resuming):
         vocab, prefix = corpus.vocab, None
     train_codes, valid_codes = corpus.train, corpus.valid
     nb_batches = txt_utils.batches_per_epoch(len(train_codes), cfg.batch_size, cfg.seqlen)
+    if nb_batches == 0:
+        raise UserError(f"one batch needs {cfg.batch_size * cfg.seqlen + 1:,} training characters "
+                        f"(--batch-size {cfg.batch_size} x --seqlen {cfg.seqlen} + 1) but there are "
+                        f"{len(train_codes):,}; lower --batch-size or --seqlen, or add text")
     total_steps = cfg.max_steps or cfg.epochs * nb_batches
     nb_epochs = math.ceil(total_steps / nb_batches)
 
@@ -390,10 +407,12 @@ def _train(cfg, run_dir, log_dir, resuming):
                 tqdm.write(f"step {step}: non-finite loss or gradient, step skipped "
                            f"({nonfinite_in_a_row} in a row)")
                 if nonfinite_in_a_row >= cfg.max_nonfinite:
-                    last = manager.latest_checkpoint or "none was written"
+                    where = (f"the last good checkpoint is {manager.latest_checkpoint}; lower --lr or "
+                             f"--clip-norm and --resume" if manager.latest_checkpoint else
+                             f"no checkpoint was written; start a new run (another --run) with a lower "
+                             f"--lr or --clip-norm")
                     raise UserError(f"training diverged: {nonfinite_in_a_row} non-finite steps in a row at "
-                                    f"step {step}; the last good checkpoint is {last}; lower --lr or "
-                                    f"--clip-norm and --resume")
+                                    f"step {step}; {where}")
             else:
                 nonfinite_in_a_row = 0
                 window["loss"] += float(loss)
