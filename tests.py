@@ -807,7 +807,9 @@ class TestTraining(unittest.TestCase):
                 (dict(run="a/b"), r"--run 'a/b' must be a plain folder name")):
             with self.subTest(overrides=overrides), self.assertRaisesRegex(UserError, pattern):
                 quiet_train(tiny(self.tmp, **overrides))
-        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "r", "checkpoint")))
+        # the failed new run left no folders behind to block its name
+        self.assertEqual(sorted(os.listdir(os.path.join(self.tmp, "ck"))), ["a-file"])
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "log", "r")))
 
     def test_resume_without_corpus_manifest_needs_allow_corpus_change(self):
         quiet_train(tiny(self.tmp, max_steps=4))

@@ -14,6 +14,7 @@ resumed run computes exactly what an uninterrupted one would have.
 
 import dataclasses
 import math
+import shutil
 import signal
 import sys
 import time
@@ -280,10 +281,19 @@ def train(cfg: TrainConfig, resume=None, explicit=()):
     """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal."""
     run_dir, log_dir, cfg, resuming = prepare_run(cfg, resume, explicit)
     check_writable({cfg.checkpoint_dir: "--checkpoint-dir", cfg.log_dir: "--log-dir"})
+    new_dirs = [d for d in (run_dir, log_dir) if not d.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
-    with ckpts.RunLock(run_dir):
-        check_writable({run_dir: "--checkpoint-dir or --run", log_dir: "--log-dir or --run"})
-        return _train(cfg, run_dir, log_dir, resuming)
+    try:
+        with ckpts.RunLock(run_dir):
+            check_writable({run_dir: "--checkpoint-dir or --run", log_dir: "--log-dir or --run"})
+            return _train(cfg, run_dir, log_dir, resuming)
+    except (UserError, KeyboardInterrupt):
+        # A run that fails before it writes anything leaves no folder to trip over later.
+        for d in new_dirs:
+            if d.is_dir() and all(p.name in (ckpts.LOCK, ckpts.CONFIG, ckpts.VOCAB, ckpts.CORPUS)
+                                  for p in d.iterdir()):
+                shutil.rmtree(d, ignore_errors=True)
+        raise
 
 
 def _train(cfg, run_dir, log_dir, resuming):
