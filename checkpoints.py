@@ -149,6 +149,8 @@ def resolve(spec, checkpoint_dir="checkpoints"):
             if prefix:
                 return candidate.parent, prefix
     prefix = spec[:-6] if spec.endswith(".index") else spec
+    if not Path(prefix + ".index").is_file() and Path(checkpoint_dir, prefix + ".index").is_file():
+        prefix = str(Path(checkpoint_dir, prefix))  # RUN/ckpt-N, under the checkpoint dir
     if Path(prefix + ".index").is_file():
         run_dir = Path(prefix).parent
         run_dir = run_dir.parent if run_dir.name == BEST else run_dir

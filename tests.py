@@ -300,6 +300,13 @@ class TestBadInput(unittest.TestCase):
         self.assertIn(pattern, str(cm.exception))
         self.assertOneLine(cm.exception)
 
+    def test_broken_symlink(self):
+        os.symlink(self.path("gone.txt"), self.path("link.txt"))
+        with self.assertRaises(UserError) as cm:
+            find_files(self.path("link.txt"))
+        self.assertIn("broken symbolic link", str(cm.exception))
+        self.assertOneLine(cm.exception)
+
     def test_glob_matching_only_directories(self):
         os.makedirs(self.path("books"))
         with self.assertRaises(UserError) as cm:
@@ -811,6 +818,14 @@ class TestTraining(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(os.path.join(self.tmp, "ck"))), ["a-file"])
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "log", "r")))
 
+    def test_resume_past_max_steps_says_so(self):
+        quiet_train(tiny(self.tmp, max_steps=4))
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = training.train(tiny(self.tmp, max_steps=2), resume="r", explicit={"max_steps"})
+        self.assertEqual(code, 0)
+        self.assertIn("already at step 4 of 2: nothing to train", err.getvalue())
+
     def test_resume_without_corpus_manifest_needs_allow_corpus_change(self):
         quiet_train(tiny(self.tmp, max_steps=4))
         os.remove(os.path.join(self.tmp, "ck", "r", "corpus.json"))
@@ -1125,6 +1140,7 @@ class TestPlay(unittest.TestCase):
         run_dir = os.path.join(self.ck, "first")
         for spec, expected in (("first", "first/ckpt-10"), (run_dir, "first/ckpt-10"),
                                (os.path.join(self.ck, "second", "ckpt-20"), "second/ckpt-20"),
+                               (os.path.join("second", "ckpt-20"), "second/ckpt-20"),  # under --checkpoint-dir
                                (os.path.join(self.ck, "second", "best"), "second/best/ckpt-")):
             with self.subTest(spec=spec):
                 code, out, err = play(spec, "--checkpoint-dir", self.ck, "-n", "20", "--seed", "1")

@@ -337,6 +337,10 @@ def _train(cfg, run_dir, log_dir, resuming):
         ckpts.restore(checkpoint, prefix, what="run")
         optimizer.learning_rate.assign(cfg.lr)  # a new --lr applies from here on
         print(f"resuming {run_dir} from {Path(prefix).name} (step {int(progress['step'])})", file=sys.stderr)
+        if int(progress["step"]) >= total_steps:
+            print(f"run {run_dir.name} is already at step {int(progress['step'])} of {total_steps}: nothing to "
+                  f"train; raise --max-steps or --epochs to go on", file=sys.stderr)
+            return 0
     else:
         print(f"new run {run_dir}: {len(train_codes):,} training and {len(valid_codes):,} validation chars "
               f"from {len(corpus.files)} files, vocabulary {len(vocab)}", file=sys.stderr)

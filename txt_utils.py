@@ -232,6 +232,9 @@ def find_files(globs):
                 f"and quote the pattern so that the shell passes it unexpanded, e.g. 'texts/**/*.txt'"
             )
         files = [m for m in matches if os.path.isfile(m)]
+        broken = [m for m in matches if os.path.islink(m) and not os.path.exists(m)]
+        if not files and broken:
+            raise UserError(f"'{broken[0]}' is a broken symbolic link: point it at a text file or remove it")
         if not files:
             d = pattern.rstrip("/\\")
             raise UserError(f"'{pattern}' matches only directories: give a file pattern such as '{d}/*.txt' or '{d}/**/*.txt'")
