@@ -818,6 +818,17 @@ class TestTraining(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(os.path.join(self.tmp, "ck"))), ["a-file"])
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "log", "r")))
 
+    def test_resume_from_another_folder_names_the_run_s_folder(self):
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.tmp)
+        ck = os.path.join(self.tmp, "ck")
+        quiet_train(dataclasses_replace(tiny(self.tmp, max_steps=4), data=["corpus/*.txt"], checkpoint_dir=ck))
+        os.makedirs("elsewhere")
+        os.chdir("elsewhere")
+        with self.assertRaisesRegex(UserError, r"no file matches 'corpus/\*\.txt'.*started in .*: resume it from there"):
+            quiet_train(dataclasses_replace(tiny(self.tmp, max_steps=8), checkpoint_dir=ck), resume="r",
+                        explicit={"max_steps", "checkpoint_dir"})
+
     def test_resume_past_max_steps_says_so(self):
         quiet_train(tiny(self.tmp, max_steps=4))
         err = io.StringIO()

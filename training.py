@@ -14,6 +14,7 @@ resumed run computes exactly what an uninterrupted one would have.
 
 import dataclasses
 import math
+import os
 import shutil
 import signal
 import sys
@@ -153,7 +154,7 @@ def check_writable(dirs):
 
 
 def corpus_manifest(cfg, corpus):
-    return {"data": cfg.data, "validation": cfg.validation,
+    return {"data": cfg.data, "workdir": os.getcwd(), "validation": cfg.validation,
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in corpus.files]}
 
 
@@ -299,7 +300,14 @@ def train(cfg: TrainConfig, resume=None, explicit=()):
 def _train(cfg, run_dir, log_dir, resuming):
     if resuming:
         saved_config, vocab, saved_manifest = ckpts.load_run_files(run_dir)
-        corpus = read_corpus(cfg, vocab=vocab)
+        try:
+            corpus = read_corpus(cfg, vocab=vocab)
+        except UserError as e:  # relative globs read from another folder than the run's own
+            started = saved_manifest.get("workdir") if isinstance(saved_manifest, dict) else None
+            if (started and os.path.realpath(started) != os.path.realpath(os.getcwd())
+                    and not all(os.path.isabs(os.path.expanduser(g)) for g in cfg.data)):
+                raise UserError(f"{e} -- run {run_dir.name} was started in {started}: resume it from there") from None
+            raise
         check_same_corpus(saved_manifest, corpus_manifest(cfg, corpus), cfg.allow_corpus_change, run_dir)
         prefix = ckpts.latest_checkpoint(run_dir)
         if prefix is None:
