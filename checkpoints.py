@@ -88,10 +88,11 @@ def is_run(path):
 def newest_run(checkpoint_dir, find=None):
     """The run whose newest checkpoint (by find, default latest_checkpoint) was written last, or None."""
     find = find or latest_checkpoint
-    runs = [p for p in Path(checkpoint_dir).glob("*") if is_run(p) and find(p)]
+    prefixes = {p: find(p) for p in Path(checkpoint_dir).glob("*") if is_run(p)}  # one read of each index
+    runs = [p for p, prefix in prefixes.items() if prefix]
     if not runs:
         return None
-    return max(runs, key=lambda p: os.path.getmtime(find(p) + ".index"))
+    return max(runs, key=lambda p: os.path.getmtime(prefixes[p] + ".index"))
 
 
 def generation_checkpoint(run_dir):

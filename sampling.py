@@ -123,10 +123,10 @@ class Generator:
             n_forced = min(len(pending), self.chunk)
             forced[:n_forced] = pending[:n_forced]
             pending = pending[n_forced:]
-            out, states, token = self.compiled_chunk(states, token, tf.constant(np.tile(forced, (samples, 1))),
-                                           tf.constant(n_forced), tf.constant(position, tf.int64),
-                                           tf.constant(self.config.seed, tf.int64),
-                                           tf.constant(self.config.temperature, tf.float32))
+            out, states, token = self.compiled_chunk(
+                states, token, tf.constant(np.tile(forced, (samples, 1))), tf.constant(n_forced),
+                tf.constant(position, tf.int64), tf.constant(self.config.seed, tf.int64),
+                tf.constant(self.config.temperature, tf.float32))
             position += self.chunk
             out = out.numpy()[:, n_forced:]
             if length:
