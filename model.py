@@ -9,7 +9,8 @@ Two interchangeable implementations hold the same weights in Keras's layout:
 - "fused": our own CPU path. It works time-major, projects the inputs of a whole
   sequence with one matmul per layer (a row gather for one-hot input), unrolls
   the recurrence, and for the GRU writes the backward pass by hand (see
-  `_gru_recurrence`).
+  `_gru_recurrence`). A batch of 64 rows or more runs as two independent groups
+  of rows, which TensorFlow computes at the same time on two cores.
 A model trained with one loads into the other through `named_variables()`.
 """
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 CELLS = ("gru", "lstm", "rnn")
 IMPLEMENTATIONS = ("auto", "fused", "keras")
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: U·GATES columns
+ROW_GROUPS, MIN_GROUP_ROWS = 2, 32  # the fused path splits a batch in up to 2 groups of 32+ rows
 
 
 @dataclasses.dataclass
@@ -137,6 +139,27 @@ class CharRNN(keras.Model):
     def call(self, ids, states=None, training=False):
         if states is None:
             states = self.initial_states(tf.shape(ids)[0])
+        groups = self._row_groups(ids.shape[0])
+        if not groups:
+            return self._call_rows(ids, states, training)
+        # Independent groups of rows, each through the whole model: TF runs them
+        # side by side, one per core, with no copies between the layers.
+        results = [
+            self._call_rows(ids_g, list(states_g), training)
+            for ids_g, *states_g in zip(tf.split(ids, groups), *(tf.split(s, groups) for s in states))
+        ]
+        logits = tf.concat([logits_g for logits_g, _ in results], axis=0)
+        new_states = [tf.concat(layer_states, axis=0) for layer_states in zip(*(states_g for _, states_g in results))]
+        return logits, new_states
+
+    def _row_groups(self, batch):
+        """Sizes of the row groups of the fused CPU path (one per core), or None."""
+        if self.implementation != "fused" or batch is None or batch < 2 * MIN_GROUP_ROWS:
+            return None
+        count = min(ROW_GROUPS, batch // MIN_GROUP_ROWS)
+        return [batch // count + (i < batch % count) for i in range(count)]
+
+    def _call_rows(self, ids, states, training):
         time_major = self.implementation == "fused"
         x = tf.transpose(ids) if time_major else ids  # [T, B] or [B, T]
         if self.embedding is not None:
@@ -221,9 +244,9 @@ class FusedRecurrent(keras.layers.Layer):
     use autodiff through the loop.
     """
 
-    def __init__(self, cell: str, units: int, one_hot: bool, vocab_size: int, seed, chains: int = 2, **kwargs):
+    def __init__(self, cell: str, units: int, one_hot: bool, vocab_size: int, seed, **kwargs):
         super().__init__(**kwargs)
-        self.cell_type, self.units, self.one_hot, self.chains = cell, units, one_hot, chains
+        self.cell_type, self.units, self.one_hot = cell, units, one_hot
         self.initializers = _cell_initializers(cell, units, seed)
 
     def build(self, input_shape):
@@ -257,7 +280,7 @@ class FusedRecurrent(keras.layers.Layer):
 
         if self.cell_type == "gru":
             if xw.shape[0] is not None:
-                hs = _gru_recurrence(xw, state, self.recurrent_kernel, self.bias[1], self._chain_sizes(xw.shape[1]))
+                hs = _gru_recurrence(xw, state, self.recurrent_kernel, self.bias[1])
             else:
                 hs = _scan(_gru_step, xw, state, self.recurrent_kernel, self.bias[1])
             return hs, hs[-1]
@@ -266,11 +289,6 @@ class FusedRecurrent(keras.layers.Layer):
             return hcs[:, :, :U], hcs[-1]
         hs = _scan(_rnn_step, xw, state, self.recurrent_kernel)
         return hs, hs[-1]
-
-    def _chain_sizes(self, batch):
-        """Sizes of the independent batch slices to run side by side (one per core)."""
-        chains = max(1, min(self.chains, batch // 32)) if batch is not None else 1
-        return [batch // chains + (i < batch % chains) for i in range(chains)] if chains > 1 else None
 
 
 # One time step of each cell, in Keras's gate order and semantics.
@@ -314,7 +332,7 @@ def _scan(step, xw, state, *weights):
     return tf.stack(outputs)  # [T, B, S]
 
 
-def _gru_recurrence(xw, h0, recurrent_kernel, recurrent_bias, chain_sizes=None):
+def _gru_recurrence(xw, h0, recurrent_kernel, recurrent_bias):
     """Unrolled GRU recurrence with a hand-written backward pass.
 
     xw: [T, B, 3U] input projection plus input bias; h0: [B, U]. Returns hs [T, B, U].
@@ -323,7 +341,7 @@ def _gru_recurrence(xw, h0, recurrent_kernel, recurrent_bias, chain_sizes=None):
     data gradient, weight gradient) and some twenty small elementwise ops. The
     backward here does what cuDNN does:
     - every factor that does not depend on the gradient flowing back in time is
-      computed once for the whole sequence, with ops on [T, b, U] tensors:
+      computed once for the whole sequence, with ops on [T, B, U] tensors:
         A = (1 - z)(1 - hh²)                       dL/d(candidate pre-activation), per dh
         F = [(h_prev - hh) z (1 - z),  A r_h r (1 - r),  A r]
                                                    gradient of rh = h_prev @ U + b_rec, per dh
@@ -332,61 +350,41 @@ def _gru_recurrence(xw, h0, recurrent_kernel, recurrent_bias, chain_sizes=None):
     - after the loop, the weight gradients in one large matmul and a sum:
         dU = H_prevᵀ · dRH  over all T·B rows,  db_rec = Σ dRH,
       and dXW = [dRH_z, dRH_r, dh · A], which flows on to the input projection.
-    The batch is split into independent slices (chain_sizes rows each) whose
-    recurrences TF runs on different cores at once.
     """
-
-    def split(x, axis):  # the batch into chains
-        return tf.split(x, chain_sizes, axis=axis) if chain_sizes else [x]
-
-    def join(xs, axis):
-        return tf.concat(xs, axis=axis) if chain_sizes else xs[0]
 
     @tf.custom_gradient
     def recurrence(xw, h0, recurrent_kernel, recurrent_bias):
         U = h0.shape[-1]
-        saved, hs_chains = [], []  # saved: per chain, per step (h_prev, z, r, hh, rh_h)
-        for xw_c, h in zip(split(xw, 1), split(h0, 0)):
-            xh_c = xw_c[:, :, 2 * U :]  # [T, b, U] input part of the candidate
-            steps, hs = [], []
-            for xw_t, xh_t in zip(tf.unstack(xw_c), tf.unstack(xh_c)):
-                rh = tf.matmul(h, recurrent_kernel) + recurrent_bias  # [b, 3U]
-                gates = tf.sigmoid(xw_t + rh)  # z, r (and an unused third block)
-                z, r, rh_h = gates[:, :U], gates[:, U : 2 * U], rh[:, 2 * U :]
-                hh = tf.tanh(xh_t + r * rh_h)  # candidate, [b, U]
-                steps.append((h, z, r, hh, rh_h))
-                h = hh + z * (h - hh)  # = z h + (1 - z) hh
-                hs.append(h)
-            saved.append(steps)
-            hs_chains.append(tf.stack(hs))  # [T, b, U]
+        h, steps, hs = h0, [], []  # steps: per step (h_prev, z, r, hh, rh_h)
+        for xw_t, xh_t in zip(tf.unstack(xw), tf.unstack(xw[:, :, 2 * U :])):  # xh: input part of the candidate
+            rh = tf.matmul(h, recurrent_kernel) + recurrent_bias  # [B, 3U]
+            gates = tf.sigmoid(xw_t + rh)  # z, r (and an unused third block)
+            z, r, rh_h = gates[:, :U], gates[:, U : 2 * U], rh[:, 2 * U :]
+            hh = tf.tanh(xh_t + r * rh_h)  # candidate, [B, U]
+            steps.append((h, z, r, hh, rh_h))
+            h = hh + z * (h - hh)  # = z h + (1 - z) hh
+            hs.append(h)
 
         def grad(dhs):
+            h_prev, z, r, hh, rh_h = (tf.stack(s) for s in zip(*steps))  # each [T, B, U]
+            a = (1 - z) * (1 - hh * hh)
+            f = tf.stack([(h_prev - hh) * z * (1 - z), a * rh_h * r * (1 - r), a * r], axis=2)  # [T, B, 3, U]
             kernel_t = tf.transpose(recurrent_kernel)  # [3U, U]
-            dxw_chains, drh_chains, h_prev_chains, dh0s = [], [], [], []
-            for steps, dhs_c in zip(saved, split(dhs, 1)):
-                h_prev, z, r, hh, rh_h = (tf.stack(s) for s in zip(*steps))  # each [T, b, U]
-                a = (1 - z) * (1 - hh * hh)
-                f = tf.stack([(h_prev - hh) * z * (1 - z), a * rh_h * r * (1 - r), a * r], axis=2)  # [T, b, 3, U]
-                carry = tf.zeros_like(h_prev[0])
-                dh_steps, drh_steps = [], []
-                for dh_t, f_t, z_t in reversed(list(zip(tf.unstack(dhs_c), tf.unstack(f), tf.unstack(z)))):
-                    dh = dh_t + carry  # [b, U]
-                    drh = tf.reshape(dh[:, None, :] * f_t, [-1, 3 * U])  # [b, 3U]
-                    carry = dh * z_t + tf.matmul(drh, kernel_t)
-                    dh_steps.append(dh)
-                    drh_steps.append(drh)
-                drh = tf.stack(drh_steps[::-1])  # [T, b, 3U]
-                dh = tf.stack(dh_steps[::-1])  # [T, b, U]
-                dxw_chains.append(tf.concat([drh[:, :, : 2 * U], dh * a], axis=2))
-                drh_chains.append(drh)
-                h_prev_chains.append(h_prev)
-                dh0s.append(carry)
-            drh, h_prev = join(drh_chains, 1), join(h_prev_chains, 1)
+            carry, dh_steps, drh_steps = tf.zeros_like(h0), [], []
+            for dh_t, f_t, z_t in reversed(list(zip(tf.unstack(dhs), tf.unstack(f), tf.unstack(z)))):
+                dh = dh_t + carry  # [B, U]
+                drh = tf.reshape(dh[:, None, :] * f_t, [-1, 3 * U])  # [B, 3U]
+                carry = dh * z_t + tf.matmul(drh, kernel_t)
+                dh_steps.append(dh)
+                drh_steps.append(drh)
+            drh = tf.stack(drh_steps[::-1])  # [T, B, 3U]
+            dh = tf.stack(dh_steps[::-1])  # [T, B, U]
+            d_xw = tf.concat([drh[:, :, : 2 * U], dh * a], axis=2)
             d_kernel = tf.matmul(tf.reshape(h_prev, [-1, U]), tf.reshape(drh, [-1, 3 * U]), transpose_a=True)
             d_bias = tf.reduce_sum(drh, axis=[0, 1])
-            return join(dxw_chains, 1), join(dh0s, 0), d_kernel, d_bias
+            return d_xw, carry, d_kernel, d_bias
 
-        return join(hs_chains, 1), grad
+        return tf.stack(hs), grad
 
     # Tensors, not variables: the gradient reaches the variables through their reads.
     return recurrence(xw, h0, tf.convert_to_tensor(recurrent_kernel), tf.convert_to_tensor(recurrent_bias))

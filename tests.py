@@ -582,7 +582,7 @@ class CharRNNTest(unittest.TestCase):
                     for v in fused.named_variables().values():  # nonzero biases too
                         v.assign(tf.random.stateless_uniform(v.shape, [1, v.shape[-1]], -0.5, 0.5))
                     copy_weights(fused, stock)
-                    ids, states = random_ids(65, 7), random_states(fused, 65)  # 65: uneven chains
+                    ids, states = random_ids(65, 7), random_states(fused, 65)  # 65: two uneven row groups
                     logits_f, states_f = fused(ids, states)
                     logits_k, states_k = stock(ids, states)
                     np.testing.assert_allclose(logits_f, logits_k, atol=1e-5)
