@@ -12,7 +12,8 @@
             state) for (a) GRU 3x512, seq 30, batch 200 and (b) GRU 2x256, seq 64,
             batch 64, as a fraction of the FLOP bound = matmul rate / (3 x forward
             FLOPs per char), and the peak memory of that process; with the default
-            implementation and, as a baseline, the stock Keras layers in the same loop.
+            implementation and rnn_train.py's thread settings and, as a baseline, the
+            stock Keras layers in the same loop with TensorFlow's default threads.
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
             as a baseline, from one tf.function call per character; and the time
             from launching `rnn_play.py` to its first character, TensorFlow import
@@ -217,6 +218,8 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        if args.child == "train" and args.implementation != "keras":
+            import rnn_train  # noqa: F401  (TensorFlow with rnn_train.py's thread settings)
         if args.child not in ("text", "corpus"):  # those measure memory without TensorFlow
             import tf_setup  # noqa: F401  (TensorFlow without its start-up chatter)
         print(json.dumps(globals()[f"child_{args.child}"](args)))

@@ -10,7 +10,8 @@ Two interchangeable implementations hold the same weights in Keras's layout:
   sequence with one matmul per layer (a row gather for one-hot input), unrolls
   the recurrence, and for the GRU writes the backward pass by hand (see
   `_gru_recurrence`). A batch of 64 rows or more runs as two independent groups
-  of rows, which TensorFlow computes at the same time on two cores.
+  of rows (each with its own dropout masks), which TensorFlow computes at the
+  same time; rnn_train.py gives each op half the cores to match.
 A model trained with one loads into the other through `named_variables()`.
 """
 
@@ -23,7 +24,7 @@ import tensorflow as tf
 CELLS = ("gru", "lstm", "rnn")
 IMPLEMENTATIONS = ("auto", "fused", "keras")
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: U·GATES columns
-ROW_GROUPS, MIN_GROUP_ROWS = 2, 32  # the fused path splits a batch in up to 2 groups of 32+ rows
+ROW_GROUPS, MIN_GROUP_ROWS = 2, 32  # the fused path splits a batch of 64+ rows in 2 groups
 
 
 @dataclasses.dataclass
@@ -143,7 +144,7 @@ class CharRNN(keras.Model):
         if not groups:
             return self._call_rows(ids, states, training)
         # Independent groups of rows, each through the whole model: TF runs them
-        # side by side, one per core, with no copies between the layers.
+        # side by side on different cores, with no copies between the layers.
         results = [
             self._call_rows(ids_g, list(states_g), training)
             for ids_g, *states_g in zip(tf.split(ids, groups), *(tf.split(s, groups) for s in states))
@@ -153,10 +154,10 @@ class CharRNN(keras.Model):
         return logits, new_states
 
     def _row_groups(self, batch):
-        """Sizes of the row groups of the fused CPU path (one per core), or None."""
-        if self.implementation != "fused" or batch is None or batch < 2 * MIN_GROUP_ROWS:
+        """Sizes of the row groups of the fused CPU path, or None for one group."""
+        count = min(ROW_GROUPS, (batch or 0) // MIN_GROUP_ROWS)
+        if self.implementation != "fused" or count < 2:
             return None
-        count = min(ROW_GROUPS, batch // MIN_GROUP_ROWS)
         return [batch // count + (i < batch % count) for i in range(count)]
 
     def _call_rows(self, ids, states, training):
