@@ -1,7 +1,8 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
     python3 benchmark.py                  # everything (about 6 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate (corpus)
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer)
+    python3 benchmark.py train peer --peer-python ~/torch-venv/bin/python
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
 - corpus:   reading a 1 GB ASCII file with read_corpus (two streamed passes):
@@ -14,6 +15,10 @@
             FLOPs per char), and the peak memory of that process; with the default
             implementation and rnn_train.py's thread settings and, as a baseline, the
             stock Keras layers in the same loop with TensorFlow's default threads.
+- peer:     the same training figures for PyTorch's nn.GRU (one-hot input, dropout,
+            Adam, clipping, carried state), the reference peer, when the Python
+            given by --peer-python (default: this one) can import torch. Not in the
+            default set; run it with train to compare in one run.
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
             as a baseline, from one tf.function call per character; and the time
             from launching `rnn_play.py` to its first character, TensorFlow import
@@ -103,9 +108,9 @@ def child_matmul(args):
     n = 4096
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     flops = 2 * n ** 3
-    np_rate = max(flops / timed(lambda: a @ a) for _ in range(3))
+    np_rate = max(flops / timed(lambda: a @ a) for _ in range(7))  # the best of several: a bound
     ta = tf.constant(a)
-    tf_rate = max(flops / timed(lambda: tf.matmul(ta, ta).numpy()) for _ in range(3))
+    tf_rate = max(flops / timed(lambda: tf.matmul(ta, ta).numpy()) for _ in range(7))
     return {"numpy_gflops": np_rate / 1e9, "tf_gflops": tf_rate / 1e9}
 
 
@@ -138,6 +143,52 @@ def child_train(args):
     rates = windows(one_step, args.seconds, args.windows)
     return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates),
             "train_flops_per_char": 3 * flops_per_char(config), "peak_mb": peak_rss_mb()}
+
+
+def child_flops(args):
+    from model import ModelConfig, flops_per_char
+    return {"train_flops_per_char": 3 * flops_per_char(ModelConfig(vocab_size=VOCAB, **CONFIGS[args.config][0]))}
+
+
+def child_peer(args):
+    import torch
+    import torch.nn.functional as F
+    kwargs, batch, seqlen = CONFIGS[args.config]
+    layers, units = kwargs["layers"], kwargs["units"]
+    torch.manual_seed(0)
+
+    class Peer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(VOCAB, units, layers, dropout=0.2)
+            self.dropout, self.readout = torch.nn.Dropout(0.2), torch.nn.Linear(units, VOCAB)
+
+        def forward(self, ids, h):  # ids [T, B]
+            y, h = self.gru(F.one_hot(ids, VOCAB).float(), h)
+            return self.readout(self.dropout(y)), h
+
+    model = Peer()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    data = torch.randint(0, VOCAB, (16, seqlen + 1, batch))
+    state = [torch.zeros(layers, batch, units), 0]
+
+    def one_step():
+        d = data[state[1] % len(data)]
+        logits, h = model(d[:-1], state[0])
+        state[0], state[1] = h.detach(), state[1] + 1
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), d[1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        float(loss)
+        return batch * seqlen
+
+    for _ in range(3):
+        one_step()
+    rates = windows(one_step, args.seconds, args.windows)
+    return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "version": torch.__version__, "threads": torch.get_num_threads(), "peak_mb": peak_rss_mb()}
 
 
 def child_generate(args):
@@ -198,8 +249,8 @@ def first_char_seconds(checkpoint_dir):
 
 # ---------------------------------------------------------------- parent
 
-def run_child(kind, **kw):
-    cmd = [sys.executable, __file__, "--child", kind] + [f"--{k}={v}" for k, v in kw.items()]
+def run_child(kind, python=sys.executable, **kw):
+    cmd = [python, __file__, "--child", kind] + [f"--{k}={v}" for k, v in kw.items()]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"benchmark child {kind} failed:\n{out.stderr[-2000:]}")
@@ -209,10 +260,12 @@ def run_child(kind, **kw):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sections", nargs="*", default=["text", "matmul", "train", "generate"],
-                   help="text, corpus (writes a 1 GB file; not in the default set), matmul, train, generate")
+                   help="text, corpus (writes a 1 GB file), matmul, train, peer (PyTorch), generate; "
+                        "corpus and peer are not in the default set")
     p.add_argument("--seconds", type=float, default=10, help="length of each measuring window")
     p.add_argument("--windows", type=int, default=5, help="windows per figure; the median is reported")
     p.add_argument("--implementation", default="auto", help="model implementation for the training figures")
+    p.add_argument("--peer-python", default=sys.executable, help="a Python that can import torch, for the peer section")
     p.add_argument("--config", default="a")
     p.add_argument("--tmp", default="")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -220,7 +273,7 @@ def main():
     if args.child:
         if args.child == "train" and args.implementation != "keras":
             import rnn_train  # noqa: F401  (TensorFlow with rnn_train.py's thread settings)
-        if args.child not in ("text", "corpus"):  # those measure memory without TensorFlow
+        if args.child not in ("text", "corpus", "peer"):  # those run without TensorFlow
             import tf_setup  # noqa: F401  (TensorFlow without its start-up chatter)
         print(json.dumps(globals()[f"child_{args.child}"](args)))
         return
@@ -238,7 +291,7 @@ def main():
               f"its codes take {r['bytes'] / 1e6:,.0f} MB, the process peaked at {r['peak_mb']:,.0f} MB "
               f"(TensorFlow not loaded)")
     matmul = None
-    if "matmul" in args.sections or "train" in args.sections:
+    if {"matmul", "train", "peer"} & set(args.sections):
         m = run_child("matmul")
         matmul = max(m["numpy_gflops"], m["tf_gflops"])
         print(f"matmul: fp32 4096^3 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s")
@@ -252,6 +305,16 @@ def main():
                       f"batch {batch}, {implementation}: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
                       f"max {r['max']:,.0f}); FLOP bound {bound:,.0f} chars/s; fraction "
                       f"{r['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
+    if "peer" in args.sections:
+        probe = subprocess.run([args.peer_python, "-c", "import torch"], capture_output=True)
+        if probe.returncode:
+            print(f"peer: skipped, {args.peer_python} cannot import torch (pass --peer-python)")
+        for name, (kwargs, batch, seqlen) in CONFIGS.items() if not probe.returncode else ():
+            r = run_child("peer", python=args.peer_python, config=name, **timing)
+            bound = matmul * 1e9 / run_child("flops", config=name)["train_flops_per_char"]
+            print(f"peer ({name}) PyTorch {r['version']} nn.GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
+                  f"batch {batch}, {r['threads']} threads: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
+                  f"max {r['max']:,.0f}); fraction {r['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
     if "generate" in args.sections:
         with tempfile.TemporaryDirectory() as tmp:
             r = run_child("generate", tmp=tmp, **timing)
