@@ -117,7 +117,7 @@ class CharRNN(keras.Model):
             seed = (next(seeds), next(seeds))
             self.rnns.append(layer_class(c.cell, c.units, one_hot, c.vocab_size, seed=seed if initialize else None))
         # dropouts[l] acts on the output of layer l: the input of layer l+1, or of the readout.
-        self.dropouts = [keras.layers.Dropout(c.dropout, seed=next(seeds)) for _ in range(c.layers)]
+        self.dropouts = [Dropout(c.dropout, seed=next(seeds)) for _ in range(c.layers)]
         self.readout = keras.layers.Dense(c.vocab_size, kernel_initializer=seeded(keras.initializers.GlorotUniform(seed=next(seeds))))
 
         # Create every variable now, so a checkpoint can be restored before any call.
@@ -194,6 +194,24 @@ class CharRNN(keras.Model):
             for layer, d in enumerate(self.dropouts)
             if getattr(d, "seed_generator", None) is not None
         }
+
+
+class Dropout(keras.layers.Dropout):
+    """Keras's Dropout with a cheaper mask: 16 random bits decide each element (the
+    rate is rounded to a multiple of 1/65536), so it draws half the random numbers
+    Keras's does and compares integers. Keras's seed generator drives it, so the
+    masks are reproducible and a checkpointed run resumes exactly."""
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        dropped = round(self.rate * 65536)  # of 65536 values of the 16 bits
+        n = tf.size(inputs)
+        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
+        bits = tf.random.stateless_uniform([(n + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
+        bits = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])[:n]
+        keep = tf.reshape(bits, tf.shape(inputs)) >= dropped
+        return tf.where(keep, inputs * (65536 / (65536 - dropped)), tf.zeros_like(inputs))
 
 
 def _cell_initializers(cell: str, units: int, seed: tuple[int, int] | None) -> dict:

@@ -481,7 +481,7 @@ import rnn_play  # noqa: E402
 import training  # noqa: E402
 from sampling import SamplingConfig, filter_logits, pick  # noqa: E402
 from training import TrainConfig  # noqa: E402
-from model import CharRNN, ModelConfig, flops_per_char  # noqa: E402
+from model import CharRNN, Dropout, ModelConfig, flops_per_char  # noqa: E402
 import keras  # noqa: E402
 
 LINES = ["the cat sat on the mat.\n", "a dog ran to the log.\n", "my hat is on the cat.\n"]
@@ -677,6 +677,18 @@ class CharRNNTest(unittest.TestCase):
         replay, _ = model(ids, training=True)
         self.assertFalse(np.allclose(first, second))
         np.testing.assert_array_equal(first, replay)
+
+    def test_dropout_drops_at_its_rate_and_keeps_the_mean(self):
+        x = tf.ones([999, 1001])  # an odd number of elements: the last 16 random bits go unused
+        dropout = Dropout(0.3, seed=1)
+        y = dropout(x, training=True).numpy()
+        kept = y != 0
+        self.assertAlmostEqual(kept.mean(), 0.7, delta=0.003)
+        np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-4)
+        self.assertAlmostEqual(y.mean(), 1.0, delta=0.005)
+        self.assertFalse(np.array_equal(dropout(x, training=True).numpy(), y))  # a new mask each call
+        np.testing.assert_array_equal(Dropout(0.3, seed=1)(x, training=True).numpy(), y)  # seeded
+        np.testing.assert_array_equal(dropout(x, training=False).numpy(), x.numpy())
 
     def test_checkpoint_saves_named_and_rng_variables(self):
         model = CharRNN(tiny_model_config(dropout=0.5), "fused")
