@@ -1216,6 +1216,7 @@ class TestPlay(unittest.TestCase):
         first = proc.stdout.read(2000)  # arrives while generation goes on: it streams
         proc.stdout.close()  # what `head` does once it has enough
         err = proc.stderr.read().decode()
+        proc.stderr.close()
         proc.wait(timeout=60)
         self.assertEqual(len(first), 2000)
         self.assertEqual(proc.returncode, 0, err)
