@@ -13,8 +13,8 @@
             state) for (a) GRU 3x512, seq 30, batch 200 and (b) GRU 2x256, seq 64,
             batch 64, as a fraction of the FLOP bound = matmul rate / (3 x forward
             FLOPs per char), and the peak memory of that process; with the default
-            implementation and rnn_train.py's thread settings and, as a baseline, the
-            stock Keras layers in the same loop with TensorFlow's default threads.
+            implementation and, as a baseline, the stock Keras layers in the same
+            loop, each with rnn_train.py's thread settings for it.
 - peer:     the same training figures for PyTorch's nn.GRU (one-hot input, dropout,
             Adam, clipping, carried state), the reference peer, when the Python
             given by --peer-python (default: this one) can import torch. Not in the
@@ -271,7 +271,7 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        if args.child == "train" and args.implementation != "keras":
+        if args.child == "train":
             import rnn_train  # noqa: F401  (TensorFlow with rnn_train.py's thread settings)
         if args.child not in ("text", "corpus", "peer"):  # those run without TensorFlow
             import tf_setup  # noqa: F401  (TensorFlow without its start-up chatter)

@@ -14,13 +14,23 @@ import dataclasses
 import os
 import sys
 
-# The fused CPU model runs a batch as two groups of rows side by side (model.py), so
-# each op gets half the cores: on 2 cores, each group's small matmuls run alone on a
-# core, which is faster than splitting every one of them over both. TensorFlow reads
-# these when it starts; set them yourself to override.
-CORES = len(os.sched_getaffinity(0))
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, CORES // 2)))
-os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(CORES))
+
+def _thread_defaults(argv):
+    """The fused CPU model runs a batch as two groups of rows side by side (model.py),
+    so each op gets half the cores: on 2 cores, each group's small matmuls run alone
+    on a core, faster than splitting every one of them over both. TensorFlow reads
+    these when it starts; set them yourself to override. The stock Keras layers
+    (--implementation keras) keep TensorFlow's defaults."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--implementation")
+    if peek.parse_known_args(argv)[0].implementation == "keras":
+        return
+    cores = len(os.sched_getaffinity(0))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, cores // 2)))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(cores))
+
+
+_thread_defaults(sys.argv[1:])
 
 import tf_setup  # noqa: E402,F401  (imports TensorFlow without its start-up chatter)
 from training import TrainConfig, train

@@ -909,6 +909,22 @@ def flip_byte(path, fraction_denominator):
     Path(path).write_bytes(bytes(data))
 
 
+class TestThreadSettings(unittest.TestCase):
+    def test_training_gives_each_op_half_the_cores_but_leaves_the_stock_layers_alone(self):
+        import rnn_train
+        names = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+        with mock.patch.dict(os.environ), mock.patch("os.sched_getaffinity", return_value=set(range(8))):
+            for name in names:
+                os.environ.pop(name, None)
+            rnn_train._thread_defaults(["--implementation", "keras"])
+            self.assertFalse(any(name in os.environ for name in names))
+            rnn_train._thread_defaults(["--layers", "2"])
+            self.assertEqual([os.environ[name] for name in names], ["4", "8"])
+            os.environ["TF_NUM_INTRAOP_THREADS"] = "3"
+            rnn_train._thread_defaults([])
+            self.assertEqual(os.environ["TF_NUM_INTRAOP_THREADS"], "3")  # the user's setting wins
+
+
 class TestCheckpointDamage(unittest.TestCase):
     """Every kind of damage gives one error naming the file, never a fresh start."""
 
