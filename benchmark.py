@@ -295,11 +295,13 @@ def main():
         m = run_child("matmul")
         matmul = max(m["numpy_gflops"], m["tf_gflops"])
         print(f"matmul: fp32 4096^3 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s")
+    train_flops = {}  # per config, from the train section or, without it, a child of its own
     if "train" in args.sections:
         implementations = [args.implementation] + (["keras"] if args.implementation != "keras" else [])
         for name, (kwargs, batch, seqlen) in CONFIGS.items():
             for implementation in implementations:
                 r = run_child("train", config=name, implementation=implementation, **timing)
+                train_flops[name] = r["train_flops_per_char"]
                 bound = matmul * 1e9 / r["train_flops_per_char"]
                 print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
                       f"batch {batch}, {implementation}: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
@@ -309,9 +311,12 @@ def main():
         probe = subprocess.run([args.peer_python, "-c", "import torch"], capture_output=True)
         if probe.returncode:
             print(f"peer: skipped, {args.peer_python} cannot import torch (pass --peer-python)")
-        for name, (kwargs, batch, seqlen) in CONFIGS.items() if not probe.returncode else ():
+        configs = {} if probe.returncode else CONFIGS
+        for name, (kwargs, batch, seqlen) in configs.items():
             r = run_child("peer", python=args.peer_python, config=name, **timing)
-            bound = matmul * 1e9 / run_child("flops", config=name)["train_flops_per_char"]
+            if name not in train_flops:
+                train_flops[name] = run_child("flops", config=name)["train_flops_per_char"]
+            bound = matmul * 1e9 / train_flops[name]
             print(f"peer ({name}) PyTorch {r['version']} nn.GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
                   f"batch {batch}, {r['threads']} threads: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
                   f"max {r['max']:,.0f}); fraction {r['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
