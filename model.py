@@ -289,20 +289,19 @@ class FusedRecurrent(keras.layers.Layer):
 
     def call(self, x, state, training=False):
         U = self.units
-        input_bias = self.bias[0] if self.cell_type == "gru" else self.bias
         if self.one_hot:
             xw = tf.gather(self.kernel, x)  # [T, B, G]: one_hot(x) @ kernel without the matmul
         else:
             xw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), self.kernel)  # [T·B, G]
             xw = tf.reshape(xw, tf.concat([tf.shape(x)[:2], [-1]], 0))  # [T, B, G]
-        xw = xw + input_bias
 
         if self.cell_type == "gru":
             if xw.shape[0] is not None:
-                hs = _gru_recurrence(xw, state, self.recurrent_kernel, self.bias[1])
+                hs = _gru_recurrence(xw, state, self.recurrent_kernel, self.bias)
             else:
-                hs = _scan(_gru_step, xw, state, self.recurrent_kernel, self.bias[1])
+                hs = _scan(_gru_step, xw + self.bias[0], state, self.recurrent_kernel, self.bias[1])
             return hs, hs[-1]
+        xw = xw + self.bias
         if self.cell_type == "lstm":
             hcs = _scan(_lstm_step, xw, state, self.recurrent_kernel)  # [T, B, 2U]: h and c
             return hcs[:, :, :U], hcs[-1]
@@ -351,10 +350,11 @@ def _scan(step, xw, state, *weights):
     return tf.stack(outputs)  # [T, B, S]
 
 
-def _gru_recurrence(xw, h0, recurrent_kernel, recurrent_bias):
+def _gru_recurrence(xw, h0, recurrent_kernel, bias):
     """Unrolled GRU recurrence with a hand-written backward pass.
 
-    xw: [T, B, 3U] input projection plus input bias; h0: [B, U]. Returns hs [T, B, U].
+    xw: [T, B, 3U] input projection; h0: [B, U]; bias: [2, 3U], the input and the
+    recurrent bias. Returns hs [T, B, U].
 
     Autodiff through the loop would do three small matmuls per step (forward,
     data gradient, weight gradient) and some twenty small elementwise ops. The
@@ -366,14 +366,17 @@ def _gru_recurrence(xw, h0, recurrent_kernel, recurrent_bias):
                                                    gradient of rh = h_prev @ U + b_rec, per dh
     - per step, backwards in time, only
         dh = dL/dh_t (from above) + carry,   dRH_t = dh · F_t,   carry = dh z + dRH_t @ Uᵀ
-    - after the loop, the weight gradients in one large matmul and a sum:
-        dU = H_prevᵀ · dRH  over all T·B rows,  db_rec = Σ dRH,
+    - after the loop, the weight gradients in one large matmul:
+        dU = H_prevᵀ · dRH  over all T·B rows,
       and dXW = [dRH_z, dRH_r, dh · A], which flows on to the input projection.
+      The bias gradients are the column sums of dXW and dRH, taken as matmuls
+      with a row of ones: 1-4% faster per step at 3x512 than reduce_sum.
     """
 
     @tf.custom_gradient
-    def recurrence(xw, h0, recurrent_kernel, recurrent_bias):
+    def recurrence(xw, h0, recurrent_kernel, bias):
         U = h0.shape[-1]
+        xw, recurrent_bias = xw + bias[0], bias[1]
         h, steps, hs = h0, [], []  # steps: per step (h_prev, z, r, hh, rh_h)
         for xw_t, xh_t in zip(tf.unstack(xw), tf.unstack(xw[:, :, 2 * U :])):  # xh: input part of the candidate
             rh = tf.matmul(h, recurrent_kernel) + recurrent_bias  # [B, 3U]
@@ -399,11 +402,13 @@ def _gru_recurrence(xw, h0, recurrent_kernel, recurrent_bias):
             drh = tf.stack(drh_steps[::-1])  # [T, B, 3U]
             dh = tf.stack(dh_steps[::-1])  # [T, B, U]
             d_xw = tf.concat([drh[:, :, : 2 * U], dh * a], axis=2)
-            d_kernel = tf.matmul(tf.reshape(h_prev, [-1, U]), tf.reshape(drh, [-1, 3 * U]), transpose_a=True)
-            d_bias = tf.reduce_sum(drh, axis=[0, 1])
-            return d_xw, carry, d_kernel, d_bias
+            drh, d_xw = tf.reshape(drh, [-1, 3 * U]), tf.reshape(d_xw, [-1, 3 * U])  # [T·B, 3U]
+            d_kernel = tf.matmul(tf.reshape(h_prev, [-1, U]), drh, transpose_a=True)
+            ones = tf.ones([1, tf.shape(drh)[0]])
+            d_bias = tf.concat([tf.matmul(ones, d_xw), tf.matmul(ones, drh)], axis=0)  # [2, 3U]
+            return tf.reshape(d_xw, tf.shape(xw)), carry, d_kernel, d_bias
 
         return tf.stack(hs), grad
 
     # Tensors, not variables: the gradient reaches the variables through their reads.
-    return recurrence(xw, h0, tf.convert_to_tensor(recurrent_kernel), tf.convert_to_tensor(recurrent_bias))
+    return recurrence(xw, h0, tf.convert_to_tensor(recurrent_kernel), tf.convert_to_tensor(bias))
