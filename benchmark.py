@@ -20,9 +20,10 @@
             given by --peer-python (default: this one) can import torch. Not in the
             default set; run it with train to compare in one run.
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
-            as a baseline, from one tf.function call per character; and the time
+            as a baseline, from one tf.function call per character; the time
             from launching `rnn_play.py` to its first character, TensorFlow import
-            included.
+            included; and the bound for batch 1: a character must read every
+            weight matrix once, so memory bandwidth, not FLOPs, sets its speed.
 
 Throughput on a shared 2-core machine is noisy: each figure is the median of
 several windows after a warm-up, and ratios are best compared within one run.
@@ -231,8 +232,40 @@ def child_generate(args):
 
     per_char()
     baseline = windows(per_char, args.seconds / 2, 3)
+    bound, megabytes = streaming_bound(model, args.seconds / 2)
     return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates), "compile_s": compile_s,
-            "per_char_s": statistics.median(baseline)}
+            "per_char_s": statistics.median(baseline), "bound_chars_s": bound, "weights_mb": megabytes}
+
+
+def streaming_bound(model, seconds, steps=500):
+    """The generation speed if a character cost nothing but reading the model's
+    matrices once: batch-1 matvecs over the same weights (a row gather replaces the
+    one-hot layer's kernel), chained and compiled like the generation loop.
+    Returns (chars/s, megabytes read per character)."""
+    import tensorflow as tf
+    rnns = model.rnns
+    matrices = ([r.recurrent_kernel for r in rnns] + [r.kernel for r in rnns if not r.one_hot]
+                + [model.readout.kernel])
+    matrices = [tf.convert_to_tensor(m) for m in matrices]
+
+    @tf.function(jit_compile=True, autograph=False)
+    def chain(h):
+        def body(i, h):
+            for m in matrices:
+                y = tf.matmul(h[:, :m.shape[0]], m)
+                h = y[:, :h.shape[1]] if y.shape[1] >= h.shape[1] else h + y[:, :1]
+            return i + 1, h
+        return tf.while_loop(lambda i, h: i < steps, body, (tf.constant(0), h))[1]
+
+    h = tf.random.normal([1, model.config.units])
+
+    def run():
+        chain(h).numpy()
+        return steps
+
+    run()
+    rates = windows(run, seconds, 3)
+    return statistics.median(rates), sum(m.shape.num_elements() * 4 for m in matrices) / 1e6
 
 
 def first_char_seconds(checkpoint_dir):
@@ -328,6 +361,10 @@ def main():
               f"max {r['max']:,.0f}; compile {r['compile_s']:.1f} s); a tf.function call per character: "
               f"{r['per_char_s']:,.0f} chars/s (x{r['chars_s'] / r['per_char_s']:.1f}); time to first "
               f"character of `rnn_play.py` incl. TensorFlow import: {first:.2f} s (median of 3)")
+        bound = r["bound_chars_s"]
+        print(f"generate: weight-streaming bound {bound:,.0f} chars/s (its {r['weights_mb']:.1f} MB of matrices "
+              f"read once per character, {bound * r['weights_mb'] / 1e3:.0f} GB/s); fraction "
+              f"{r['chars_s'] / bound:.2f}")
 
 
 if __name__ == "__main__":
