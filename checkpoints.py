@@ -85,14 +85,24 @@ def is_run(path):
     return (Path(path) / CONFIG).is_file()
 
 
-def newest_run(checkpoint_dir, find=None):
-    """The run whose newest checkpoint (by find, default latest_checkpoint) was written last, or None."""
-    find = find or latest_checkpoint
-    prefixes = {p: find(p) for p in Path(checkpoint_dir).glob("*") if is_run(p)}  # one read of each index
-    runs = [p for p, prefix in prefixes.items() if prefix]
-    if not runs:
-        return None
-    return max(runs, key=lambda p: os.path.getmtime(prefixes[p] + ".index"))
+def newest_run(checkpoint_dir, best=False):
+    """The run that wrote a checkpoint last (counting those in its best/ folder when
+    best is true), or None.
+
+    Runs are ordered by the times of their checkpoint files, and only the newest
+    run's index file is read: a damaged index in another run is no obstacle.
+    """
+    patterns = ("ckpt-*.index", f"{BEST}/ckpt-*.index") if best else ("ckpt-*.index",)
+    written = {}
+    for run in Path(checkpoint_dir).glob("*"):
+        times = [f.stat().st_mtime for pattern in patterns for f in run.glob(pattern)]
+        if times and is_run(run):
+            written[run] = max(times)
+    find = generation_checkpoint if best else latest_checkpoint
+    for run in sorted(written, key=written.get, reverse=True):
+        if find(run):
+            return run
+    return None
 
 
 def generation_checkpoint(run_dir):
@@ -132,7 +142,7 @@ def resolve(spec, checkpoint_dir="checkpoints"):
     With spec None, the newest run under checkpoint_dir.
     """
     if spec is None:
-        run_dir = newest_run(checkpoint_dir, find=generation_checkpoint)
+        run_dir = newest_run(checkpoint_dir, best=True)
         if run_dir is None:
             raise UserError(f"no checkpoint found under {checkpoint_dir}/; train one first with "
                             f"`python3 rnn_train.py` (or pass --checkpoint-dir)")

@@ -992,6 +992,27 @@ class TestCheckpointDamage(unittest.TestCase):
         run_dir = self.damaged(lambda d: write(os.path.join(d, "config.json"), "{not json"))
         self.assert_refused(run_dir, r"config\.json is damaged")
 
+    def test_a_damaged_older_run_does_not_hide_the_newest(self):
+        root = Path(self.tmp, "ck")
+        self.damaged(lambda d: None)
+        old = root / "old"
+        self.addCleanup(shutil.rmtree, old, True)
+        shutil.copytree(self.pristine, old)
+        write(old / "checkpoint", "model_checkpoint_path: \x00\x01{{")
+
+        def touch(run_dir, when):
+            for folder, _, files in os.walk(run_dir):
+                for name in files:
+                    os.utime(os.path.join(folder, name), when)
+
+        touch(old, (1e9, 1e9))  # written long before r
+        self.assertEqual(ckpts.newest_run(root), root / "r")
+        self.assertEqual(ckpts.resolve(None, root)[0], root / "r")
+        touch(old, None)  # now the damaged run is the newest: its index is named
+        for find in (lambda: ckpts.newest_run(root), lambda: ckpts.resolve(None, root)):
+            with self.assertRaisesRegex(UserError, r"old/checkpoint is damaged"):
+                find()
+
 
 class TestSignals(unittest.TestCase):
     def test_sigterm_checkpoints_and_resume_is_exact(self):
