@@ -3,6 +3,7 @@
     python3 rnn_train.py                          # 3x512 GRU on the works of Shakespeare
     python3 rnn_train.py --data 'mytexts/**/*.txt' --layers 2 --units 256
     python3 rnn_train.py --resume                 # continue the newest run where it stopped
+    python3 rnn_train.py --resume RUN/best --lr 3e-4   # a new run from RUN's best checkpoint
     tensorboard --logdir=log                      # curves and samples
 
 Exit codes: 0 done, 2 bad input (one-line error), 130/143 interrupted by
@@ -82,7 +83,9 @@ def make_parser():
     g.add_argument("--run", default=d.run, metavar="NAME",
                    help="name of a new run; empty: cell, size and start time, e.g. gru3x512-20260101-120000")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
-                   help="continue run NAME with its saved configuration; alone, the newest run")
+                   help="continue run NAME with its saved configuration; alone, the newest run. A checkpoint "
+                        "prefix or a run's best/ folder starts a new run from that checkpoint, named by --run "
+                        "or RUN-from-STEP; the first run is left as it is")
     g.add_argument("--allow-corpus-change", action="store_true", default=d.allow_corpus_change,
                    help="let --resume continue although the training files changed")
     g.add_argument("--checkpoint-dir", default=d.checkpoint_dir, help="where runs keep checkpoints")

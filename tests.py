@@ -791,6 +791,32 @@ class TestTraining(unittest.TestCase):
         self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "new")).endswith("ckpt-8"))
         self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "old")).endswith("ckpt-4"))
 
+    def test_resume_from_a_checkpoint_prefix_starts_a_new_run_exactly(self):
+        quiet_train(tiny(self.tmp, max_steps=20))  # writes ckpt-10 and ckpt-20
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+        quiet_train(tiny(self.tmp, run="", max_steps=20), resume=os.path.join(run_dir, "ckpt-10"))
+        fork = os.path.join(self.tmp, "ck", "r-from-10")
+        self.assertTrue(ckpts.latest_checkpoint(fork).endswith("ckpt-20"))
+        self.assertTrue(os.path.isdir(os.path.join(self.tmp, "log", "r-from-10", "train")))
+        for section in ("weights/", "optimizer/", "rng/", "state/"):  # the same 10 steps again
+            a = checkpoint_tensors(os.path.join(run_dir, "ckpt-20"), section)
+            b = checkpoint_tensors(os.path.join(fork, "ckpt-20"), section)
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        self.assertEqual({name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)},
+                         before)  # the first run is untouched
+        # by name under --checkpoint-dir, from the best folder, into a run named by --run
+        quiet_train(tiny(self.tmp, run="again", max_steps=25), resume="r/best", explicit={"max_steps", "run"})
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "again")).endswith("ckpt-25"))
+        with self.assertRaisesRegex(UserError, "r-from-10 already exists"):
+            quiet_train(tiny(self.tmp, run="", max_steps=30), resume="r/ckpt-10")
+        with self.assertRaisesRegex(UserError, "at step 20, already past the 20 steps"):
+            quiet_train(tiny(self.tmp, run="late", max_steps=20), resume="r/ckpt-20", explicit={"run"})
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "late")))
+        with self.assertRaisesRegex(UserError, "--resume r/ckpt-7: no run"):
+            quiet_train(tiny(self.tmp, run="", max_steps=30), resume="r/ckpt-7")
+
     def test_relative_checkpoint_dir_resumes_and_plays(self):
         """The default `checkpoints/` is a relative path: resume and play must find its files."""
         self.addCleanup(os.chdir, os.getcwd())

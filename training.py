@@ -87,38 +87,33 @@ def flag(name):
 # ---------------------------------------------------------------- the run
 
 def prepare_run(cfg, resume, explicit):
-    """Return (run_dir, log_dir, effective config, resuming).
+    """Return (run_dir, log_dir, effective config, source).
 
-    resume: None for a new run, "" for the newest run, or a run name/directory.
+    resume: None for a new run, "" for the newest run, a run name or directory, or
+    a checkpoint prefix (or a run's best/ folder), which starts a new run from it:
+    `--run NAME`, or by default SOURCE-from-STEP.
     explicit: the config fields given on the command line, which may override
     a resumed run's saved configuration where that is safe.
+    source: None for a new run, else (the run whose files and configuration are
+    used, the checkpoint prefix to restore or None for its newest).
     """
     root = Path(cfg.checkpoint_dir)
     if resume is None:
         name = cfg.run or f"{cfg.cell}{cfg.layers}x{cfg.units}-{datetime.now():%Y%m%d-%H%M%S}"
-        if Path(name).name != name or name in (".", ".."):
-            raise UserError(f"--run {name!r} must be a plain folder name, without '/'")
-        run_dir, log_dir = root / name, Path(cfg.log_dir) / name
-        # A directory that holds checkpoints or logs belongs to another run; one left with
-        # only its JSON files by a run that failed before training may be reused.
-        for d in (run_dir, log_dir):
-            if d.exists() and not d.is_dir():
-                raise UserError(f"{d} is a file, not a run folder; choose another --run")
-        taken = [d for d in (run_dir, log_dir)
-                 if d.exists() and any(p.name.startswith(("ckpt-", "checkpoint", "events.")) or p.is_dir()
-                                       for p in d.iterdir())]
-        if taken:
-            raise UserError(f"{taken[0]} already exists; continue it with `--resume {name}` "
-                            f"or choose another --run")
-        return run_dir, log_dir, cfg, False
+        return *new_run_dirs(cfg, name), cfg, None
+    prefix = None
     if resume == "":
         run_dir = ckpts.newest_run(root)
         if run_dir is None:
             raise UserError(f"--resume: no run with a checkpoint under {root}/; start one without --resume")
-    else:
+    elif ckpts.is_run(resume) or ckpts.is_run(root / resume):
         run_dir = Path(resume) if ckpts.is_run(resume) else root / resume
-        if not ckpts.is_run(run_dir):
-            raise UserError(f"--resume {resume}: no run {run_dir} (runs are listed in {root}/)")
+    else:
+        try:
+            run_dir, prefix = ckpts.resolve(resume, root)
+        except UserError:
+            raise UserError(f"--resume {resume}: no run {root / resume} and no checkpoint prefix "
+                            f"(runs are listed in {root}/)") from None
     saved = ckpts.read_json(Path(run_dir) / ckpts.CONFIG)
     saved = saved.get("training") if isinstance(saved, dict) else None
     if not isinstance(saved, dict):
@@ -137,8 +132,30 @@ def prepare_run(cfg, resume, explicit):
         setattr(merged, name, getattr(cfg, name))
     for name in PER_PROCESS:
         setattr(merged, name, getattr(cfg, name))
-    merged.run = run_dir.name
-    return Path(run_dir), Path(cfg.log_dir) / run_dir.name, merged, True
+    if prefix is None:  # the run goes on in its own folders
+        merged.run = run_dir.name
+        return Path(run_dir), Path(cfg.log_dir) / run_dir.name, merged, (Path(run_dir), None)
+    merged.run = cfg.run or f"{run_dir.name}-from-{Path(prefix).name.rsplit('-', 1)[-1]}"
+    return *new_run_dirs(merged, merged.run), merged, (Path(run_dir), prefix)
+
+
+def new_run_dirs(cfg, name):
+    """(run_dir, log_dir) of a new run called name, refusing to write into another run's files."""
+    if Path(name).name != name or name in (".", ".."):
+        raise UserError(f"--run {name!r} must be a plain folder name, without '/'")
+    run_dir, log_dir = Path(cfg.checkpoint_dir) / name, Path(cfg.log_dir) / name
+    # A directory that holds checkpoints or logs belongs to another run; one left with
+    # only its JSON files by a run that failed before training may be reused.
+    for d in (run_dir, log_dir):
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{d} is a file, not a run folder; choose another --run")
+    taken = [d for d in (run_dir, log_dir)
+             if d.exists() and any(p.name.startswith(("ckpt-", "checkpoint", "events.")) or p.is_dir()
+                                   for p in d.iterdir())]
+    if taken:
+        raise UserError(f"{taken[0]} already exists; continue it with `--resume {name}` "
+                        f"or choose another --run")
+    return run_dir, log_dir
 
 
 def check_writable(dirs):
@@ -280,14 +297,14 @@ def format_duration(seconds):
 
 def train(cfg: TrainConfig, resume=None, explicit=()):
     """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal."""
-    run_dir, log_dir, cfg, resuming = prepare_run(cfg, resume, explicit)
+    run_dir, log_dir, cfg, source = prepare_run(cfg, resume, explicit)
     check_writable({cfg.checkpoint_dir: "--checkpoint-dir", cfg.log_dir: "--log-dir"})
     new_dirs = [d for d in (run_dir, log_dir) if not d.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with ckpts.RunLock(run_dir):
             check_writable({run_dir: "--checkpoint-dir or --run", log_dir: "--log-dir or --run"})
-            return _train(cfg, run_dir, log_dir, resuming)
+            return _train(cfg, run_dir, log_dir, source)
     except (UserError, KeyboardInterrupt):
         # A run that fails before it writes anything leaves no folder to trip over later.
         for d in new_dirs:
@@ -297,19 +314,20 @@ def train(cfg: TrainConfig, resume=None, explicit=()):
         raise
 
 
-def _train(cfg, run_dir, log_dir, resuming):
-    if resuming:
-        saved_config, vocab, saved_manifest = ckpts.load_run_files(run_dir)
+def _train(cfg, run_dir, log_dir, source):
+    if source:
+        source_dir, prefix = source
+        _, vocab, saved_manifest = ckpts.load_run_files(source_dir)
         try:
             corpus = read_corpus(cfg, vocab=vocab)
         except UserError as e:  # relative globs read from another folder than the run's own
             started = saved_manifest.get("workdir") if isinstance(saved_manifest, dict) else None
             if (started and os.path.realpath(started) != os.path.realpath(os.getcwd())
                     and not all(os.path.isabs(os.path.expanduser(g)) for g in cfg.data)):
-                raise UserError(f"{e} -- run {run_dir.name} was started in {started}: resume it from there") from None
+                raise UserError(f"{e} -- run {source_dir.name} was started in {started}: resume it from there") from None
             raise
-        check_same_corpus(saved_manifest, corpus_manifest(cfg, corpus), cfg.allow_corpus_change, run_dir)
-        prefix = ckpts.latest_checkpoint(run_dir)
+        check_same_corpus(saved_manifest, corpus_manifest(cfg, corpus), cfg.allow_corpus_change, source_dir)
+        prefix = prefix or ckpts.latest_checkpoint(run_dir)
         if prefix is None:
             raise UserError(f"{run_dir} holds no checkpoint to resume from; start a new run instead")
     else:
@@ -341,10 +359,15 @@ def _train(cfg, run_dir, log_dir, resuming):
     best_manager = tf.train.CheckpointManager(checkpoint, str(run_dir / ckpts.BEST), max_to_keep=1)
 
     config_json = {"model": mconf.to_json(), "training": dataclasses.asdict(cfg)}
-    if resuming:
+    if source:
         ckpts.restore(checkpoint, prefix, what="run")
         optimizer.learning_rate.assign(cfg.lr)  # a new --lr applies from here on
-        print(f"resuming {run_dir} from {Path(prefix).name} (step {int(progress['step'])})", file=sys.stderr)
+        what = "resuming" if source_dir == run_dir else "new run"
+        origin = Path(prefix).name if source_dir == run_dir else prefix
+        print(f"{what} {run_dir} from {origin} (step {int(progress['step'])})", file=sys.stderr)
+        if int(progress["step"]) >= total_steps and source_dir != run_dir:
+            raise UserError(f"--resume {prefix} is at step {int(progress['step'])}, already past the "
+                            f"{total_steps} steps of the run; raise --max-steps or --epochs")
         if int(progress["step"]) >= total_steps:
             print(f"run {run_dir.name} is already at step {int(progress['step'])} of {total_steps}: nothing to "
                   f"train; raise --max-steps or --epochs to go on", file=sys.stderr)
