@@ -240,11 +240,13 @@ def restore(checkpoint, prefix, what="checkpoint", extra_ok=False):
         raise UserError(f"{prefix} cannot be restored ({_first_line(e)[:300]})") from None
 
 
-def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="auto"):
+def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fused"):
     """Rebuild the model a checkpoint was trained with and load its weights.
 
     Returns (model, vocab, run_dir, prefix). Nothing has to match flags: the
-    architecture comes from the run's config.json.
+    architecture comes from the run's config.json. The fused implementation is
+    the default on every device: generation compiles its loop with XLA, which
+    cannot compile the cuDNN kernel of the stock layers on a GPU.
     """
     run_dir, prefix = resolve(spec, checkpoint_dir)
     config, vocab, _ = load_run_files(run_dir)

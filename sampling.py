@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import tensorflow as tf
 
+from model import CharRNN
 from txt_utils import UserError
 
 
@@ -79,9 +80,17 @@ class Generator:
 
     The same compiled loop warms the state up on a prime: while a prime lasts,
     its next character is forced instead of sampled.
+
+    The loop runs the fused implementation of the model. The stock Keras layers
+    use cuDNN's kernel on a GPU, which XLA cannot compile (tensorflow#99385), so
+    a model built with them generates through a fused twin holding a copy of its
+    weights, refreshed at the start of every stream().
     """
 
     def __init__(self, model, vocab, config: SamplingConfig, chunk=256, jit=True):
+        self.source = model
+        if model.implementation != "fused":
+            model = CharRNN(model.config, "fused", initialize=False)
         self.model, self.vocab, self.config, self.chunk = model, vocab, config.check(), chunk
         # compiled_chunk(states, token, forced, n_forced, position, seed, temperature)
         #   -> (ids [B, chunk], states, last token): the loop behind stream(), also used by export.py
@@ -113,6 +122,10 @@ class Generator:
         (unknown characters map to the unknown symbol); with no prime the state
         starts from a newline, as if a new paragraph began.
         """
+        if self.model is not self.source:
+            weights = self.source.named_variables()
+            for name, variable in self.model.named_variables().items():
+                variable.assign(weights[name])
         ids = self.vocab.encode(prime or "\n").astype(np.int32)  # [P]
         token = tf.fill([samples], int(ids[0]))
         states = self.model.initial_states(samples)

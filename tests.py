@@ -491,7 +491,7 @@ import tensorflow as tf  # noqa: E402
 import checkpoints as ckpts  # noqa: E402
 import rnn_play  # noqa: E402
 import training  # noqa: E402
-from sampling import SamplingConfig, filter_logits, pick  # noqa: E402
+from sampling import Generator, SamplingConfig, filter_logits, pick  # noqa: E402
 from training import TrainConfig  # noqa: E402
 from model import CharRNN, Dropout, ModelConfig, flops_per_char  # noqa: E402
 import keras  # noqa: E402
@@ -621,6 +621,23 @@ class CharRNNTest(unittest.TestCase):
         for name, g in results["keras"][1].items():
             self.assertGreater(np.abs(g).max(), 0, name)
             np.testing.assert_allclose(results["fused"][1][name], g, atol=1e-6, err_msg=name)
+
+    def test_a_stock_layer_model_generates_through_a_fused_twin_with_its_weights(self):
+        # cuDNN's kernel (stock layers on a GPU) cannot be XLA-compiled; the twin never uses it.
+        config = tiny_model_config(dropout=0.3)
+        vocab = Vocabulary([chr(c) for c in range(97, 97 + V - 1)])
+        fused, stock = CharRNN(config, "fused"), CharRNN(config, "keras")
+        generators = [Generator(model, vocab, SamplingConfig(seed=1)) for model in (fused, stock)]
+        self.assertEqual(generators[1].model.implementation, "fused")
+        texts = []
+        for seed in (3, 4):  # new weights between two streams of the same generators
+            for v in fused.named_variables().values():
+                v.assign(tf.random.stateless_uniform(v.shape, [seed, v.shape[-1]], -1, 1))
+            copy_weights(fused, stock)
+            a, b = (next(g.stream(prime="abc", length=40)) for g in generators)
+            np.testing.assert_array_equal(a, b)
+            texts.append(a)
+        self.assertFalse(np.array_equal(*texts))  # the twin follows the stock model's weights
 
     def test_state_carries_across_calls(self):
         # Feeding a sequence in two chunks with the state carried equals feeding it whole.
