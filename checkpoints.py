@@ -19,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from model import CharRNN, ModelConfig
@@ -92,17 +93,46 @@ def newest_run(checkpoint_dir, best=False):
     Runs are ordered by the times of their checkpoint files, and only the newest
     run's index file is read: a damaged index in another run is no obstacle.
     """
-    patterns = ("ckpt-*.index", f"{BEST}/ckpt-*.index") if best else ("ckpt-*.index",)
-    written = {}
-    for run in Path(checkpoint_dir).glob("*"):
-        times = [f.stat().st_mtime for pattern in patterns for f in run.glob(pattern)]
-        if times and is_run(run):
-            written[run] = max(times)
+    written = {run: _last_written(run, best) for run in Path(checkpoint_dir).glob("*") if is_run(run)}
+    written = {run: time for run, time in written.items() if time is not None}
     find = generation_checkpoint if best else latest_checkpoint
     for run in sorted(written, key=written.get, reverse=True):
         if find(run):
             return run
     return None
+
+
+def _last_written(run, best=False):
+    """When the run wrote its newest checkpoint (counting best/ when best), or None."""
+    patterns = ("ckpt-*.index", f"{BEST}/ckpt-*.index") if best else ("ckpt-*.index",)
+    return max((f.stat().st_mtime for pattern in patterns for f in Path(run).glob(pattern)), default=None)
+
+
+def list_runs(checkpoint_dir):
+    """A line per run under checkpoint_dir, the most recently written first: its
+    name, model, the step of its newest checkpoint and its best validation loss."""
+    lines = []
+    for run in sorted((p for p in Path(checkpoint_dir).glob("*") if is_run(p)),
+                      key=lambda p: _last_written(p, best=True) or 0, reverse=True):
+        try:
+            model = model_config(run, read_json(run / CONFIG))
+            prefix = generation_checkpoint(run)
+            if prefix is None:
+                lines.append(f"{run.name:<28} {_describe(model):<14} no checkpoint yet")
+                continue
+            progress = tf.train.load_checkpoint(prefix)
+            step = progress.get_tensor("progress/step/.ATTRIBUTES/VARIABLE_VALUE")
+            best = progress.get_tensor("progress/best_val_loss/.ATTRIBUTES/VARIABLE_VALUE")
+        except (UserError, tf.errors.OpError, ValueError) as e:
+            lines.append(f"{run.name:<28} cannot be read: {_first_line(e)[:200]}")
+            continue
+        best = f"best validation {best / np.log(2):.3f} bits/char" if best < np.finfo(np.float64).max else "not validated"
+        lines.append(f"{run.name:<28} {_describe(model):<14} step {step:<9,} {best}")
+    return lines
+
+
+def _describe(model):
+    return f"{model.cell} {model.layers}x{model.units}"
 
 
 def generation_checkpoint(run_dir):

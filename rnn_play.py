@@ -5,6 +5,7 @@
     python3 rnn_play.py RUN --prime "ROMEO:" --temperature 0.7 --seed 1
     python3 rnn_play.py checkpoints/RUN/best/ckpt-1500 --samples 4
     python3 rnn_play.py RUN --export exported/   # a SavedModel that generates on its own
+    python3 rnn_play.py --list                    # the runs, newest first
 
 The model is rebuilt from the run's saved configuration and vocabulary, so no
 flag has to match what was trained. Exit codes: 0 done, 2 bad input.
@@ -44,6 +45,8 @@ def make_parser():
     p.add_argument("--samples", type=int, default=1, metavar="N",
                    help="generate N independent samples as one batch, printed one after the other")
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where to look for runs")
+    p.add_argument("--list", action="store_true",
+                   help="list the runs under --checkpoint-dir (newest first: model, step, best validation loss) and exit")
     p.add_argument("--export", metavar="DIR",
                    help="instead of generating, write a TensorFlow SavedModel to the new folder DIR, "
                         "with a text-in, text-out `generate` signature (top-k/top-p/argmax fixed "
@@ -65,6 +68,12 @@ def read_prime(args):
 
 
 def play(args):
+    if args.list:
+        lines = ckpts.list_runs(args.checkpoint_dir)
+        if not lines:
+            raise UserError(f"no run under {args.checkpoint_dir}/; train one first with `python3 rnn_train.py`")
+        write("\n".join(lines) + "\n")
+        return 0
     if args.length < 0:
         raise UserError(f"--length must be >= 0 (got {args.length})")
     if args.samples < 1:

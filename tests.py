@@ -1251,6 +1251,22 @@ class TestPlay(unittest.TestCase):
         _, different, _ = play(*args[:-3], "6", "--temperature", "1.5")
         self.assertNotEqual(different, here)
 
+    def test_list_shows_the_runs_newest_first(self):
+        broken = os.path.join(self.ck, "broken")
+        self.addCleanup(shutil.rmtree, broken, True)
+        shutil.copytree(os.path.join(self.ck, "first"), broken)
+        write(os.path.join(broken, "checkpoint"), "model_checkpoint_path: \x00{{")
+        for folder, _, files in os.walk(broken):  # written before the others
+            for name in files:
+                os.utime(os.path.join(folder, name), (1e9, 1e9))
+        code, out, err = play("--list", "--checkpoint-dir", self.ck)
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual([line.split()[0] for line in lines], ["second", "first", "broken"])
+        self.assertRegex(lines[0], r"gru 2x16 +step 30 +best validation \d\.\d{3} bits/char")
+        self.assertRegex(lines[1], r"step 10 ")
+        self.assertRegex(lines[2], r"cannot be read: .*broken/checkpoint is damaged")
+
     def test_choosing_a_checkpoint(self):
         run_dir = os.path.join(self.ck, "first")
         for spec, expected in (("first", "first/ckpt-10"), (run_dir, "first/ckpt-10"),
