@@ -28,8 +28,9 @@ from txt_utils import UserError
 class ExportedGenerator(tf.Module):
     def __init__(self, model, vocab, sampling: SamplingConfig):
         super().__init__()
-        self.model = model  # tracks the weights
         self.generator = Generator(model, vocab, sampling)
+        self.generator.sync_weights()
+        self.model = self.generator.model  # the fused model the loop runs; tracks the weights
         encode, decode = vocab.code_point_tables()
         self.encode_table, self.decode_table = tf.constant(encode), tf.constant(decode)
         self.newline = int(vocab.encode("\n")[0])  # the start when there is no prime, as in stream()

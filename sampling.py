@@ -96,6 +96,13 @@ class Generator:
         #   -> (ids [B, chunk], states, last token): the loop behind stream(), also used by export.py
         self.compiled_chunk = tf.function(self._chunk, jit_compile=jit, reduce_retracing=True, autograph=False)
 
+    def sync_weights(self):
+        """Copy the model's weights into the fused twin, if there is one."""
+        if self.model is not self.source:
+            weights = self.source.named_variables()
+            for name, variable in self.model.named_variables().items():
+                variable.assign(weights[name])
+
     def _chunk(self, states, token, forced, n_forced, position, seed, temperature):
         # states: list of [B, S]; token: [B] last input; forced: [B, L] prime chars, n_forced of
         # them valid; position: of the chunk's first character; seed int64, temperature float32.
@@ -122,10 +129,7 @@ class Generator:
         (unknown characters map to the unknown symbol); with no prime the state
         starts from a newline, as if a new paragraph began.
         """
-        if self.model is not self.source:
-            weights = self.source.named_variables()
-            for name, variable in self.model.named_variables().items():
-                variable.assign(weights[name])
+        self.sync_weights()
         ids = self.vocab.encode(prime or "\n").astype(np.int32)  # [P]
         token = tf.fill([samples], int(ids[0]))
         states = self.model.initial_states(samples)

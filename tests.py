@@ -489,6 +489,7 @@ import tf_setup  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402
 
 import checkpoints as ckpts  # noqa: E402
+import export  # noqa: E402
 import rnn_play  # noqa: E402
 import training  # noqa: E402
 from sampling import Generator, SamplingConfig, filter_logits, pick  # noqa: E402
@@ -812,7 +813,10 @@ class TestTraining(unittest.TestCase):
         quiet_train(tiny(self.tmp, max_steps=20))  # writes ckpt-10 and ckpt-20
         run_dir = os.path.join(self.tmp, "ck", "r")
         before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
-        quiet_train(tiny(self.tmp, run="", max_steps=20), resume=os.path.join(run_dir, "ckpt-10"))
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(run_dir)  # a prefix given from inside the run's folder names the new run after it
+        quiet_train(tiny(self.tmp, run="", max_steps=20), resume="ckpt-10")
+        os.chdir(self.tmp)
         fork = os.path.join(self.tmp, "ck", "r-from-10")
         self.assertTrue(ckpts.latest_checkpoint(fork).endswith("ckpt-20"))
         self.assertTrue(os.path.isdir(os.path.join(self.tmp, "log", "r-from-10", "train")))
@@ -827,11 +831,13 @@ class TestTraining(unittest.TestCase):
         quiet_train(tiny(self.tmp, run="again", max_steps=25), resume="r/best", explicit={"max_steps", "run"})
         self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "again")).endswith("ckpt-25"))
         with self.assertRaisesRegex(UserError, "r-from-10 already exists"):
-            quiet_train(tiny(self.tmp, run="", max_steps=30), resume="r/ckpt-10")
+            quiet_train(tiny(self.tmp, run="", max_steps=30), resume=os.path.join(run_dir, "ckpt-10"))
+        with self.assertRaisesRegex(UserError, "--run names a new run.*--resume r/best or r/ckpt-N"):
+            quiet_train(tiny(self.tmp, run="other", max_steps=30), resume="r", explicit={"run", "max_steps"})
         with self.assertRaisesRegex(UserError, "at step 20, already past the 20 steps"):
             quiet_train(tiny(self.tmp, run="late", max_steps=20), resume="r/ckpt-20", explicit={"run"})
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "late")))
-        with self.assertRaisesRegex(UserError, "--resume r/ckpt-7: no run"):
+        with self.assertRaisesRegex(UserError, "--resume r/ckpt-7: r/ckpt-7 is not a run name"):
             quiet_train(tiny(self.tmp, run="", max_steps=30), resume="r/ckpt-7")
 
     def test_relative_checkpoint_dir_resumes_and_plays(self):
@@ -1216,6 +1222,13 @@ class TestPlay(unittest.TestCase):
         out = exported.step(ids=ids, states=states)
         logits, _ = model(ids, list(states))
         np.testing.assert_allclose(out["logits"], logits, atol=1e-5)
+        # a model built with the stock layers exports its weights through the fused twin
+        stock, vocab, run_dir, _ = ckpts.load_for_generation("second", self.ck, implementation="keras")
+        export.export(stock, vocab, run_dir, SamplingConfig(top_k=5), os.path.join(self.tmp, "from-stock"))
+        from_stock = tf.saved_model.load(os.path.join(self.tmp, "from-stock"))  # held: it owns the variables
+        text_stock = from_stock.generate(prime=tf.constant("the cat"), length=tf.constant(200),
+                                         temperature=tf.constant(0.9), seed=tf.constant(7, tf.int64))["text"]
+        self.assertEqual(text_stock.numpy(), text.numpy())
         # the folder now exists: a second export refuses to write over it
         code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", target)
         self.assertEqual(code, 2)

@@ -111,9 +111,12 @@ def prepare_run(cfg, resume, explicit):
     else:
         try:
             run_dir, prefix = ckpts.resolve(resume, root)
-        except UserError:
-            raise UserError(f"--resume {resume}: no run {root / resume} and no checkpoint prefix "
-                            f"(runs are listed in {root}/)") from None
+        except UserError as e:
+            raise UserError(f"--resume {resume}: {e}") from None
+    run_name = Path(run_dir).resolve().name  # also when run_dir is "." or ends in "/"
+    if prefix is None and "run" in explicit and cfg.run != run_name:
+        raise UserError(f"--run names a new run, but --resume {resume or run_name} continues run {run_name}; "
+                        f"to go on in a new run, resume a checkpoint: --resume {run_name}/best or {run_name}/ckpt-N")
     saved = ckpts.read_json(Path(run_dir) / ckpts.CONFIG)
     saved = saved.get("training") if isinstance(saved, dict) else None
     if not isinstance(saved, dict):
@@ -133,9 +136,9 @@ def prepare_run(cfg, resume, explicit):
     for name in PER_PROCESS:
         setattr(merged, name, getattr(cfg, name))
     if prefix is None:  # the run goes on in its own folders
-        merged.run = run_dir.name
-        return Path(run_dir), Path(cfg.log_dir) / run_dir.name, merged, (Path(run_dir), None)
-    merged.run = cfg.run or f"{run_dir.name}-from-{Path(prefix).name.rsplit('-', 1)[-1]}"
+        merged.run = run_name
+        return Path(run_dir), Path(cfg.log_dir) / run_name, merged, (Path(run_dir), None)
+    merged.run = cfg.run or f"{run_name}-from-{Path(prefix).name.rsplit('-', 1)[-1]}"
     return *new_run_dirs(merged, merged.run), merged, (Path(run_dir), prefix)
 
 
@@ -362,12 +365,12 @@ def _train(cfg, run_dir, log_dir, source):
     if source:
         ckpts.restore(checkpoint, prefix, what="run")
         optimizer.learning_rate.assign(cfg.lr)  # a new --lr applies from here on
-        what = "resuming" if source_dir == run_dir else "new run"
-        origin = Path(prefix).name if source_dir == run_dir else prefix
-        print(f"{what} {run_dir} from {origin} (step {int(progress['step'])})", file=sys.stderr)
         if int(progress["step"]) >= total_steps and source_dir != run_dir:
             raise UserError(f"--resume {prefix} is at step {int(progress['step'])}, already past the "
                             f"{total_steps} steps of the run; raise --max-steps or --epochs")
+        what = "resuming" if source_dir == run_dir else "new run"
+        origin = Path(prefix).name if source_dir == run_dir else prefix
+        print(f"{what} {run_dir} from {origin} (step {int(progress['step'])})", file=sys.stderr)
         if int(progress["step"]) >= total_steps:
             print(f"run {run_dir.name} is already at step {int(progress['step'])} of {total_steps}: nothing to "
                   f"train; raise --max-steps or --epochs to go on", file=sys.stderr)
