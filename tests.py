@@ -879,6 +879,12 @@ class TestTraining(unittest.TestCase):
                 quiet_train(cfg)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "r", "checkpoint")))
 
+    def test_a_refused_run_leaves_no_folder_behind(self):
+        ck, log = os.path.join(self.tmp, "new", "ck"), os.path.join(self.tmp, "new", "log")
+        with self.assertRaisesRegex(UserError, "one batch needs"):
+            quiet_train(tiny(self.tmp, checkpoint_dir=ck, log_dir=log, batch_size=100_000))
+        self.assertEqual(os.listdir(os.path.join(self.tmp, "new")), [])
+
     def test_bad_values_are_refused_before_training(self):
         write(os.path.join(self.tmp, "ck", "a-file"), "x")
         for overrides, pattern in (

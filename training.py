@@ -301,15 +301,16 @@ def format_duration(seconds):
 def train(cfg: TrainConfig, resume=None, explicit=()):
     """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal."""
     run_dir, log_dir, cfg, source = prepare_run(cfg, resume, explicit)
+    new_dirs = [d for d in (run_dir, log_dir, Path(cfg.checkpoint_dir), Path(cfg.log_dir)) if not d.exists()]
     check_writable({cfg.checkpoint_dir: "--checkpoint-dir", cfg.log_dir: "--log-dir"})
-    new_dirs = [d for d in (run_dir, log_dir) if not d.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with ckpts.RunLock(run_dir):
             check_writable({run_dir: "--checkpoint-dir or --run", log_dir: "--log-dir or --run"})
             return _train(cfg, run_dir, log_dir, source)
     except (UserError, KeyboardInterrupt):
-        # A run that fails before it writes anything leaves no folder to trip over later.
+        # A run that fails before it writes anything leaves no folder to trip over later
+        # (the run's own folders first, then the roots this call created, if left empty).
         for d in new_dirs:
             if d.is_dir() and all(p.name in (ckpts.LOCK, ckpts.CONFIG, ckpts.VOCAB, ckpts.CORPUS)
                                   for p in d.iterdir()):
