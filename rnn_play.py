@@ -32,7 +32,7 @@ def make_parser():
     p.add_argument("-n", "--length", type=int, default=1000,
                    help="characters to generate after the prime; 0 streams until Ctrl-C")
     p.add_argument("--prime", default="", help="text to warm the state up on; echoed first")
-    p.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 file")
+    p.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 file; - reads standard input")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="below 1 plays safe, above 1 takes risks; 1 samples the model as trained")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -58,6 +58,8 @@ def read_prime(args):
     if args.prime_file is None:
         return args.prime
     try:
+        if args.prime_file == "-":
+            return sys.stdin.buffer.read().decode("utf-8-sig")
         with open(args.prime_file, encoding="utf-8-sig") as f:  # a leading BOM is not text
             return f.read()
     except OSError as e:

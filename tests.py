@@ -1311,6 +1311,9 @@ class TestPlay(unittest.TestCase):
         write(path, "the dog ")
         code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "10", "--prime-file", path)
         self.assertEqual((code, out[:8], len(out)), (0, "the dog ", 18))
+        with mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO("\ufeffthe cat ".encode()))):  # - is stdin
+            code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "10", "--prime-file", "-")
+        self.assertEqual((code, out[:8], len(out)), (0, "the cat ", 18))
 
     def test_samples_are_independent(self):
         code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "80", "--samples", "3",
