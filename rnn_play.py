@@ -57,6 +57,8 @@ def make_parser():
 def read_prime(args):
     if args.prime_file is None:
         return args.prime
+    if args.prime:
+        raise UserError("--prime and --prime-file are both given; pass one of them")
     try:
         if args.prime_file == "-":
             return sys.stdin.buffer.read().decode("utf-8-sig")

@@ -1332,7 +1332,8 @@ class TestPlay(unittest.TestCase):
                  (["--checkpoint-dir", self.ck, "--temperature", "0"], "--temperature must be > 0"),
                  (["--checkpoint-dir", self.ck, "--top-p", "0"], "--top-p"),
                  (["--checkpoint-dir", self.ck, "--top-p", "1.5"], "--top-p"),
-                 (["--checkpoint-dir", self.ck, "--top-k", "0"], "--top-k must be >= 1")]
+                 (["--checkpoint-dir", self.ck, "--top-k", "0"], "--top-k must be >= 1"),
+                 (["--checkpoint-dir", self.ck, "--prime", "a", "--prime-file", "-"], "--prime and --prime-file")]
         for argv, message in cases:
             with self.subTest(argv=argv):
                 code, out, err = play(*argv)
