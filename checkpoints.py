@@ -27,6 +27,9 @@ from txt_utils import UserError, Vocabulary
 
 CONFIG, VOCAB, CORPUS, LOCK, BEST = "config.json", "vocab.json", "corpus.json", ".lock", "best"
 FORMAT_VERSION = 1
+# A run's best validation loss before its first validation: the largest float, not inf,
+# so that no checkpoint holds NaN or Inf.
+NOT_VALIDATED = float(np.finfo(np.float64).max)
 
 
 # ---------------------------------------------------------------- JSON files
@@ -126,7 +129,7 @@ def list_runs(checkpoint_dir):
         except (UserError, tf.errors.OpError, ValueError) as e:
             lines.append(f"{run.name:<28} cannot be read: {_first_line(e)[:200]}")
             continue
-        best = f"best validation {best / np.log(2):.3f} bits/char" if best < np.finfo(np.float64).max else "not validated"
+        best = f"best validation {best / np.log(2):.3f} bits/char" if best < NOT_VALIDATED else "not validated"
         lines.append(f"{run.name:<28} {_describe(model):<14} step {step:<9,} {best}")
     return lines
 

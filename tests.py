@@ -29,6 +29,13 @@ from txt_utils import (
 )
 
 
+def set_mtimes(folder, when):
+    """Give every file under folder the times `when` (None: now), as os.utime does."""
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            os.utime(os.path.join(parent, name), when)
+
+
 def write(path, data):
     """Write str (as UTF-8) or bytes to path, creating its folder."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -1066,16 +1073,10 @@ class TestCheckpointDamage(unittest.TestCase):
         self.addCleanup(shutil.rmtree, old, True)
         shutil.copytree(self.pristine, old)
         write(old / "checkpoint", "model_checkpoint_path: \x00\x01{{")
-
-        def touch(run_dir, when):
-            for folder, _, files in os.walk(run_dir):
-                for name in files:
-                    os.utime(os.path.join(folder, name), when)
-
-        touch(old, (1e9, 1e9))  # written long before r
+        set_mtimes(old, (1e9, 1e9))  # written long before r
         self.assertEqual(ckpts.newest_run(root), root / "r")
         self.assertEqual(ckpts.resolve(None, root)[0], root / "r")
-        touch(old, None)  # now the damaged run is the newest: its index is named
+        set_mtimes(old, None)  # now the damaged run is the newest: its index is named
         for find in (lambda: ckpts.newest_run(root), lambda: ckpts.resolve(None, root)):
             with self.assertRaisesRegex(UserError, r"old/checkpoint is damaged"):
                 find()
@@ -1275,9 +1276,7 @@ class TestPlay(unittest.TestCase):
         self.addCleanup(shutil.rmtree, broken, True)
         shutil.copytree(os.path.join(self.ck, "first"), broken)
         write(os.path.join(broken, "checkpoint"), "model_checkpoint_path: \x00{{")
-        for folder, _, files in os.walk(broken):  # written before the others
-            for name in files:
-                os.utime(os.path.join(folder, name), (1e9, 1e9))
+        set_mtimes(broken, (1e9, 1e9))  # written before the others
         code, out, err = play("--list", "--checkpoint-dir", self.ck)
         self.assertEqual(code, 0, err)
         lines = out.splitlines()

@@ -356,8 +356,7 @@ def _train(cfg, run_dir, log_dir, source):
     optimizer.build(variables)
     states = [tf.Variable(s, trainable=False) for s in model.initial_states(cfg.batch_size)]
     progress = {name: tf.Variable(0, dtype=tf.int64) for name in ("step", "epoch", "batch", "nonfinite")}
-    # "No validation yet" is the largest float, not inf: no checkpoint holds NaN or Inf.
-    progress["best_val_loss"] = tf.Variable(np.finfo(np.float64).max, dtype=tf.float64)
+    progress["best_val_loss"] = tf.Variable(ckpts.NOT_VALIDATED, dtype=tf.float64)
     checkpoint = ckpts.training_checkpoint(model, optimizer, progress, states)
     manager = tf.train.CheckpointManager(checkpoint, str(run_dir), max_to_keep=cfg.keep)
     best_manager = tf.train.CheckpointManager(checkpoint, str(run_dir / ckpts.BEST), max_to_keep=1)
@@ -366,11 +365,11 @@ def _train(cfg, run_dir, log_dir, source):
     if source:
         ckpts.restore(checkpoint, prefix, what="run")
         optimizer.learning_rate.assign(cfg.lr)  # a new --lr applies from here on
-        if int(progress["step"]) >= total_steps and source_dir != run_dir:
+        forked = source_dir != run_dir  # a new run from another run's checkpoint
+        if int(progress["step"]) >= total_steps and forked:
             raise UserError(f"--resume {prefix} is at step {int(progress['step'])}, already past the "
                             f"{total_steps} steps of the run; raise --max-steps or --epochs")
-        what = "resuming" if source_dir == run_dir else "new run"
-        origin = Path(prefix).name if source_dir == run_dir else prefix
+        what, origin = ("new run", prefix) if forked else ("resuming", Path(prefix).name)
         print(f"{what} {run_dir} from {origin} (step {int(progress['step'])})", file=sys.stderr)
         if int(progress["step"]) >= total_steps:
             print(f"run {run_dir.name} is already at step {int(progress['step'])} of {total_steps}: nothing to "
