@@ -7,7 +7,7 @@ it from one batch to the next and the sampler can feed one character at a time.
 Two interchangeable implementations hold the same weights in Keras's layout:
 - "keras": the stock `keras.layers.GRU`/`LSTM`/`SimpleRNN` (cuDNN on a GPU);
 - "fused": our own CPU path. It works time-major, projects the inputs of a whole
-  sequence with one matmul per layer (a row gather for one-hot input), unrolls
+  sequence with large matmuls before the loop (a row gather for one-hot input), unrolls
   the recurrence, and for the GRU writes the backward pass by hand (see
   `_gru_recurrence`). A batch of 64 rows or more runs as two independent groups
   of rows (each with its own dropout masks), which TensorFlow computes at the
@@ -258,9 +258,9 @@ class FusedRecurrent(keras.layers.Layer):
 
     The input projection of the whole sequence is one matmul (a row gather of the
     kernel for one-hot input); only h @ recurrent_kernel stays inside the loop.
-    The loop is unrolled when T is known when tracing, otherwise it is a tf.scan.
-    The GRU's backward pass is written by hand (`_gru_recurrence`); LSTM and RNN
-    use autodiff through the loop.
+    When T is known when tracing, the GRU runs `_gru_recurrence` (unrolled, with a
+    hand-written backward pass); otherwise, and for LSTM and RNN, the loop is
+    unrolled or a tf.scan, with autodiff through it.
     """
 
     def __init__(self, cell: str, units: int, one_hot: bool, vocab_size: int, seed, **kwargs):
@@ -288,18 +288,18 @@ class FusedRecurrent(keras.layers.Layer):
         return self
 
     def call(self, x, state, training=False):
+        if self.cell_type == "gru" and x.shape[0] is not None:
+            # Tensors, not variables: the gradients reach the variables through their reads.
+            hs = _gru_recurrence(self._gru_inputs(x), state, tf.convert_to_tensor(self.recurrent_kernel), self.bias[1])
+            return hs, hs[-1]
         U = self.units
         if self.one_hot:
             xw = tf.gather(self.kernel, x)  # [T, B, G]: one_hot(x) @ kernel without the matmul
         else:
             xw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), self.kernel)  # [T·B, G]
             xw = tf.reshape(xw, tf.concat([tf.shape(x)[:2], [-1]], 0))  # [T, B, G]
-
         if self.cell_type == "gru":
-            if xw.shape[0] is not None:
-                hs = _gru_recurrence(xw, state, self.recurrent_kernel, self.bias)
-            else:
-                hs = _scan(_gru_step, xw + self.bias[0], state, self.recurrent_kernel, self.bias[1])
+            hs = _scan(_gru_step, xw + self.bias[0], state, self.recurrent_kernel, self.bias[1])
             return hs, hs[-1]
         xw = xw + self.bias
         if self.cell_type == "lstm":
@@ -307,6 +307,18 @@ class FusedRecurrent(keras.layers.Layer):
             return hcs[:, :, :U], hcs[-1]
         hs = _scan(_rnn_step, xw, state, self.recurrent_kernel)
         return hs, hs[-1]
+
+    def _gru_inputs(self, x):
+        """The GRU's input projection plus input bias as three [T, B, U] tensors, one
+        per gate (z, r, candidate): contiguous, so the loop slices nothing. Their
+        gradients reach the [I, 3U] kernel dense, through small column slices."""
+        U = self.units
+        blocks = [slice(i * U, (i + 1) * U) for i in range(3)]
+        if self.one_hot:  # rows of kernel + bias: one_hot(x) @ kernel + bias without the matmul
+            table = self.kernel + self.bias[0]  # [V, 3U]
+            return [tf.gather(table[:, b], x) for b in blocks]
+        flat = tf.reshape(x, [-1, x.shape[-1]])  # [T·B, I]
+        return [tf.reshape(tf.nn.bias_add(tf.matmul(flat, self.kernel[:, b]), self.bias[0, b]), [x.shape[0], -1, U]) for b in blocks]
 
 
 # One time step of each cell, in Keras's gate order and semantics.
@@ -350,65 +362,62 @@ def _scan(step, xw, state, *weights):
     return tf.stack(outputs)  # [T, B, S]
 
 
-def _gru_recurrence(xw, h0, recurrent_kernel, bias):
+def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias):
     """Unrolled GRU recurrence with a hand-written backward pass.
 
-    xw: [T, B, 3U] input projection; h0: [B, U]; bias: [2, 3U], the input and the
-    recurrent bias. Returns hs [T, B, U].
+    xs: the input projections plus input bias of the gates z, r and the candidate,
+    three [T, B, U] tensors; h0: [B, U]; recurrent_kernel [U, 3U] and
+    recurrent_bias [3U] in Keras's layout. Returns hs [T, B, U].
 
-    Autodiff through the loop would do three small matmuls per step (forward,
-    data gradient, weight gradient) and some twenty small elementwise ops. The
-    backward here does what cuDNN does:
-    - every factor that does not depend on the gradient flowing back in time is
-      computed once for the whole sequence, with ops on [T, B, U] tensors:
-        A = (1 - z)(1 - hh²)                       dL/d(candidate pre-activation), per dh
-        F = [(h_prev - hh) z (1 - z),  A r_h r (1 - r),  A r]
-                                                   gradient of rh = h_prev @ U + b_rec, per dh
-    - per step, backwards in time, only
-        dh = dL/dh_t (from above) + carry,   dRH_t = dh · F_t,   carry = dh z + dRH_t @ Uᵀ
-    - after the loop, the weight gradients in one large matmul:
-        dU = H_prevᵀ · dRH  over all T·B rows,
-      and dXW = [dRH_z, dRH_r, dh · A], which flows on to the input projection.
-      The bias gradients are the column sums of dXW and dRH, taken as matmuls
-      with a row of ones: 1-4% faster per step at 3x512 than reduce_sum.
+    Forward, per step: one [U, U] block of the recurrent kernel per gate, so every
+    per-step tensor is contiguous (no slices of a [B, 3U] tensor in the loop):
+        z = σ(xz + h Kz + bz),  r = σ(xr + h Kr + br),  rh = h Kh + bh,
+        hh = tanh(xh + r·rh),   h' = z·h + (1 - z)·hh
+    Autodiff through the loop would add two small matmuls per step (the data and
+    the weight gradient) and stack every intermediate. The backward does what
+    cuDNN does:
+    - per step, backwards in time, the gate derivatives and one matmul:
+        dh = dL/dh_t (from above) + carry
+        dZ = dh (h - hh) z (1 - z),  dXH = dh (1 - z)(1 - hh²),  dR = dXH rh r (1 - r)
+        dRH = [dZ, dR, dXH·r]        gradient of the recurrent part h K + b, [B, 3U]
+        carry = dh z + dRH Kᵀ
+    - after the loop, the weight gradients as large matmuls over all T·B rows:
+        dK = H_prevᵀ dRH,  db = 1ᵀ dRH  (a column sum; as a matmul it is faster
+      than reduce_sum), and [dZ, dR, dXH] flow on to the input projection.
     """
 
     @tf.custom_gradient
-    def recurrence(xw, h0, recurrent_kernel, bias):
+    def recurrence(xz, xr, xh, h0, recurrent_kernel, recurrent_bias):
         U = h0.shape[-1]
-        xw, recurrent_bias = xw + bias[0], bias[1]
-        h, steps, hs = h0, [], []  # steps: per step (h_prev, z, r, hh, rh_h)
-        for xw_t, xh_t in zip(tf.unstack(xw), tf.unstack(xw[:, :, 2 * U :])):  # xh: input part of the candidate
-            rh = tf.matmul(h, recurrent_kernel) + recurrent_bias  # [B, 3U]
-            gates = tf.sigmoid(xw_t + rh)  # z, r (and an unused third block)
-            z, r, rh_h = gates[:, :U], gates[:, U : 2 * U], rh[:, 2 * U :]
-            hh = tf.tanh(xh_t + r * rh_h)  # candidate, [B, U]
-            steps.append((h, z, r, hh, rh_h))
+        (k_z, k_r, k_h), (b_z, b_r, b_h) = tf.split(recurrent_kernel, 3, axis=1), tf.split(recurrent_bias, 3)
+        h, steps, hs = h0, [], []  # steps: per step (h_prev, z, r, rh, hh)
+        for xz_t, xr_t, xh_t in zip(tf.unstack(xz), tf.unstack(xr), tf.unstack(xh)):
+            z = tf.sigmoid(xz_t + (tf.matmul(h, k_z) + b_z))  # [B, U]
+            r = tf.sigmoid(xr_t + (tf.matmul(h, k_r) + b_r))
+            rh = tf.matmul(h, k_h) + b_h
+            hh = tf.tanh(xh_t + r * rh)  # candidate
+            steps.append((h, z, r, rh, hh))
             h = hh + z * (h - hh)  # = z h + (1 - z) hh
             hs.append(h)
+        hs = tf.stack(hs)  # [T, B, U]
 
         def grad(dhs):
-            h_prev, z, r, hh, rh_h = (tf.stack(s) for s in zip(*steps))  # each [T, B, U]
-            a = (1 - z) * (1 - hh * hh)
-            f = tf.stack([(h_prev - hh) * z * (1 - z), a * rh_h * r * (1 - r), a * r], axis=2)  # [T, B, 3, U]
-            kernel_t = tf.transpose(recurrent_kernel)  # [3U, U]
-            carry, dh_steps, drh_steps = tf.zeros_like(h0), [], []
-            for dh_t, f_t, z_t in reversed(list(zip(tf.unstack(dhs), tf.unstack(f), tf.unstack(z)))):
-                dh = dh_t + carry  # [B, U]
-                drh = tf.reshape(dh[:, None, :] * f_t, [-1, 3 * U])  # [B, 3U]
-                carry = dh * z_t + tf.matmul(drh, kernel_t)
-                dh_steps.append(dh)
-                drh_steps.append(drh)
-            drh = tf.stack(drh_steps[::-1])  # [T, B, 3U]
-            dh = tf.stack(dh_steps[::-1])  # [T, B, U]
-            d_xw = tf.concat([drh[:, :, : 2 * U], dh * a], axis=2)
-            drh, d_xw = tf.reshape(drh, [-1, 3 * U]), tf.reshape(d_xw, [-1, 3 * U])  # [T·B, 3U]
-            d_kernel = tf.matmul(tf.reshape(h_prev, [-1, U]), drh, transpose_a=True)
-            ones = tf.ones([1, tf.shape(drh)[0]])
-            d_bias = tf.concat([tf.matmul(ones, d_xw), tf.matmul(ones, drh)], axis=0)  # [2, 3U]
-            return tf.reshape(d_xw, tf.shape(xw)), carry, d_kernel, d_bias
+            carry, d_steps = tf.zeros_like(h0), []
+            for dh_t, (h_prev, z, r, rh, hh) in reversed(list(zip(tf.unstack(dhs), steps))):
+                dh = dh_t + carry
+                dz = dh * (h_prev - hh) * (z - z * z)
+                dxh = dh * (1 - z) * (1 - hh * hh)
+                dr = dxh * rh * (r - r * r)
+                drh = tf.concat([dz, dr, dxh * r], axis=1)  # [B, 3U]
+                carry = dh * z + tf.matmul(drh, recurrent_kernel, transpose_b=True)
+                d_steps.append((dz, dr, dxh, drh))
+            d_z, d_r, d_xh, d_rh = (tf.stack(d[::-1]) for d in zip(*d_steps))  # [T, B, U] or [T, B, 3U]
+            h_prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [-1, U])  # [T·B, U]
+            d_rh = tf.reshape(d_rh, [-1, 3 * U])
+            d_kernel = tf.matmul(h_prev, d_rh, transpose_a=True)  # [U, 3U]
+            d_bias = tf.matmul(tf.ones([1, tf.shape(d_rh)[0]]), d_rh)[0]  # [3U]
+            return d_z, d_r, d_xh, carry, d_kernel, d_bias
 
-        return tf.stack(hs), grad
+        return hs, grad
 
-    # Tensors, not variables: the gradient reaches the variables through their reads.
-    return recurrence(xw, h0, tf.convert_to_tensor(recurrent_kernel), tf.convert_to_tensor(bias))
+    return recurrence(*xs, h0, recurrent_kernel, recurrent_bias)

@@ -220,7 +220,9 @@ def make_train_step(model, optimizer, variables, states, clip_norm):
         with tf.GradientTape() as tape:
             logits, new_states = model(x, [s.value() for s in states], training=True)  # [B, T, V]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        grads = tape.gradient(loss, variables)
+        # Dense gradients: Keras's Adam squares an IndexedSlices gradient (an
+        # embedding's) row by row before summing repeated ids, which is not Adam.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
         grads, norm = tf.clip_by_global_norm(grads, clip_norm)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
 
