@@ -119,7 +119,8 @@ def child_train(args):
     import keras
     import numpy as np
     import tensorflow as tf
-    from model import CharRNN, ModelConfig, flops_per_char
+    from config import ModelConfig
+    from model import CharRNN
     from training import make_train_step
     kwargs, batch, seqlen = CONFIGS[args.config]
     config = ModelConfig(vocab_size=VOCAB, **kwargs)
@@ -143,12 +144,13 @@ def child_train(args):
         one_step()  # trace and warm up
     rates = windows(one_step, args.seconds, args.windows)
     return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "train_flops_per_char": 3 * flops_per_char(config), "peak_mb": peak_rss_mb()}
+            "peak_mb": peak_rss_mb()}
 
 
-def child_flops(args):
-    from model import ModelConfig, flops_per_char
-    return {"train_flops_per_char": 3 * flops_per_char(ModelConfig(vocab_size=VOCAB, **CONFIGS[args.config][0]))}
+def train_flops_per_char(name):
+    """FLOPs of one training step per character at config `name` (3x the forward's matmuls)."""
+    from config import ModelConfig
+    return 3 * ModelConfig(vocab_size=VOCAB, **CONFIGS[name][0]).flops_per_char()
 
 
 def child_peer(args):
@@ -195,8 +197,9 @@ def child_peer(args):
 def child_generate(args):
     import tensorflow as tf
     import checkpoints as ckpts
-    from model import CharRNN, ModelConfig
-    from sampling import Generator, SamplingConfig
+    from config import ModelConfig, SamplingConfig
+    from model import CharRNN
+    from sampling import Generator
     from txt_utils import Vocabulary
     vocab = Vocabulary([chr(c) for c in range(32, 32 + VOCAB - 2)] + ["\n"])
     model = CharRNN(ModelConfig(vocab_size=len(vocab), **CONFIGS["a"][0]))
@@ -304,10 +307,11 @@ def main():
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        import tf_setup
         if args.child == "train":
-            import rnn_train  # noqa: F401  (TensorFlow with rnn_train.py's thread settings)
+            tf_setup.training_threads(args.implementation)  # rnn_train.py's thread settings
         if args.child not in ("text", "corpus", "peer"):  # those run without TensorFlow
-            import tf_setup  # noqa: F401  (TensorFlow without its start-up chatter)
+            tf_setup.import_tensorflow()
         print(json.dumps(globals()[f"child_{args.child}"](args)))
         return
     timing = dict(seconds=args.seconds, windows=args.windows)
@@ -328,14 +332,12 @@ def main():
         m = run_child("matmul")
         matmul = max(m["numpy_gflops"], m["tf_gflops"])
         print(f"matmul: fp32 4096^3 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s")
-    train_flops = {}  # per config, from the train section or, without it, a child of its own
     if "train" in args.sections:
         implementations = [args.implementation] + (["keras"] if args.implementation != "keras" else [])
         for name, (kwargs, batch, seqlen) in CONFIGS.items():
             for implementation in implementations:
                 r = run_child("train", config=name, implementation=implementation, **timing)
-                train_flops[name] = r["train_flops_per_char"]
-                bound = matmul * 1e9 / r["train_flops_per_char"]
+                bound = matmul * 1e9 / train_flops_per_char(name)
                 print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
                       f"batch {batch}, {implementation}: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
                       f"max {r['max']:,.0f}); FLOP bound {bound:,.0f} chars/s; fraction "
@@ -347,9 +349,7 @@ def main():
         configs = {} if probe.returncode else CONFIGS
         for name, (kwargs, batch, seqlen) in configs.items():
             r = run_child("peer", python=args.peer_python, config=name, **timing)
-            if name not in train_flops:
-                train_flops[name] = run_child("flops", config=name)["train_flops_per_char"]
-            bound = matmul * 1e9 / train_flops[name]
+            bound = matmul * 1e9 / train_flops_per_char(name)
             print(f"peer ({name}) PyTorch {r['version']} nn.GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
                   f"batch {batch}, {r['threads']} threads: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
                   f"max {r['max']:,.0f}); fraction {r['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")

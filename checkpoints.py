@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model import CharRNN, ModelConfig
-from txt_utils import UserError, Vocabulary
+from config import ModelConfig
+from errors import UserError
+from model import CharRNN
+from txt_utils import Vocabulary
 
 CONFIG, VOCAB, CORPUS, LOCK, BEST = "config.json", "vocab.json", "corpus.json", ".lock", "best"
 FORMAT_VERSION = 1

@@ -21,8 +21,9 @@ from pathlib import Path
 import tensorflow as tf
 
 import checkpoints as ckpts
-from sampling import Generator, SamplingConfig
-from txt_utils import UserError
+from config import SamplingConfig
+from errors import UserError
+from sampling import Generator
 
 
 class ExportedGenerator(tf.Module):

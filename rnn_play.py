@@ -16,10 +16,8 @@ import os
 import sys
 import time
 
-import tf_setup  # noqa: F401  (imports TensorFlow without its start-up chatter)
-import checkpoints as ckpts
-from sampling import Generator, SamplingConfig
-from txt_utils import UserError, safe_console
+from config import SamplingConfig
+from errors import UserError, safe_console
 
 FLUSH_SECONDS = 0.05
 
@@ -71,13 +69,8 @@ def read_prime(args):
                         f"convert it, e.g. with iconv") from None
 
 
-def play(args):
-    if args.list:
-        lines = ckpts.list_runs(args.checkpoint_dir)
-        if not lines:
-            raise UserError(f"no run under {args.checkpoint_dir}/; train one first with `python3 rnn_train.py`")
-        write("\n".join(lines) + "\n")
-        return 0
+def check(args):
+    """Reject bad flags before TensorFlow loads; return the SamplingConfig."""
     if args.length < 0:
         raise UserError(f"--length must be >= 0 (got {args.length})")
     if args.samples < 1:
@@ -87,7 +80,21 @@ def play(args):
     if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
         raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.argmax, seed).check()
+    return SamplingConfig(args.temperature, args.top_k, args.top_p, args.argmax, seed).check()
+
+
+def play(args, sampling):
+    import tf_setup
+    tf_setup.import_tensorflow()
+    import checkpoints as ckpts
+    from sampling import Generator
+
+    if args.list:
+        lines = ckpts.list_runs(args.checkpoint_dir)
+        if not lines:
+            raise UserError(f"no run under {args.checkpoint_dir}/; train one first with `python3 rnn_train.py`")
+        write("\n".join(lines) + "\n")
+        return 0
     prime = read_prime(args)
     model, vocab, run_dir, prefix = ckpts.load_for_generation(args.checkpoint, args.checkpoint_dir)
     if args.export is not None:
@@ -95,7 +102,7 @@ def play(args):
         target = export.export(model, vocab, run_dir, sampling, args.export)
         print(f"exported {prefix} to {target}: tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
         return 0
-    print(f"generating from {prefix} (seed {seed})", file=sys.stderr)
+    print(f"generating from {prefix} (seed {sampling.seed})", file=sys.stderr)
     unknown = vocab.unknown_chars(prime)
     if unknown:
         print(f"warning: the prime has characters this model never saw, read as unknown: "
@@ -131,7 +138,7 @@ def main(argv=None):
     safe_console()
     args = make_parser().parse_args(argv)
     try:
-        return play(args)
+        return play(args, check(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

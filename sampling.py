@@ -9,32 +9,13 @@ same checkpoint, seed and settings give the same text in every process, for
 every chunk size.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
 
+from config import SamplingConfig
 from model import CharRNN
-from txt_utils import UserError
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    temperature: float = 1.0  # <1 sharpens the distribution, >1 flattens it
-    top_k: int | None = None  # keep the k most likely characters (None = all); the original's topn
-    top_p: float = 1.0        # keep the smallest set whose probability reaches p (nucleus)
-    argmax: bool = False      # always take the most likely character
-    seed: int = 0
-
-    def check(self):
-        """Raise UserError naming the flag at fault."""
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be > 0 (got {self.temperature}); use --argmax for greedy text")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1] (got {self.top_p})")
-        if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"--top-k must be >= 1 (got {self.top_k})")
-        return self
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=1.0, banned=None):

@@ -1,20 +1,45 @@
-"""Import TensorFlow quietly. Scripts import this module before any other that uses TensorFlow.
+"""Start TensorFlow: thread settings first, then a quiet import.
 
-TensorFlow prints start-up lines on stderr (CUDA probing, oneDNN notices) even
-on a machine where nothing is wrong. They are C++ log lines written before
-TF_CPP_MIN_LOG_LEVEL is read, so stderr is pointed at /dev/null while
-TensorFlow loads and finds its devices. Python errors still surface: they are
-raised, and printed after stderr is restored.
+Scripts parse and check their arguments before calling these, so `--help` and
+bad flags answer at once instead of after the seconds TensorFlow takes to load.
+
+    training_threads(implementation)   thread defaults for training (before the import)
+    import_tensorflow()                import TensorFlow without its start-up chatter
 """
 
 import os
 import signal
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+def training_threads(implementation):
+    """Thread defaults for training with the fused CPU model.
+
+    The fused model runs a batch of 64 rows or more as two groups of rows side by
+    side (model.py), so each op gets half the cores: on 2 cores, each group's small
+    matmuls run alone on a core, faster than splitting every one of them over both.
+    The setting does not depend on the batch size, so a run and its resume use the
+    same threads (other thread counts can change float rounding, and exact resume
+    holds for the same settings). TensorFlow reads these when it starts; set the
+    variables yourself to override. The stock Keras layers (`keras`) keep
+    TensorFlow's defaults; `auto` counts as fused, since it is fused on a CPU.
+    """
+    if implementation == "keras":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, cores // 2)))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(cores))
 
 
-def _import_quietly():
+def import_tensorflow():
+    """Import TensorFlow, hiding the C++ start-up lines it prints on stderr (CUDA
+    probing, oneDNN notices) even where nothing is wrong. They are written before
+    TF_CPP_MIN_LOG_LEVEL is read, so stderr points at /dev/null while TensorFlow
+    loads and finds its devices. Python errors still surface: they are raised, and
+    printed after stderr is restored. Returns the tensorflow module."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     # Ctrl-C during the seconds TensorFlow takes to load ends the process quietly (exit 130).
     previous = signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
@@ -33,6 +58,4 @@ def _import_quietly():
         os.close(saved)
         os.close(devnull)
         signal.signal(signal.SIGINT, previous)
-
-
-_import_quietly()
+    return tf

@@ -19,7 +19,6 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -30,58 +29,13 @@ from tqdm import tqdm
 
 import checkpoints as ckpts
 import txt_utils
-from model import CharRNN, ModelConfig, flops_per_char
-from sampling import Generator, SamplingConfig
-from txt_utils import UserError
+from config import DEFAULT_DATA, FIXED_ON_RESUME, PER_PROCESS, SamplingConfig, TrainConfig, flag
+from errors import UserError
+from model import CharRNN
+from sampling import Generator
 
-DEFAULT_DATA = "shakespeare/*.txt"
-VAL_ROW_CHARS = 1024     # validation rows are at least this long, read from a zero state
+VAL_ROW_CHARS = 1024     # validation rows: up to 64 rows of at least this many characters
 SAMPLE_CHARS = 300
-
-
-@dataclass
-class TrainConfig:
-    data: list = field(default_factory=lambda: [DEFAULT_DATA])
-    validation: str = "auto"
-    max_vocab: int = 0
-    cell: str = "gru"
-    layers: int = 3
-    units: int = 512
-    embedding: int = 0
-    dropout: float = 0.2
-    seqlen: int = 30
-    batch_size: int = 200
-    lr: float = 0.001
-    clip_norm: float = 5.0
-    epochs: int = 10
-    max_steps: int = 0
-    seed: int = 0
-    run: str = ""
-    checkpoint_dir: str = "checkpoints"
-    log_dir: str = "log"
-    val_every: int = 50
-    sample_every: int = 150
-    checkpoint_every: int = 500
-    log_every: int = 10
-    keep: int = 5
-    max_nonfinite: int = 10
-    allow_corpus_change: bool = False
-    implementation: str = "auto"
-
-    def model_config(self, vocab_size):
-        return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
-                           embedding=self.embedding, dropout=self.dropout, seed=self.seed)
-
-
-# A resumed run must keep these: they define the model, the text and the batches.
-FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
-                   "max_vocab", "validation")
-# These belong to the process, not the run: never taken from the saved config.
-PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation")
-
-
-def flag(name):
-    return "--" + name.replace("_", "-")
 
 
 # ---------------------------------------------------------------- the run
@@ -428,7 +382,7 @@ def _train(cfg, run_dir, log_dir, source):
 
     step = int(progress["step"])
     epoch, batch = divmod(step, nb_batches)
-    flops = 3 * flops_per_char(mconf)
+    flops = 3 * mconf.flops_per_char()
     chars_per_step = cfg.batch_size * cfg.seqlen
     nonfinite_in_a_row = 0
     window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t": time.perf_counter(), "chars": 0}

@@ -25,20 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from errors import UserError
+
 log = logging.getLogger("charrnn")
-
-
-class UserError(Exception):
-    """An error the user can fix. Its message is ONE line naming the file/flag/value at
-    fault and the fix. The CLIs print it and exit 2 with no traceback."""
-
-
-def safe_console():
-    """Never crash on a console that cannot show a character (a cp1252 Windows
-    console, a C locale): such characters print as '?' instead of raising."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
 
 
 UNKNOWN = "\ufffd"  # how the unknown symbol decodes

@@ -1,0 +1,163 @@
+"""The configuration of a run: what the model is and how it is trained.
+
+Dataclasses, the first two saved in every run's config.json and checked the same way
+whether they come from the command line or from a run folder:
+
+    ModelConfig     what a checkpoint needs to rebuild its model
+    TrainConfig     every flag of rnn_train.py, with its default
+    SamplingConfig  how rnn_play.py turns the model's logits into characters
+
+Standard library only (no TensorFlow), so the scripts can parse and check their
+arguments before the seconds TensorFlow takes to load.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from errors import UserError
+
+CELLS = ("gru", "lstm", "rnn")
+IMPLEMENTATIONS = ("auto", "fused", "keras")
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: a kernel has units·GATES columns
+DEFAULT_DATA = "shakespeare/*.txt"
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_rate(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of the model; saved in every checkpoint to rebuild it."""
+
+    vocab_size: int
+    cell: str = "gru"  # "gru" | "lstm" | "rnn"
+    layers: int = 3
+    units: int = 512
+    embedding: int = 0  # 0: one-hot input (a row gather); >0: learned embedding size
+    dropout: float = 0.2  # rate between layers and before the readout
+    seed: int = 0  # seeds the initializers and the dropout masks
+
+    def __post_init__(self):
+        for name, low in (("vocab_size", 1), ("layers", 1), ("units", 1), ("embedding", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"ModelConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"ModelConfig.cell must be one of {CELLS}, got {self.cell!r}")
+        if not _is_rate(self.dropout):
+            raise ValueError(f"ModelConfig.dropout must be a rate in [0, 1), got {self.dropout!r}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {unknown}")
+        if "vocab_size" not in d:
+            raise ValueError("ModelConfig needs vocab_size")
+        return cls(**d)
+
+    def flops_per_char(self) -> float:
+        """Forward FLOPs per character (matmuls only); a training step costs about 3x."""
+        U = self.units
+        flops = 2 * U * self.vocab_size  # readout
+        for layer in range(self.layers):
+            inputs = U if layer > 0 else (self.embedding or self.vocab_size)
+            flops += 2 * GATES[self.cell] * U * (inputs + U)
+        return float(flops)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (rnn_train.py's flags, same names)."""
+
+    data: list = field(default_factory=lambda: [DEFAULT_DATA])
+    validation: str = "auto"
+    max_vocab: int = 0
+    cell: str = "gru"
+    layers: int = 3
+    units: int = 512
+    embedding: int = 0
+    dropout: float = 0.2
+    seqlen: int = 30
+    batch_size: int = 200
+    lr: float = 0.001
+    clip_norm: float = 5.0
+    epochs: int = 10
+    max_steps: int = 0
+    seed: int = 0
+    run: str = ""
+    checkpoint_dir: str = "checkpoints"
+    log_dir: str = "log"
+    val_every: int = 50
+    sample_every: int = 150
+    checkpoint_every: int = 500
+    log_every: int = 10
+    keep: int = 5
+    max_nonfinite: int = 10
+    allow_corpus_change: bool = False
+    implementation: str = "auto"
+
+    def model_config(self, vocab_size) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
+                           embedding=self.embedding, dropout=self.dropout, seed=self.seed)
+
+    def check(self) -> "TrainConfig":
+        """Reject values that would only fail later, naming the flag."""
+        positive = ["layers", "units", "seqlen", "batch_size", "epochs", "val_every", "sample_every",
+                    "checkpoint_every", "log_every", "keep", "max_nonfinite"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be >= 1 (got {getattr(self, name)})")
+        for name in ["max_steps", "max_vocab", "embedding"]:
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag(name)} must be >= 0 (got {getattr(self, name)})")
+        if self.max_vocab == 1:
+            raise UserError("--max-vocab must be 0 (keep every character) or >= 2 (the unknown symbol and "
+                            "at least one character)")
+        if not 0 <= self.seed < 2 ** 32:
+            raise UserError(f"--seed must be in [0, 2**32) (got {self.seed})")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not self.lr > 0 or not self.clip_norm > 0:
+            raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
+        return self
+
+
+# A resumed run must keep these: they define the model, the text and the batches.
+FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
+                   "max_vocab", "validation")
+# These belong to the process, not the run: never taken from the saved config.
+PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation")
+
+
+def flag(name):
+    """The command-line flag of a TrainConfig field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # <1 sharpens the distribution, >1 flattens it
+    top_k: int | None = None  # keep the k most likely characters (None = all); the original's topn
+    top_p: float = 1.0        # keep the smallest set whose probability reaches p (nucleus)
+    argmax: bool = False      # always take the most likely character
+    seed: int = 0
+
+    def check(self):
+        """Raise UserError naming the flag at fault."""
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be > 0 (got {self.temperature}); use --argmax for greedy text")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"--top-k must be >= 1 (got {self.top_k})")
+        return self

@@ -1,0 +1,210 @@
+"""The fused CPU recurrent kernels: the fast path of `model.CharRNN` on a CPU.
+
+Why they exist. A stock Keras GRU trains well below what the CPU's matrix
+multiplies allow: per time step it does the input projection, the recurrent
+matmul and, under autodiff, two more small matmuls and a stack of every
+intermediate. `FusedRecurrent` instead
+- works time-major and projects the inputs of the whole sequence before the
+  loop with large matmuls (a row gather of the kernel for one-hot input), so only
+  `h @ recurrent_kernel` stays inside the loop;
+- for the GRU in training, runs `_gru_recurrence`: one [U, U] block of the
+  recurrent kernel per gate (no slices of a [B, 3U] tensor in the loop), and a
+  backward pass written by hand that does one matmul per step and the weight
+  gradients as large matmuls after the loop, as cuDNN does;
+- keeps `_gru_step`'s one [B, U] x [U, 3U] matmul per step for generation, which
+  runs under XLA, where the per-gate blocks were much slower.
+DEVELOPERS.md has the measurements behind each choice; benchmark.py measures them.
+
+The contract. The weights are Keras's, in Keras's layout (kernel [I, G·U],
+recurrent_kernel [U, G·U], bias [2, 3U] for the GRU with reset_after=True, [G·U]
+otherwise; gate order z, r, h for the GRU and i, f, c, o for the LSTM), so a
+checkpoint loads into the stock layers (cuDNN on a GPU) and back. A kernel is
+correct when these tests pass:
+- test_suite/test_model.py `test_fused_and_keras_implementations_agree`: the same
+  logits and states as the stock layers, for every cell;
+- test_suite/test_model.py `test_fused_gru_gradients_match_keras_gru`: the same
+  gradients, one-hot and embedding input, through the final state too;
+- test_suite/test_training.py `test_the_training_step_gives_adam_dense_gradients`:
+  the product's training step moves the weights as Adam on the stock model's
+  dense gradients does.
+
+Adding a cell: add its gate count to `config.GATES`, a `_<cell>_step(xw_t, state,
+recurrent_kernel)` in Keras's gate order below, its branch in
+`FusedRecurrent.call` (and its stock layer in `model.KerasRecurrent`); the tests
+above then run on it once it is in `config.CELLS`.
+"""
+
+import keras
+import tensorflow as tf
+
+from config import GATES
+
+
+class FusedRecurrent(keras.layers.Layer):
+    """Our CPU recurrent layer, time-major: x [T, B, I] (or ids [T, B]) -> h [T, B, U].
+
+    The input projection of the whole sequence is computed before the loop, with
+    large matmuls (a row gather of the kernel for one-hot input); only
+    h @ recurrent_kernel stays inside the loop.
+    In training, when T is known when tracing, the GRU runs `_gru_recurrence`
+    (unrolled, with a hand-written backward pass); otherwise, and for LSTM and
+    RNN, the loop is unrolled or a tf.scan, with autodiff through it.
+    """
+
+    def __init__(self, cell: str, units: int, one_hot: bool, initializers: dict, **kwargs):
+        """initializers: kernel_initializer and recurrent_initializer, as for Keras's layers."""
+        super().__init__(**kwargs)
+        self.cell_type, self.units, self.one_hot = cell, units, one_hot
+        self.initializers = initializers
+
+    def build(self, input_shape):
+        G, U = GATES[self.cell_type] * self.units, self.units
+        init = self.initializers
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], G), initializer=init["kernel_initializer"])
+        self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(U, G), initializer=init["recurrent_initializer"])
+        bias_shape = (2, G) if self.cell_type == "gru" else (G,)  # GRU reset_after: input and recurrent bias
+        self.bias = self.add_weight(name="bias", shape=bias_shape, initializer=self._bias_initializer)
+        self.built = True
+
+    def _bias_initializer(self, shape, dtype=None):
+        if self.cell_type == "lstm":  # gates i, f, c, o: the forget gate starts open, as in Keras
+            U = self.units
+            return tf.concat([tf.zeros([U]), tf.ones([U]), tf.zeros([2 * U])], axis=0)
+        return tf.zeros(shape)
+
+    def call(self, x, state, training=False):
+        if self.cell_type == "gru" and training and x.shape[0] is not None:
+            # Training only: under XLA (the generation loop) the per-gate blocks ran
+            # 15x slower than `_gru_step`'s one matmul per step.
+            # Tensors, not variables: the gradients reach the variables through their reads.
+            hs = _gru_recurrence(self._gru_inputs(x), state, tf.convert_to_tensor(self.recurrent_kernel), self.bias[1])
+            return hs, hs[-1]
+        U = self.units
+        if self.one_hot:
+            xw = tf.gather(self.kernel, x)  # [T, B, G]: one_hot(x) @ kernel without the matmul
+        else:
+            xw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), self.kernel)  # [T·B, G]
+            xw = tf.reshape(xw, tf.concat([tf.shape(x)[:2], [-1]], 0))  # [T, B, G]
+        if self.cell_type == "gru":
+            hs = _scan(_gru_step, xw + self.bias[0], state, self.recurrent_kernel, self.bias[1])
+            return hs, hs[-1]
+        xw = xw + self.bias
+        if self.cell_type == "lstm":
+            hcs = _scan(_lstm_step, xw, state, self.recurrent_kernel)  # [T, B, 2U]: h and c
+            return hcs[:, :, :U], hcs[-1]
+        hs = _scan(_rnn_step, xw, state, self.recurrent_kernel)
+        return hs, hs[-1]
+
+    def _gru_inputs(self, x):
+        """The GRU's input projection plus input bias as three [T, B, U] tensors, one
+        per gate (z, r, candidate): contiguous, so the loop slices nothing. Their
+        gradients reach the [I, 3U] kernel dense, through small column slices."""
+        U = self.units
+        blocks = [slice(i * U, (i + 1) * U) for i in range(3)]
+        if self.one_hot:  # rows of kernel + bias: one_hot(x) @ kernel + bias without the matmul
+            table = self.kernel + self.bias[0]  # [V, 3U]
+            return [tf.gather(table[:, b], x) for b in blocks]
+        flat = tf.reshape(x, [-1, x.shape[-1]])  # [T·B, I]
+        return [tf.reshape(tf.nn.bias_add(tf.matmul(flat, self.kernel[:, b]), self.bias[0, b]), [x.shape[0], -1, U]) for b in blocks]
+
+
+# One time step of each cell, in Keras's gate order and semantics.
+# xw_t [B, G] is the input projection plus input bias; state [B, S].
+
+def _gru_step(xw_t, h, recurrent_kernel, recurrent_bias):
+    """Keras GRU, reset_after=True (the cuDNN variant): gates z, r, h.
+
+    Used outside training and when T is unknown; `_gru_recurrence` computes the same.
+    """
+    U = h.shape[-1]
+    rh = tf.matmul(h, recurrent_kernel) + recurrent_bias  # [B, 3U]
+    zr = tf.sigmoid(xw_t[:, : 2 * U] + rh[:, : 2 * U])  # [B, 2U]
+    z, r = zr[:, :U], zr[:, U:]
+    hh = tf.tanh(xw_t[:, 2 * U :] + r * rh[:, 2 * U :])  # candidate, [B, U]
+    return z * h + (1 - z) * hh
+
+
+def _lstm_step(xw_t, hc, recurrent_kernel):
+    """Keras LSTM: gates i, f, c, o; state is h and c concatenated."""
+    h, c = tf.split(hc, 2, axis=-1)
+    i, f, g, o = tf.split(xw_t + tf.matmul(h, recurrent_kernel), 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    h = tf.sigmoid(o) * tf.tanh(c)
+    return tf.concat([h, c], axis=-1)
+
+
+def _rnn_step(xw_t, h, recurrent_kernel):
+    """Keras SimpleRNN: h_t = tanh(x_t W + b + h_{t-1} U)."""
+    return tf.tanh(xw_t + tf.matmul(h, recurrent_kernel))
+
+
+def _scan(step, xw, state, *weights):
+    """Run step over time with autodiff: unrolled if T is static, else a tf.scan."""
+    if xw.shape[0] is None:
+        return tf.scan(lambda s, xw_t: step(xw_t, s, *weights), xw, initializer=state)
+    outputs = []
+    for xw_t in tf.unstack(xw):
+        state = step(xw_t, state, *weights)
+        outputs.append(state)
+    return tf.stack(outputs)  # [T, B, S]
+
+
+def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias):
+    """Unrolled GRU recurrence with a hand-written backward pass.
+
+    xs: the input projections plus input bias of the gates z, r and the candidate,
+    three [T, B, U] tensors; h0: [B, U]; recurrent_kernel [U, 3U] and
+    recurrent_bias [3U] in Keras's layout. Returns hs [T, B, U].
+
+    Forward, per step: one [U, U] block of the recurrent kernel per gate, so every
+    per-step tensor is contiguous (no slices of a [B, 3U] tensor in the loop):
+        z = σ(xz + h Kz + bz),  r = σ(xr + h Kr + br),  rh = h Kh + bh,
+        hh = tanh(xh + r·rh),   h' = z·h + (1 - z)·hh
+    Autodiff through the loop would add two small matmuls per step (the data and
+    the weight gradient) and stack every intermediate. The backward does what
+    cuDNN does:
+    - per step, backwards in time, the gate derivatives and one matmul:
+        dh = dL/dh_t (from above) + carry
+        dZ = dh (h - hh) z (1 - z),  dXH = dh (1 - z)(1 - hh²),  dR = dXH rh r (1 - r)
+        dRH = [dZ, dR, dXH·r]        gradient of the recurrent part h K + b, [B, 3U]
+        carry = dh z + dRH Kᵀ
+    - after the loop, the weight gradients as large matmuls over all T·B rows:
+        dK = H_prevᵀ dRH,  db = 1ᵀ dRH  (a column sum; as a matmul it is faster
+      than reduce_sum), and [dZ, dR, dXH] flow on to the input projection.
+    """
+
+    @tf.custom_gradient
+    def recurrence(xz, xr, xh, h0, recurrent_kernel, recurrent_bias):
+        U = h0.shape[-1]
+        (k_z, k_r, k_h), (b_z, b_r, b_h) = tf.split(recurrent_kernel, 3, axis=1), tf.split(recurrent_bias, 3)
+        h, steps, hs = h0, [], []  # steps: per step (h_prev, z, r, rh, hh)
+        for xz_t, xr_t, xh_t in zip(tf.unstack(xz), tf.unstack(xr), tf.unstack(xh)):
+            z = tf.sigmoid(xz_t + (tf.matmul(h, k_z) + b_z))  # [B, U]
+            r = tf.sigmoid(xr_t + (tf.matmul(h, k_r) + b_r))
+            rh = tf.matmul(h, k_h) + b_h
+            hh = tf.tanh(xh_t + r * rh)  # candidate
+            steps.append((h, z, r, rh, hh))
+            h = hh + z * (h - hh)  # = z h + (1 - z) hh
+            hs.append(h)
+        hs = tf.stack(hs)  # [T, B, U]
+
+        def grad(dhs):
+            carry, d_steps = tf.zeros_like(h0), []
+            for dh_t, (h_prev, z, r, rh, hh) in reversed(list(zip(tf.unstack(dhs), steps))):
+                dh = dh_t + carry
+                dz = dh * (h_prev - hh) * (z - z * z)
+                dxh = dh * (1 - z) * (1 - hh * hh)
+                dr = dxh * rh * (r - r * r)
+                drh = tf.concat([dz, dr, dxh * r], axis=1)  # [B, 3U]
+                carry = dh * z + tf.matmul(drh, recurrent_kernel, transpose_b=True)
+                d_steps.append((dz, dr, dxh, drh))
+            d_z, d_r, d_xh, d_rh = (tf.stack(d[::-1]) for d in zip(*d_steps))  # [T, B, U] or [T, B, 3U]
+            h_prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [-1, U])  # [T·B, U]
+            d_rh = tf.reshape(d_rh, [-1, 3 * U])
+            d_kernel = tf.matmul(h_prev, d_rh, transpose_a=True)  # [U, 3U]
+            d_bias = tf.matmul(tf.ones([1, tf.shape(d_rh)[0]]), d_rh)[0]  # [3U]
+            return d_z, d_r, d_xh, carry, d_kernel, d_bias
+
+        return hs, grad
+
+    return recurrence(*xs, h0, recurrent_kernel, recurrent_bias)

@@ -1,0 +1,1 @@
+"""The test modules, one per concern; tests.py gathers them."""

@@ -1,0 +1,115 @@
+"""Helpers shared by the test modules: files, tiny corpora and models, quiet runs."""
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+import tf_setup
+
+tf = tf_setup.import_tensorflow()
+
+import rnn_play  # noqa: E402
+import training  # noqa: E402
+from config import ModelConfig, TrainConfig  # noqa: E402
+
+LINES = ["the cat sat on the mat.\n", "a dog ran to the log.\n", "my hat is on the cat.\n"]
+V = 11  # vocabulary of the tiny model tests
+
+
+def set_mtimes(folder, when):
+    """Give every file under folder the times `when` (None: now), as os.utime does."""
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            os.utime(os.path.join(parent, name), when)
+
+
+def write(path, data):
+    """Write str (as UTF-8) or bytes to path, creating its folder."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def tiny_model_config(**overrides):
+    return ModelConfig(**{"vocab_size": V, "layers": 2, "units": 8, "dropout": 0.0, **overrides})
+
+
+def random_ids(batch, seqlen, seed=0):
+    return tf.constant(np.random.default_rng(seed).integers(0, V, size=(batch, seqlen)), tf.int32)
+
+
+def random_states(model, batch, seed=1):
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.uniform(-1, 1, (batch, s)), tf.float32) for s in model.state_sizes()]
+
+
+def copy_weights(source, target):
+    for name, variable in target.named_variables().items():
+        variable.assign(source.named_variables()[name])
+
+
+def mean_loss(y, logits):
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+
+def make_corpus(folder, files=8, repeats=40):
+    """A learnable corpus of several files (so a validation set is held out)."""
+    for i in range(files):
+        write(os.path.join(folder, f"part{i}.txt"), "".join(LINES[(i + j) % 3] for j in range(repeats)))
+    return os.path.join(folder, "*.txt")
+
+
+def tiny(tmp, **overrides):
+    """A training configuration that runs in a second or two."""
+    corpus = os.path.join(tmp, "corpus")
+    if not os.path.isdir(corpus):
+        make_corpus(corpus)
+    base = dict(data=[os.path.join(corpus, "*.txt")], layers=2, units=16, seqlen=8, batch_size=4,
+                dropout=0.2, lr=0.01, max_steps=20, val_every=10, sample_every=10, checkpoint_every=10,
+                checkpoint_dir=os.path.join(tmp, "ck"), log_dir=os.path.join(tmp, "log"), run="r")
+    return TrainConfig(**{**base, **overrides})
+
+
+def quiet_train(cfg, resume=None, explicit=()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return training.train(cfg, resume=resume, explicit=explicit)
+
+
+def checkpoint_tensors(prefix, section="weights/"):
+    reader = tf.train.load_checkpoint(prefix)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith(section)}
+
+
+def read_scalars(folder):
+    """{tag: [(step, value)]} from the event files in folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(folder, size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def read_texts(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(folder, size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [tf.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "text"}
+
+
+def flip_byte(path, fraction_denominator):
+    """Invert the byte at len/fraction_denominator of the file."""
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // fraction_denominator] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
+def play(*argv):
+    """Run rnn_play in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = rnn_play.main(list(argv))
+    return code, out.getvalue(), err.getvalue()

@@ -1,0 +1,199 @@
+"""Generation from the command line (rnn_play.py), export, and what a console shows."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+import checkpoints as ckpts
+import export
+from config import SamplingConfig
+from test_suite.helpers import play, quiet_train, set_mtimes, tf, tiny, write
+
+
+class TestPlay(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp_holder = tempfile.TemporaryDirectory()
+        cls.tmp = cls.tmp_holder.name
+        quiet_train(tiny(cls.tmp, run="first", max_steps=10))
+        time.sleep(0.05)
+        quiet_train(tiny(cls.tmp, run="second", max_steps=30))
+        cls.ck = os.path.join(cls.tmp, "ck")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp_holder.cleanup()
+
+    def test_export_generates_the_same_text_as_rnn_play_without_this_code(self):
+        target = os.path.join(self.tmp, "exported")
+        code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", target, "--top-k", "5")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(os.path.isfile(os.path.join(target, "assets", "vocab.json")))
+        exported = tf.saved_model.load(target)
+        text = exported.generate(prime=tf.constant("the cat"), length=tf.constant(200),
+                                 temperature=tf.constant(0.9), seed=tf.constant(7, tf.int64))["text"]
+        _, expected, _ = play("second", "--checkpoint-dir", self.ck, "--prime", "the cat", "-n", "200",
+                              "--temperature", "0.9", "--top-k", "5", "--seed", "7")
+        self.assertEqual("the cat" + text.numpy().decode(), expected)
+        # step: the bare model, states in and out
+        model, vocab, _, _ = ckpts.load_for_generation("second", self.ck)
+        ids = tf.constant(vocab.encode("a dog ran")[None].astype(np.int32))
+        states = tf.zeros([2, 1, 16])
+        out = exported.step(ids=ids, states=states)
+        logits, _ = model(ids, list(states))
+        np.testing.assert_allclose(out["logits"], logits, atol=1e-5)
+        # a model built with the stock layers exports its weights through the fused twin
+        stock, vocab, run_dir, _ = ckpts.load_for_generation("second", self.ck, implementation="keras")
+        export.export(stock, vocab, run_dir, SamplingConfig(top_k=5), os.path.join(self.tmp, "from-stock"))
+        from_stock = tf.saved_model.load(os.path.join(self.tmp, "from-stock"))  # held: it owns the variables
+        text_stock = from_stock.generate(prime=tf.constant("the cat"), length=tf.constant(200),
+                                         temperature=tf.constant(0.9), seed=tf.constant(7, tf.int64))["text"]
+        self.assertEqual(text_stock.numpy(), text.numpy())
+        # the folder now exists: a second export refuses to write over it
+        code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", target)
+        self.assertEqual(code, 2)
+        self.assertIn("--export", err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_a_run_with_only_its_best_checkpoint_is_played_from_it(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            quiet_train(tiny(tmp, run="young", max_steps=20))
+            run_dir = os.path.join(tmp, "ck", "young")
+            for name in os.listdir(run_dir):  # as before its first regular checkpoint
+                if name.startswith("ckpt-") or name == "checkpoint":
+                    os.remove(os.path.join(run_dir, name))
+            best = tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
+            self.assertIsNotNone(best)
+            for spec in (None, "young", run_dir):
+                self.assertEqual(ckpts.resolve(spec, os.path.join(tmp, "ck")), (Path(run_dir), best))
+            code, out, err = play("--checkpoint-dir", os.path.join(tmp, "ck"), "-n", "30")
+            self.assertEqual((code, len(out)), (0, 30), err)
+
+    def test_length_is_exact_and_the_newest_checkpoint_is_the_default(self):
+        code, out, err = play("--checkpoint-dir", self.ck, "-n", "300", "--seed", "1")
+        self.assertEqual(code, 0)
+        self.assertEqual(len(out), 300)
+        self.assertIn(os.path.join("second", "ckpt-30"), err)
+
+    def test_same_seed_same_text_across_processes(self):
+        args = ["first", "--checkpoint-dir", self.ck, "-n", "400", "--seed", "5", "--temperature", "1.5"]
+        _, here, _ = play(*args)
+        other = subprocess.run([sys.executable, "rnn_play.py", *args], capture_output=True, text=True, timeout=120)
+        self.assertEqual(other.returncode, 0, other.stderr)
+        self.assertEqual(other.stdout, here)
+        _, different, _ = play(*args[:-3], "6", "--temperature", "1.5")
+        self.assertNotEqual(different, here)
+
+    def test_list_shows_the_runs_newest_first(self):
+        broken = os.path.join(self.ck, "broken")
+        self.addCleanup(shutil.rmtree, broken, True)
+        shutil.copytree(os.path.join(self.ck, "first"), broken)
+        write(os.path.join(broken, "checkpoint"), "model_checkpoint_path: \x00{{")
+        set_mtimes(broken, (1e9, 1e9))  # written before the others
+        code, out, err = play("--list", "--checkpoint-dir", self.ck)
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual([line.split()[0] for line in lines], ["second", "first", "broken"])
+        self.assertRegex(lines[0], r"gru 2x16 +step 30 +best validation \d\.\d{3} bits/char")
+        self.assertRegex(lines[1], r"step 10 ")
+        self.assertRegex(lines[2], r"cannot be read: .*broken/checkpoint is damaged")
+
+    def test_choosing_a_checkpoint(self):
+        run_dir = os.path.join(self.ck, "first")
+        for spec, expected in (("first", "first/ckpt-10"), (run_dir, "first/ckpt-10"),
+                               (os.path.join(self.ck, "second", "ckpt-20"), "second/ckpt-20"),
+                               (os.path.join("second", "ckpt-20"), "second/ckpt-20"),  # under --checkpoint-dir
+                               (os.path.join(self.ck, "second", "best"), "second/best/ckpt-")):
+            with self.subTest(spec=spec):
+                code, out, err = play(spec, "--checkpoint-dir", self.ck, "-n", "20", "--seed", "1")
+                self.assertEqual(code, 0, err)
+                self.assertIn(expected, err)
+                self.assertEqual(len(out), 20)
+
+    def test_prime_is_echoed_and_unknown_characters_are_named(self):
+        code, out, err = play("second", "--checkpoint-dir", self.ck, "-n", "50", "--prime", "the Zéat",
+                              "--seed", "2")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.startswith("the Zéat"))
+        self.assertEqual(len(out), len("the Zéat") + 50)
+        self.assertRegex(err, r"warning: .*'Zé'")
+
+    def test_prime_file(self):
+        path = os.path.join(self.tmp, "prime.txt")
+        write(path, "the dog ")
+        code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "10", "--prime-file", path)
+        self.assertEqual((code, out[:8], len(out)), (0, "the dog ", 18))
+        with mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO("\ufeffthe cat ".encode()))):  # - is stdin
+            code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "10", "--prime-file", "-")
+        self.assertEqual((code, out[:8], len(out)), (0, "the cat ", 18))
+
+    def test_samples_are_independent(self):
+        code, out, _ = play("second", "--checkpoint-dir", self.ck, "-n", "80", "--samples", "3",
+                            "--seed", "3", "--temperature", "2")
+        self.assertEqual(code, 0)
+        samples = out.split("--- sample ")[1:]
+        self.assertEqual(len(samples), 3)
+        self.assertEqual(len(set(samples[i].split("\n", 1)[1] for i in range(3))), 3)
+
+    def test_errors_exit_2_with_one_line(self):
+        empty = os.path.join(self.tmp, "empty")
+        os.makedirs(empty, exist_ok=True)
+        not_a_checkpoint = os.path.join(self.tmp, "corpus", "part0.txt")
+        cases = [(["--checkpoint-dir", empty], "no checkpoint found.*rnn_train.py"),
+                 ([not_a_checkpoint, "--checkpoint-dir", self.ck], ".*part0.txt is not a run name"),
+                 (["--checkpoint-dir", self.ck, "--temperature", "0"], "--temperature must be > 0"),
+                 (["--checkpoint-dir", self.ck, "--top-p", "0"], "--top-p"),
+                 (["--checkpoint-dir", self.ck, "--top-p", "1.5"], "--top-p"),
+                 (["--checkpoint-dir", self.ck, "--top-k", "0"], "--top-k must be >= 1"),
+                 (["--checkpoint-dir", self.ck, "--prime", "a", "--prime-file", "-"], "--prime and --prime-file")]
+        for argv, message in cases:
+            with self.subTest(argv=argv):
+                code, out, err = play(*argv)
+                self.assertEqual(code, 2)
+                self.assertRegex(err, "^error: " + message)
+                self.assertEqual(err.count("\n"), 1)
+
+    def test_streaming_into_head_ends_cleanly(self):
+        proc = subprocess.Popen([sys.executable, "rnn_play.py", "second", "--checkpoint-dir", self.ck, "-n", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = proc.stdout.read(2000)  # arrives while generation goes on: it streams
+        proc.stdout.close()  # what `head` does once it has enough
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        proc.wait(timeout=60)
+        self.assertEqual(len(first), 2000)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertNotIn("Traceback", err)
+
+
+class TestConsole(unittest.TestCase):
+    def test_train_and_play_on_an_ascii_console_with_unicode_text(self):
+        """A console that cannot show a character prints '?' instead of crashing."""
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = os.path.join(tmp, "unicode.txt")
+            write(corpus, ("naïve café — ☃ Ελληνικά 日本語 🎭\n" * 200).encode())
+            env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+            train = subprocess.run(
+                [sys.executable, "rnn_train.py", "--data", corpus, "--validation", "tail", "--layers", "1",
+                 "--units", "16", "--seqlen", "8", "--batch-size", "4", "--max-steps", "20", "--val-every", "10",
+                 "--sample-every", "10", "--checkpoint-dir", os.path.join(tmp, "ck"),
+                 "--log-dir", os.path.join(tmp, "log"), "--run", "u"],
+                capture_output=True, text=True, encoding="ascii", errors="strict", env=env, timeout=300)
+            self.assertEqual(train.returncode, 0, train.stderr)
+            self.assertNotIn("Traceback", train.stderr)
+            self.assertIn("?", train.stdout)  # the samples' non-ASCII characters
+            play = subprocess.run(
+                [sys.executable, "rnn_play.py", "u", "--checkpoint-dir", os.path.join(tmp, "ck"),
+                 "--prime", "naïve ☃", "-n", "50"],
+                capture_output=True, text=True, encoding="ascii", errors="strict", env=env, timeout=300)
+            self.assertEqual(play.returncode, 0, play.stderr)
+            self.assertTrue(play.stdout.startswith("na?ve ?"), play.stdout)

@@ -1,0 +1,340 @@
+"""The training loop (training.py, rnn_train.py): learning, exact resume, refusals, signals, logs."""
+
+import contextlib
+import dataclasses
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from unittest import mock
+
+import keras
+import numpy as np
+
+import checkpoints as ckpts
+import training
+from errors import UserError
+from model import CharRNN
+from test_suite.helpers import (V, checkpoint_tensors, copy_weights, play, mean_loss, quiet_train, random_ids,
+                                read_scalars, read_texts, tf, tiny, tiny_model_config, write)
+
+
+class TrainStepTest(unittest.TestCase):
+    """The compiled training step (training.make_train_step) and training through the model."""
+
+    def test_the_training_step_gives_adam_dense_gradients(self):
+        # Keras's Adam squares an IndexedSlices gradient (a row gather's or an
+        # embedding's) row by row before summing repeated ids: not Adam's second
+        # moment. The step on the fused model must equal Adam on dense gradients
+        # of the stock model.
+        for embedding in (0, 4):
+            with self.subTest(embedding=embedding):
+                config = tiny_model_config(embedding=embedding)
+                fused, stock = CharRNN(config, "fused"), CharRNN(config, "keras")
+                copy_weights(fused, stock)
+                ids, y = random_ids(64, 6), random_ids(64, 6, seed=5)
+                states = [tf.Variable(s) for s in fused.initial_states(64)]
+                variables = list(fused.named_variables().values())
+                step = training.make_train_step(fused, keras.optimizers.Adam(1e-2), variables, states, clip_norm=5.0)
+                reference, optimizer = list(stock.named_variables().values()), keras.optimizers.Adam(1e-2)
+                stock_states = stock.initial_states(64)
+                for _ in range(2):
+                    step(ids, y)
+                    with tf.GradientTape() as tape:
+                        logits, stock_states = stock(ids, stock_states, training=True)
+                        loss = mean_loss(y, logits)
+                    grads, _ = tf.clip_by_global_norm([tf.convert_to_tensor(g) for g in tape.gradient(loss, reference)], 5.0)
+                    optimizer.apply(grads, reference)
+                for name, v, r in zip(fused.named_variables(), variables, reference):
+                    np.testing.assert_allclose(v, r, atol=1e-5, err_msg=name)
+
+    def test_compiled_training_step_with_unknown_sequence_length(self):
+        # A tf.function that relaxed its shapes takes the tf.scan path; it must match.
+        model = CharRNN(tiny_model_config(), "fused")
+        ids = random_ids(4, 5)
+        unrolled, _ = model(ids)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        def step(x):
+            with tf.GradientTape() as tape:
+                logits, _ = model(x, training=True)
+                loss = mean_loss(x, logits)
+            return logits, tape.gradient(loss, model.trainable_variables)
+
+        logits, grads = step(ids)
+        np.testing.assert_allclose(logits, unrolled, atol=1e-5)
+        self.assertTrue(all(g is not None for g in grads))
+
+    def test_training_step_learns_and_carries_state(self):
+        model = CharRNN(tiny_model_config(dropout=0.1), "fused")
+        optimizer = keras.optimizers.Adam(1e-2)
+        # Each row counts up modulo V from a random start: predictable from the previous id.
+        ids = (random_ids(64, 1) + tf.range(8)) % V
+        x, y = ids[:, :-1], ids[:, 1:]
+
+        @tf.function(reduce_retracing=True)
+        def train_step(x, y, states):
+            with tf.GradientTape() as tape:
+                logits, states = model(x, states, training=True)
+                loss = mean_loss(y, logits)
+            grads = tape.gradient(loss, model.trainable_variables)
+            grads, _ = tf.clip_by_global_norm(grads, 5.0)
+            optimizer.apply(grads, model.trainable_variables)
+            return loss, states
+
+        states = model.initial_states(64)
+        losses = []
+        for _ in range(45):
+            loss, states = train_step(x, y, states)
+            losses.append(float(loss))
+        self.assertLess(losses[-1], 0.5 * losses[0])
+        self.assertEqual(states[0].shape, (64, 8))
+        # The returned state is carried: the next call continues from it, not from zeros.
+        self.assertGreater(float(tf.reduce_max(tf.abs(states[0]))), 0.0)
+        carried, _ = model(x, states)
+        cold, _ = model(x, model.initial_states(64))
+        self.assertFalse(np.allclose(carried, cold, atol=1e-4))
+
+
+class TestTraining(unittest.TestCase):
+    def setUp(self):
+        holder = tempfile.TemporaryDirectory()  # (enterContext needs Python 3.11)
+        self.addCleanup(holder.cleanup)
+        self.tmp = holder.name
+
+    def test_loss_falls_on_learnable_text(self):
+        quiet_train(tiny(self.tmp, max_steps=150, val_every=15, dropout=0.0, units=32))
+        events = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
+        losses = [v for _, v in events["loss"]]
+        self.assertLess(losses[-1], 0.5 * losses[0])
+        self.assertLess(losses[-1], 1.0)  # nats/char: the text is nearly deterministic
+
+    def test_resume_is_exact(self):
+        """2N steps in one go == N steps, stop, --resume, N more: bit for bit."""
+        quiet_train(tiny(self.tmp, run="whole", max_steps=24))
+        quiet_train(tiny(self.tmp, run="split", max_steps=12))
+        quiet_train(tiny(self.tmp, max_steps=24), resume="split", explicit={"max_steps"})
+        whole = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "whole"))
+        split = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "split"))
+        self.assertTrue(whole.endswith("ckpt-24") and split.endswith("ckpt-24"))
+        for section in ("weights/", "optimizer/", "rng/", "state/"):
+            a, b = checkpoint_tensors(whole, section), checkpoint_tensors(split, section)
+            self.assertTrue(a, section)
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+    def test_resume_refuses_another_architecture(self):
+        quiet_train(tiny(self.tmp, max_steps=5))
+        with self.assertRaisesRegex(UserError, "--units 32 differs"):
+            quiet_train(tiny(self.tmp, units=32), resume="r", explicit={"units"})
+
+    def test_resume_refuses_changed_corpus_unless_allowed(self):
+        quiet_train(tiny(self.tmp, max_steps=5))
+        with open(os.path.join(self.tmp, "corpus", "part3.txt"), "a") as f:
+            f.write("a new line.\n")
+        with self.assertRaisesRegex(UserError, r"part3\.txt has changed"):
+            quiet_train(tiny(self.tmp, max_steps=10), resume="r", explicit={"max_steps"})
+        quiet_train(tiny(self.tmp, max_steps=10, allow_corpus_change=True), resume="r",
+                    explicit={"max_steps", "allow_corpus_change"})
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "r")).endswith("ckpt-10"))
+
+    def test_resume_newest_run(self):
+        quiet_train(tiny(self.tmp, run="old", max_steps=4))
+        time.sleep(0.05)
+        quiet_train(tiny(self.tmp, run="new", max_steps=4))
+        quiet_train(tiny(self.tmp, max_steps=8), resume="", explicit={"max_steps"})
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "new")).endswith("ckpt-8"))
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "old")).endswith("ckpt-4"))
+
+    def test_resume_from_a_checkpoint_prefix_starts_a_new_run_exactly(self):
+        quiet_train(tiny(self.tmp, max_steps=20))  # writes ckpt-10 and ckpt-20
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(run_dir)  # a prefix given from inside the run's folder names the new run after it
+        quiet_train(tiny(self.tmp, run="", max_steps=20), resume="ckpt-10")
+        os.chdir(self.tmp)
+        fork = os.path.join(self.tmp, "ck", "r-from-10")
+        self.assertTrue(ckpts.latest_checkpoint(fork).endswith("ckpt-20"))
+        self.assertTrue(os.path.isdir(os.path.join(self.tmp, "log", "r-from-10", "train")))
+        for section in ("weights/", "optimizer/", "rng/", "state/"):  # the same 10 steps again
+            a = checkpoint_tensors(os.path.join(run_dir, "ckpt-20"), section)
+            b = checkpoint_tensors(os.path.join(fork, "ckpt-20"), section)
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        self.assertEqual({name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)},
+                         before)  # the first run is untouched
+        # by name under --checkpoint-dir, from the best folder, into a run named by --run
+        quiet_train(tiny(self.tmp, run="again", max_steps=25), resume="r/best", explicit={"max_steps", "run"})
+        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "again")).endswith("ckpt-25"))
+        with self.assertRaisesRegex(UserError, "r-from-10 already exists"):
+            quiet_train(tiny(self.tmp, run="", max_steps=30), resume=os.path.join(run_dir, "ckpt-10"))
+        with self.assertRaisesRegex(UserError, "--run names a new run.*--resume r/best or r/ckpt-N"):
+            quiet_train(tiny(self.tmp, run="other", max_steps=30), resume="r", explicit={"run", "max_steps"})
+        with self.assertRaisesRegex(UserError, "at step 20, already past the 20 steps"):
+            quiet_train(tiny(self.tmp, run="late", max_steps=20), resume="r/ckpt-20", explicit={"run"})
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "late")))
+        with self.assertRaisesRegex(UserError, "--resume r/ckpt-7: r/ckpt-7 is not a run name"):
+            quiet_train(tiny(self.tmp, run="", max_steps=30), resume="r/ckpt-7")
+
+    def test_relative_checkpoint_dir_resumes_and_plays(self):
+        """The default `checkpoints/` is a relative path: resume and play must find its files."""
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.tmp)
+        cfg = dataclasses.replace(tiny(self.tmp, max_steps=4), checkpoint_dir="ck", log_dir="log")
+        quiet_train(cfg)
+        self.assertEqual(ckpts.latest_checkpoint(os.path.join("ck", "r")), os.path.join("ck", "r", "ckpt-4"))
+        quiet_train(dataclasses.replace(cfg, max_steps=8), resume="r", explicit={"max_steps"})
+        self.assertTrue(os.path.exists(os.path.join(self.tmp, "ck", "r", "ckpt-8.index")))
+        code, out, err = play("r", "--checkpoint-dir", "ck", "-n", "20")
+        self.assertEqual((code, len(out)), (0, 20), err)
+
+    def test_new_run_never_overwrites_another(self):
+        quiet_train(tiny(self.tmp, max_steps=4))
+        before = sorted(os.listdir(os.path.join(self.tmp, "ck", "r")))
+        with self.assertRaisesRegex(UserError, "already exists.*--resume r"):
+            quiet_train(tiny(self.tmp, max_steps=4))
+        self.assertEqual(sorted(os.listdir(os.path.join(self.tmp, "ck", "r"))), before)
+
+    def test_lock_refuses_a_second_trainer_and_reclaims_a_stale_lock(self):
+        cfg = tiny(self.tmp, max_steps=4)
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        os.makedirs(run_dir)
+        with ckpts.RunLock(run_dir):
+            with self.assertRaisesRegex(UserError, "being trained"):
+                quiet_train(cfg)
+        # A lock file left behind by a killed process holds no kernel lock: it is reclaimed.
+        write(os.path.join(run_dir, ckpts.LOCK), "pid 999999")
+        quiet_train(cfg)
+        self.assertTrue(ckpts.latest_checkpoint(run_dir).endswith("ckpt-4"))
+
+    def test_unwritable_directories_fail_before_training(self):
+        write(os.path.join(self.tmp, "a-file"), "x")
+        for flag_name in ("checkpoint_dir", "log_dir"):
+            cfg = tiny(self.tmp, **{flag_name: os.path.join(self.tmp, "a-file", "sub")})
+            with self.assertRaisesRegex(UserError, "cannot write to .*a-file.*--" + flag_name.replace("_", "-")):
+                quiet_train(cfg)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "r", "checkpoint")))
+
+    def test_a_refused_run_leaves_no_folder_behind(self):
+        ck, log = os.path.join(self.tmp, "new", "ck"), os.path.join(self.tmp, "new", "log")
+        with self.assertRaisesRegex(UserError, "one batch needs"):
+            quiet_train(tiny(self.tmp, checkpoint_dir=ck, log_dir=log, batch_size=100_000))
+        self.assertEqual(os.listdir(os.path.join(self.tmp, "new")), [])
+
+    def test_bad_values_are_refused_before_training(self):
+        write(os.path.join(self.tmp, "ck", "a-file"), "x")
+        for overrides, pattern in (
+                (dict(seqlen=100000), r"one batch needs 400,001 training characters .* lower --batch-size or --seqlen"),
+                (dict(run="a-file"), r"a-file is a file, not a run folder; choose another --run"),
+                (dict(run="a/b"), r"--run 'a/b' must be a plain folder name")):
+            with self.subTest(overrides=overrides), self.assertRaisesRegex(UserError, pattern):
+                quiet_train(tiny(self.tmp, **overrides))
+        # the failed new run left no folders behind to block its name
+        self.assertEqual(sorted(os.listdir(os.path.join(self.tmp, "ck"))), ["a-file"])
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "log", "r")))
+
+    def test_resume_from_another_folder_names_the_run_s_folder(self):
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.tmp)
+        ck = os.path.join(self.tmp, "ck")
+        quiet_train(dataclasses.replace(tiny(self.tmp, max_steps=4), data=["corpus/*.txt"], checkpoint_dir=ck))
+        os.makedirs("elsewhere")
+        os.chdir("elsewhere")
+        with self.assertRaisesRegex(UserError, r"no file matches 'corpus/\*\.txt'.*started in .*: resume it from there"):
+            quiet_train(dataclasses.replace(tiny(self.tmp, max_steps=8), checkpoint_dir=ck), resume="r",
+                        explicit={"max_steps", "checkpoint_dir"})
+
+    def test_resume_past_max_steps_says_so(self):
+        quiet_train(tiny(self.tmp, max_steps=4))
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = training.train(tiny(self.tmp, max_steps=2), resume="r", explicit={"max_steps"})
+        self.assertEqual(code, 0)
+        self.assertIn("already at step 4 of 2: nothing to train", err.getvalue())
+
+    def test_resume_without_corpus_manifest_needs_allow_corpus_change(self):
+        quiet_train(tiny(self.tmp, max_steps=4))
+        os.remove(os.path.join(self.tmp, "ck", "r", "corpus.json"))
+        with self.assertRaisesRegex(UserError, r"corpus\.json is missing.*--allow-corpus-change"):
+            quiet_train(tiny(self.tmp, max_steps=8), resume="r", explicit={"max_steps"})
+        quiet_train(tiny(self.tmp, max_steps=8, allow_corpus_change=True), resume="r",
+                    explicit={"max_steps", "allow_corpus_change"})
+        self.assertTrue(os.path.exists(os.path.join(self.tmp, "ck", "r", "ckpt-8.index")))
+
+    def test_nonfinite_steps_are_skipped_then_stop_the_run(self):
+        # An absurd learning rate drives the weights to ~1e38: the forward pass then overflows.
+        cfg = tiny(self.tmp, lr=1e38, max_steps=100, checkpoint_every=1, max_nonfinite=5)
+        with self.assertRaisesRegex(UserError, "diverged: 5 non-finite steps in a row"):
+            quiet_train(cfg)
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        prefixes = [p[:-6] for p in sorted(os.listdir(run_dir)) if p.endswith(".index")]
+        self.assertTrue(prefixes)
+        for prefix in prefixes:
+            for name, value in checkpoint_tensors(os.path.join(run_dir, prefix), "").items():
+                if getattr(value, "dtype", None) is not None and value.dtype.kind == "f":
+                    self.assertTrue(np.all(np.isfinite(value)), f"{prefix} {name}")
+
+    def test_tensorboard_tags(self):
+        quiet_train(tiny(self.tmp, max_steps=20))
+        train = read_scalars(os.path.join(self.tmp, "log", "r", "train"))
+        valid = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
+        for tag in ("loss", "bits_per_char", "accuracy", "learning_rate", "chars_per_s"):
+            self.assertIn(tag, train)
+        for tag in ("loss", "bits_per_char", "accuracy"):
+            self.assertIn(tag, valid)
+        self.assertEqual([s for s, _ in valid["loss"]], [10, 20])
+        texts = read_texts(os.path.join(self.tmp, "log", "r", "train"))
+        self.assertIn("sample", texts)
+        self.assertIn("model.units | 16", texts["config"][0])
+
+
+class TestThreadSettings(unittest.TestCase):
+    def test_training_gives_each_op_half_the_cores_but_leaves_the_stock_layers_alone(self):
+        import tf_setup
+        names = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+        with mock.patch.dict(os.environ), mock.patch("os.sched_getaffinity", return_value=set(range(8))):
+            for name in names:
+                os.environ.pop(name, None)
+            tf_setup.training_threads("keras")
+            self.assertFalse(any(name in os.environ for name in names))
+            tf_setup.training_threads("auto")
+            self.assertEqual([os.environ[name] for name in names], ["4", "8"])
+            os.environ["TF_NUM_INTRAOP_THREADS"] = "3"
+            tf_setup.training_threads("fused")
+            self.assertEqual(os.environ["TF_NUM_INTRAOP_THREADS"], "3")  # the user's setting wins
+
+
+class TestSignals(unittest.TestCase):
+    def test_sigterm_checkpoints_and_resume_is_exact(self):
+        """Kill a run with SIGTERM mid-way, resume it: the result equals an uninterrupted run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = tiny(tmp, max_steps=400, checkpoint_every=25, val_every=100, sample_every=1000)
+            args = [sys.executable, "rnn_train.py", "--data", *cfg.data, "--layers", "2", "--units", "16",
+                    "--seqlen", "8", "--batch-size", "4", "--lr", "0.01", "--max-steps", "400",
+                    "--checkpoint-every", "25", "--val-every", "100", "--sample-every", "1000",
+                    "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"), "--run", "k"]
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            index = os.path.join(tmp, "ck", "k", "checkpoint")
+            deadline = time.time() + 120
+            while not os.path.exists(index) and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 143, err)
+            self.assertNotIn("Traceback", err)
+            stopped = int(ckpts.latest_checkpoint(os.path.dirname(index)).rsplit("-", 1)[1])
+            self.assertLess(stopped, 400, "the run ended before the signal; the test proved nothing")
+            resumed = subprocess.run([sys.executable, "rnn_train.py", "--resume", "k", "--checkpoint-dir",
+                                      os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")],
+                                     capture_output=True, text=True, timeout=300)
+            self.assertEqual(resumed.returncode, 0, resumed.stderr)
+            quiet_train(dataclasses.replace(cfg, run="whole"))
+            a = checkpoint_tensors(ckpts.latest_checkpoint(os.path.join(tmp, "ck", "k")))
+            b = checkpoint_tensors(ckpts.latest_checkpoint(os.path.join(tmp, "ck", "whole")))
+            for name in b:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
