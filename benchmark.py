@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children import TensorFlow through tf_setup
 
@@ -196,8 +197,9 @@ def child_peer(args):
 
 def child_generate(args):
     import tensorflow as tf
-    import checkpoints as ckpts
-    from config import ModelConfig, SamplingConfig
+    import checkpoints
+    import run as runs
+    from config import ModelConfig, SamplingConfig, TrainConfig
     from model import CharRNN
     from sampling import Generator
     from txt_utils import Vocabulary
@@ -207,8 +209,8 @@ def child_generate(args):
     # A run directory holding this (untrained) model, for the time-to-first-character test.
     run = os.path.join(args.tmp, "bench")
     os.makedirs(run, exist_ok=True)
-    ckpts.save_run_files(run, {"model": model.config.to_json(), "training": {}}, vocab, {"files": []})
-    tf.train.CheckpointManager(ckpts.weights_checkpoint(model), run, max_to_keep=1).save(checkpoint_number=0)
+    runs.Run(Path(run), Path(args.tmp, "log"), TrainConfig(**CONFIGS["a"][0])).save_files(model.config, vocab, [])
+    checkpoints.Manager(checkpoints.weights_checkpoint(model), run, keep=1).save(0)
     generator = Generator(model, vocab, SamplingConfig(seed=0))
     start = time.perf_counter()
     next(generator.stream(length=1))

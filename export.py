@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-import checkpoints as ckpts
+import run as runs
 from config import SamplingConfig
 from errors import UserError
 from sampling import Generator
@@ -92,6 +92,6 @@ def export(model, vocab, run_dir, sampling: SamplingConfig, directory):
         reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
         raise UserError(f"--export {directory}: cannot write ({reason.splitlines()[0]}); choose another folder") from None
     (target / "assets").mkdir(exist_ok=True)
-    for name in (ckpts.CONFIG, ckpts.VOCAB):
+    for name in (runs.CONFIG, runs.VOCAB):
         shutil.copy(Path(run_dir) / name, target / "assets" / name)
     return target

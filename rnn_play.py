@@ -86,17 +86,17 @@ def check(args):
 def play(args, sampling):
     import tf_setup
     tf_setup.import_tensorflow()
-    import checkpoints as ckpts
+    import run as runs
     from sampling import Generator
 
     if args.list:
-        lines = ckpts.list_runs(args.checkpoint_dir)
+        lines = runs.list_runs(args.checkpoint_dir)
         if not lines:
             raise UserError(f"no run under {args.checkpoint_dir}/; train one first with `python3 rnn_train.py`")
         write("\n".join(lines) + "\n")
         return 0
     prime = read_prime(args)
-    model, vocab, run_dir, prefix = ckpts.load_for_generation(args.checkpoint, args.checkpoint_dir)
+    model, vocab, run_dir, prefix = runs.load_for_generation(args.checkpoint, args.checkpoint_dir)
     if args.export is not None:
         import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)

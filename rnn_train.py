@@ -141,7 +141,7 @@ def main(argv=None):
         tf_setup.training_threads(cfg.implementation)
         tf_setup.import_tensorflow()
         from training import train
-        return train(cfg, resume=resume, explicit=explicit)
+        return train(cfg, resume=resume, given=explicit)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -103,10 +103,10 @@ class Generator:
                                               (tf.constant(0), token, states, out))
         return tf.transpose(out.stack()), states, token  # [B, L]
 
-    def stream(self, prime="", length=1000, samples=1):
+    def stream(self, prime="", length=1000, samples=1, seed=None):
         """Yield numpy arrays [samples, n] of generated ids, the prime excluded.
 
-        length 0 streams forever. The prime is encoded with the vocabulary
+        length 0 streams forever; seed overrides the config's for this stream. The prime is encoded with the vocabulary
         (unknown characters map to the unknown symbol); with no prime the state
         starts from a newline, as if a new paragraph began.
         """
@@ -123,7 +123,7 @@ class Generator:
             pending = pending[n_forced:]
             out, states, token = self.compiled_chunk(
                 states, token, tf.constant(np.tile(forced, (samples, 1))), tf.constant(n_forced),
-                tf.constant(position, tf.int64), tf.constant(self.config.seed, tf.int64),
+                tf.constant(position, tf.int64), tf.constant(self.config.seed if seed is None else seed, tf.int64),
                 tf.constant(self.config.temperature, tf.float32))
             position += self.chunk
             out = out.numpy()[:, n_forced:]

@@ -390,6 +390,16 @@ def batches_per_epoch(data_len, batch_size, sequence_size):
     return (data_len - 1) // (batch_size * sequence_size)
 
 
+def require_batches(data_len, batch_size, sequence_size):
+    """batches_per_epoch, or a UserError when the text is too short for one batch."""
+    nb_batches = batches_per_epoch(data_len, batch_size, sequence_size)
+    if nb_batches <= 0:
+        raise UserError(f"one batch needs {batch_size * sequence_size + 1:,} training characters "
+                        f"(--batch-size {batch_size} x --seqlen {sequence_size} + 1) but there are "
+                        f"{data_len:,}; lower --batch-size or --seqlen, or add text")
+    return nb_batches
+
+
 def rnn_minibatch_sequencer(raw_data, batch_size, sequence_size, nb_epochs, start_epoch=0, start_batch=0):
     """Yield (x, y, epoch) training batches from a sequence of codes, so that each row
     continues the text of the same row of the previous batch.
@@ -409,12 +419,7 @@ def rnn_minibatch_sequencer(raw_data, batch_size, sequence_size, nb_epochs, star
     """
     data = np.asarray(raw_data)  # (N,)
     data_len = data.shape[0]
-    nb_batches = batches_per_epoch(data_len, batch_size, sequence_size)
-    if nb_batches <= 0:
-        raise UserError(
-            f"not enough data for one batch: --batch-size {batch_size} x --seqlen {sequence_size} needs "
-            f"{batch_size * sequence_size + 1} characters but there are {data_len}; lower --batch-size or --seqlen"
-        )
+    nb_batches = require_batches(data_len, batch_size, sequence_size)
     if start_epoch < 0 or start_batch < 0:
         raise ValueError(f"start_epoch and start_batch must be >= 0, got {start_epoch}, {start_batch}")
     start_epoch, start_batch = start_epoch + start_batch // nb_batches, start_batch % nb_batches

@@ -73,9 +73,9 @@ def tiny(tmp, **overrides):
     return TrainConfig(**{**base, **overrides})
 
 
-def quiet_train(cfg, resume=None, explicit=()):
+def quiet_train(cfg, resume=None, given=()):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return training.train(cfg, resume=resume, explicit=explicit)
+        return training.train(cfg, resume=resume, given=given)
 
 
 def checkpoint_tensors(prefix, section="weights/"):

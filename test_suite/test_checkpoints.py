@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-import checkpoints as ckpts
+import run as runs
 from errors import UserError
 from model import CharRNN
 from test_suite.helpers import flip_byte, quiet_train, random_ids, set_mtimes, tf, tiny, tiny_model_config, write
@@ -51,10 +51,10 @@ class TestCheckpointDamage(unittest.TestCase):
     def assert_refused(self, run_dir, file_pattern):
         before = sorted(os.listdir(run_dir))
         with self.assertRaisesRegex(UserError, file_pattern) as cm:
-            quiet_train(tiny(self.tmp, max_steps=30), resume="r", explicit={"max_steps"})
+            quiet_train(tiny(self.tmp, max_steps=30), resume="r", given={"max_steps"})
         self.assertNotIn("\n", str(cm.exception))
         with self.assertRaisesRegex(UserError, file_pattern):
-            ckpts.load_for_generation("r", os.path.join(self.tmp, "ck"))
+            runs.load_for_generation("r", os.path.join(self.tmp, "ck"))
         self.assertEqual(sorted(os.listdir(run_dir)), before)
 
     def test_flipped_byte_in_data(self):
@@ -101,9 +101,9 @@ class TestCheckpointDamage(unittest.TestCase):
         shutil.copytree(self.pristine, old)
         write(old / "checkpoint", "model_checkpoint_path: \x00\x01{{")
         set_mtimes(old, (1e9, 1e9))  # written long before r
-        self.assertEqual(ckpts.newest_run(root), root / "r")
-        self.assertEqual(ckpts.resolve(None, root)[0], root / "r")
+        self.assertEqual(runs.newest_run(root), root / "r")
+        self.assertEqual(runs.resolve(None, root)[0], root / "r")
         set_mtimes(old, None)  # now the damaged run is the newest: its index is named
-        for find in (lambda: ckpts.newest_run(root), lambda: ckpts.resolve(None, root)):
+        for find in (lambda: runs.newest_run(root), lambda: runs.resolve(None, root)):
             with self.assertRaisesRegex(UserError, r"old/checkpoint is damaged"):
                 find()

@@ -76,3 +76,16 @@ class GeneratorTest(unittest.TestCase):
             np.testing.assert_array_equal(a, b)
             texts.append(a)
         self.assertFalse(np.array_equal(*texts))  # the twin follows the stock model's weights
+
+    def test_a_stream_s_seed_overrides_the_config_s(self):
+        """Training samples pass seed + step, so each sample of a run draws other numbers, reproducibly."""
+        model = CharRNN(tiny_model_config(), "fused")
+        vocab = Vocabulary([chr(ord("a") + i) for i in range(V - 1)])
+        generator = Generator(model, vocab, SamplingConfig(seed=5), chunk=16, jit=False)
+
+        def text(seed=None):
+            return next(generator.stream(length=40, seed=seed))[0].tolist()
+
+        self.assertEqual(text(), text(5))
+        self.assertEqual(text(6), text(6))
+        self.assertNotEqual(text(5), text(6))

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 import checkpoints as ckpts
+import run as runs
 import training
 from errors import UserError
 from model import CharRNN
@@ -117,9 +118,9 @@ class TestTraining(unittest.TestCase):
         """2N steps in one go == N steps, stop, --resume, N more: bit for bit."""
         quiet_train(tiny(self.tmp, run="whole", max_steps=24))
         quiet_train(tiny(self.tmp, run="split", max_steps=12))
-        quiet_train(tiny(self.tmp, max_steps=24), resume="split", explicit={"max_steps"})
-        whole = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "whole"))
-        split = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "split"))
+        quiet_train(tiny(self.tmp, max_steps=24), resume="split", given={"max_steps"})
+        whole = ckpts.latest(os.path.join(self.tmp, "ck", "whole"))
+        split = ckpts.latest(os.path.join(self.tmp, "ck", "split"))
         self.assertTrue(whole.endswith("ckpt-24") and split.endswith("ckpt-24"))
         for section in ("weights/", "optimizer/", "rng/", "state/"):
             a, b = checkpoint_tensors(whole, section), checkpoint_tensors(split, section)
@@ -130,25 +131,25 @@ class TestTraining(unittest.TestCase):
     def test_resume_refuses_another_architecture(self):
         quiet_train(tiny(self.tmp, max_steps=5))
         with self.assertRaisesRegex(UserError, "--units 32 differs"):
-            quiet_train(tiny(self.tmp, units=32), resume="r", explicit={"units"})
+            quiet_train(tiny(self.tmp, units=32), resume="r", given={"units"})
 
     def test_resume_refuses_changed_corpus_unless_allowed(self):
         quiet_train(tiny(self.tmp, max_steps=5))
         with open(os.path.join(self.tmp, "corpus", "part3.txt"), "a") as f:
             f.write("a new line.\n")
         with self.assertRaisesRegex(UserError, r"part3\.txt has changed"):
-            quiet_train(tiny(self.tmp, max_steps=10), resume="r", explicit={"max_steps"})
+            quiet_train(tiny(self.tmp, max_steps=10), resume="r", given={"max_steps"})
         quiet_train(tiny(self.tmp, max_steps=10, allow_corpus_change=True), resume="r",
-                    explicit={"max_steps", "allow_corpus_change"})
-        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "r")).endswith("ckpt-10"))
+                    given={"max_steps", "allow_corpus_change"})
+        self.assertTrue(ckpts.latest(os.path.join(self.tmp, "ck", "r")).endswith("ckpt-10"))
 
     def test_resume_newest_run(self):
         quiet_train(tiny(self.tmp, run="old", max_steps=4))
         time.sleep(0.05)
         quiet_train(tiny(self.tmp, run="new", max_steps=4))
-        quiet_train(tiny(self.tmp, max_steps=8), resume="", explicit={"max_steps"})
-        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "new")).endswith("ckpt-8"))
-        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "old")).endswith("ckpt-4"))
+        quiet_train(tiny(self.tmp, max_steps=8), resume="", given={"max_steps"})
+        self.assertTrue(ckpts.latest(os.path.join(self.tmp, "ck", "new")).endswith("ckpt-8"))
+        self.assertTrue(ckpts.latest(os.path.join(self.tmp, "ck", "old")).endswith("ckpt-4"))
 
     def test_resume_from_a_checkpoint_prefix_starts_a_new_run_exactly(self):
         quiet_train(tiny(self.tmp, max_steps=20))  # writes ckpt-10 and ckpt-20
@@ -159,7 +160,7 @@ class TestTraining(unittest.TestCase):
         quiet_train(tiny(self.tmp, run="", max_steps=20), resume="ckpt-10")
         os.chdir(self.tmp)
         fork = os.path.join(self.tmp, "ck", "r-from-10")
-        self.assertTrue(ckpts.latest_checkpoint(fork).endswith("ckpt-20"))
+        self.assertTrue(ckpts.latest(fork).endswith("ckpt-20"))
         self.assertTrue(os.path.isdir(os.path.join(self.tmp, "log", "r-from-10", "train")))
         for section in ("weights/", "optimizer/", "rng/", "state/"):  # the same 10 steps again
             a = checkpoint_tensors(os.path.join(run_dir, "ckpt-20"), section)
@@ -169,14 +170,14 @@ class TestTraining(unittest.TestCase):
         self.assertEqual({name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)},
                          before)  # the first run is untouched
         # by name under --checkpoint-dir, from the best folder, into a run named by --run
-        quiet_train(tiny(self.tmp, run="again", max_steps=25), resume="r/best", explicit={"max_steps", "run"})
-        self.assertTrue(ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "again")).endswith("ckpt-25"))
+        quiet_train(tiny(self.tmp, run="again", max_steps=25), resume="r/best", given={"max_steps", "run"})
+        self.assertTrue(ckpts.latest(os.path.join(self.tmp, "ck", "again")).endswith("ckpt-25"))
         with self.assertRaisesRegex(UserError, "r-from-10 already exists"):
             quiet_train(tiny(self.tmp, run="", max_steps=30), resume=os.path.join(run_dir, "ckpt-10"))
         with self.assertRaisesRegex(UserError, "--run names a new run.*--resume r/best or r/ckpt-N"):
-            quiet_train(tiny(self.tmp, run="other", max_steps=30), resume="r", explicit={"run", "max_steps"})
+            quiet_train(tiny(self.tmp, run="other", max_steps=30), resume="r", given={"run", "max_steps"})
         with self.assertRaisesRegex(UserError, "at step 20, already past the 20 steps"):
-            quiet_train(tiny(self.tmp, run="late", max_steps=20), resume="r/ckpt-20", explicit={"run"})
+            quiet_train(tiny(self.tmp, run="late", max_steps=20), resume="r/ckpt-20", given={"run"})
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "late")))
         with self.assertRaisesRegex(UserError, "--resume r/ckpt-7: r/ckpt-7 is not a run name"):
             quiet_train(tiny(self.tmp, run="", max_steps=30), resume="r/ckpt-7")
@@ -187,8 +188,8 @@ class TestTraining(unittest.TestCase):
         os.chdir(self.tmp)
         cfg = dataclasses.replace(tiny(self.tmp, max_steps=4), checkpoint_dir="ck", log_dir="log")
         quiet_train(cfg)
-        self.assertEqual(ckpts.latest_checkpoint(os.path.join("ck", "r")), os.path.join("ck", "r", "ckpt-4"))
-        quiet_train(dataclasses.replace(cfg, max_steps=8), resume="r", explicit={"max_steps"})
+        self.assertEqual(ckpts.latest(os.path.join("ck", "r")), os.path.join("ck", "r", "ckpt-4"))
+        quiet_train(dataclasses.replace(cfg, max_steps=8), resume="r", given={"max_steps"})
         self.assertTrue(os.path.exists(os.path.join(self.tmp, "ck", "r", "ckpt-8.index")))
         code, out, err = play("r", "--checkpoint-dir", "ck", "-n", "20")
         self.assertEqual((code, len(out)), (0, 20), err)
@@ -204,13 +205,13 @@ class TestTraining(unittest.TestCase):
         cfg = tiny(self.tmp, max_steps=4)
         run_dir = os.path.join(self.tmp, "ck", "r")
         os.makedirs(run_dir)
-        with ckpts.RunLock(run_dir):
+        with runs.RunLock(run_dir):
             with self.assertRaisesRegex(UserError, "being trained"):
                 quiet_train(cfg)
         # A lock file left behind by a killed process holds no kernel lock: it is reclaimed.
-        write(os.path.join(run_dir, ckpts.LOCK), "pid 999999")
+        write(os.path.join(run_dir, runs.LOCK), "pid 999999")
         quiet_train(cfg)
-        self.assertTrue(ckpts.latest_checkpoint(run_dir).endswith("ckpt-4"))
+        self.assertTrue(ckpts.latest(run_dir).endswith("ckpt-4"))
 
     def test_unwritable_directories_fail_before_training(self):
         write(os.path.join(self.tmp, "a-file"), "x")
@@ -247,13 +248,13 @@ class TestTraining(unittest.TestCase):
         os.chdir("elsewhere")
         with self.assertRaisesRegex(UserError, r"no file matches 'corpus/\*\.txt'.*started in .*: resume it from there"):
             quiet_train(dataclasses.replace(tiny(self.tmp, max_steps=8), checkpoint_dir=ck), resume="r",
-                        explicit={"max_steps", "checkpoint_dir"})
+                        given={"max_steps", "checkpoint_dir"})
 
     def test_resume_past_max_steps_says_so(self):
         quiet_train(tiny(self.tmp, max_steps=4))
         err = io.StringIO()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            code = training.train(tiny(self.tmp, max_steps=2), resume="r", explicit={"max_steps"})
+            code = training.train(tiny(self.tmp, max_steps=2), resume="r", given={"max_steps"})
         self.assertEqual(code, 0)
         self.assertIn("already at step 4 of 2: nothing to train", err.getvalue())
 
@@ -261,9 +262,9 @@ class TestTraining(unittest.TestCase):
         quiet_train(tiny(self.tmp, max_steps=4))
         os.remove(os.path.join(self.tmp, "ck", "r", "corpus.json"))
         with self.assertRaisesRegex(UserError, r"corpus\.json is missing.*--allow-corpus-change"):
-            quiet_train(tiny(self.tmp, max_steps=8), resume="r", explicit={"max_steps"})
+            quiet_train(tiny(self.tmp, max_steps=8), resume="r", given={"max_steps"})
         quiet_train(tiny(self.tmp, max_steps=8, allow_corpus_change=True), resume="r",
-                    explicit={"max_steps", "allow_corpus_change"})
+                    given={"max_steps", "allow_corpus_change"})
         self.assertTrue(os.path.exists(os.path.join(self.tmp, "ck", "r", "ckpt-8.index")))
 
     def test_nonfinite_steps_are_skipped_then_stop_the_run(self):
@@ -290,7 +291,11 @@ class TestTraining(unittest.TestCase):
         self.assertEqual([s for s, _ in valid["loss"]], [10, 20])
         texts = read_texts(os.path.join(self.tmp, "log", "r", "train"))
         self.assertIn("sample", texts)
-        self.assertIn("model.units | 16", texts["config"][0])
+        config = texts["config"][0]
+        self.assertIn("| units | 16 |", config)
+        self.assertEqual(config.count("| units |"), 1)  # each setting once
+        self.assertIn("| vocabulary | 19 symbols |", config)
+        self.assertEqual(len(texts["sample"]), 2)
 
 
 class TestThreadSettings(unittest.TestCase):
@@ -327,14 +332,56 @@ class TestSignals(unittest.TestCase):
             out, err = proc.communicate(timeout=120)
             self.assertEqual(proc.returncode, 143, err)
             self.assertNotIn("Traceback", err)
-            stopped = int(ckpts.latest_checkpoint(os.path.dirname(index)).rsplit("-", 1)[1])
+            self.assertIn(f"continue with    python3 rnn_train.py --resume k --checkpoint-dir {tmp}/ck", err)
+            stopped = int(ckpts.latest(os.path.dirname(index)).rsplit("-", 1)[1])
             self.assertLess(stopped, 400, "the run ended before the signal; the test proved nothing")
             resumed = subprocess.run([sys.executable, "rnn_train.py", "--resume", "k", "--checkpoint-dir",
                                       os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")],
                                      capture_output=True, text=True, timeout=300)
             self.assertEqual(resumed.returncode, 0, resumed.stderr)
             quiet_train(dataclasses.replace(cfg, run="whole"))
-            a = checkpoint_tensors(ckpts.latest_checkpoint(os.path.join(tmp, "ck", "k")))
-            b = checkpoint_tensors(ckpts.latest_checkpoint(os.path.join(tmp, "ck", "whole")))
+            a = checkpoint_tensors(ckpts.latest(os.path.join(tmp, "ck", "k")))
+            b = checkpoint_tensors(ckpts.latest(os.path.join(tmp, "ck", "whole")))
             for name in b:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+class TestWhatTheUserSees(unittest.TestCase):
+    def test_piped_output_has_training_lines_and_a_summary(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ck, log = os.path.join(tmp, "ck"), os.path.join(tmp, "log")
+            args = [sys.executable, "rnn_train.py", "--data", *tiny(tmp).data, "--layers", "1", "--units", "16",
+                    "--seqlen", "8", "--batch-size", "4", "--max-steps", "20", "--log-every", "5",
+                    "--val-every", "10", "--sample-every", "100", "--checkpoint-dir", ck, "--log-dir", log,
+                    "--run", "p"]
+            r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            lines = [line for line in r.stdout.splitlines() if line.startswith("step ") and "chars/s" in line]
+            self.assertEqual([line.split()[1] for line in lines], ["5/20", "10/20", "15/20", "20/20"])
+            self.assertNotIn("val", lines[0])  # no validation yet
+            self.assertRegex(lines[-1], r"^step 20/20  loss \d+\.\d{3}  val \d+\.\d{3}  [\d,]+ chars/s  "
+                                        r"elapsed \d:\d\d:\d\d  left \d:\d\d:\d\d$")
+            self.assertRegex(r.stdout, r"about \d:\d\d:\d\d for the 15 steps left")
+            self.assertRegex(r.stderr, r"done: step 20 of 20 in \d:\d\d:\d\d, [\d,]+ chars/s")
+            self.assertRegex(r.stderr, r"training loss +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\)")
+            self.assertRegex(r.stderr, r"best validation +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\) at step "
+                                       r"(10|20): \S+/p/best/ckpt-(10|20)")
+            self.assertIn(f"python3 rnn_play.py p --checkpoint-dir {ck}", r.stderr)
+            self.assertIn(f"tensorboard --logdir={log}", r.stderr)
+
+    def test_help_and_bad_flags_answer_before_tensorflow_loads(self):
+        code = ("import sys, rnn_train, rnn_play; rnn_train.parse(['--layers', '2']); "
+                "rnn_play.check(rnn_play.make_parser().parse_args(['-n', '5'])); print('tensorflow' in sys.modules)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.stdout.strip(), "False", r.stderr)
+        for script in ("rnn_train.py", "rnn_play.py"):
+            r = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("usage:", r.stdout)
+            self.assertNotIn("tensorflow", r.stderr)  # -X importtime lists every imported module
+        r = subprocess.run([sys.executable, "-X", "importtime", "rnn_train.py", "--layers", "0"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("error: --layers must be >= 1 (got 0)", r.stderr)
+        self.assertNotIn("tensorflow", r.stderr)

@@ -1,0 +1,154 @@
+"""What a training run prints while it works, and when it ends.
+
+On a terminal, one progress bar for the whole run (not one per epoch), with a
+postfix of fixed width, so the layout never jumps and fits 80 columns:
+
+    120/1200  10%|██▌          | 01:02<09:18 loss 2.345 val 2.456 13.2k ch/s
+
+Piped to a file (nohup, CI, a cluster job), a plain line every --log-every steps:
+
+    step 120/1200  loss 2.345  val 2.456  13,250 chars/s  elapsed 0:01:02  left 0:09:18
+
+Validation results and samples are lines on standard output either way; the
+summary at the end says what was reached and what to run next.
+"""
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+SMOOTHING = 0.3  # weight of the newest window in the chars/s shown: steady, yet follows changes
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def nats(loss):
+    """A loss as the console shows it: nats and bits per character."""
+    return f"{loss:.4f} nats ({loss / math.log(2):.3f} bits/char)"
+
+
+@dataclass
+class Window:
+    """The steps since the last log line: mean loss and accuracy of the finite ones, speed."""
+
+    loss: float
+    accuracy: float
+    chars_per_s: float
+    steps: int
+
+
+class Console:
+    """The run's progress bar or plain lines, validation lines, and the final summary."""
+
+    def __init__(self, total_steps, start_step, chars_per_step):
+        self.total, self.step, self.start_step = total_steps, start_step, start_step
+        self.chars_per_step = chars_per_step
+        self.window = Window(0.0, 0.0, 0.0, 0)
+        self.window_chars, self.window_start = 0, time.perf_counter()
+        self.started = time.perf_counter()
+        self.speed = None     # smoothed chars/s
+        self.train_loss = None
+        self.val_loss = None
+        self.bar = None
+
+    def __enter__(self):
+        self.bar = tqdm(total=self.total, initial=self.step, file=sys.stderr, dynamic_ncols=True, disable=None,
+                        leave=False, bar_format="{n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| "
+                                                "{elapsed}<{remaining} {postfix}")
+        self.bar.set_postfix_str(self.postfix(), refresh=False)
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    @property
+    def plain(self):
+        """True when the output is not a terminal: plain lines instead of a bar."""
+        return self.bar is None or self.bar.disable
+
+    @staticmethod
+    def write(text):
+        """A line on standard output that does not break the bar."""
+        tqdm.write(text, file=sys.stdout)
+
+    def advance(self, step, loss):
+        """One step done; loss: (loss, accuracy), or None for a skipped step."""
+        self.step = step
+        self.window_chars += self.chars_per_step
+        if loss is not None:
+            w = self.window
+            w.loss, w.accuracy, w.steps = w.loss + loss[0], w.accuracy + loss[1], w.steps + 1
+        self.bar.update(1)
+
+    def log_window(self):
+        """Close the current window: show it, and return it averaged for the logs."""
+        now = time.perf_counter()
+        w = self.window
+        window = Window(w.loss / w.steps, w.accuracy / w.steps, self.window_chars / (now - self.window_start), w.steps)
+        self.window, self.window_chars, self.window_start = Window(0.0, 0.0, 0.0, 0), 0, now
+        first = self.speed is None
+        self.speed = window.chars_per_s if first else SMOOTHING * window.chars_per_s + (1 - SMOOTHING) * self.speed
+        self.train_loss = window.loss
+        if first:
+            self.write(f"about {format_duration(self.seconds_left())} for the {self.total - self.step:,} steps "
+                       f"left, at {self.speed:,.0f} chars/s")
+        if self.plain:
+            self.write(self.line())
+        else:
+            self.bar.set_postfix_str(self.postfix(), refresh=False)
+        return window
+
+    def seconds_left(self):
+        return (self.total - self.step) * self.chars_per_step / self.speed if self.speed else 0.0
+
+    def postfix(self):
+        """Fixed width, so the bar does not jump when the numbers arrive."""
+        loss = f"{self.train_loss:.3f}" if self.train_loss is not None else "-.---"
+        val = f"{self.val_loss:.3f}" if self.val_loss is not None else "-.---"
+        speed = f"{self.speed / 1000:5.1f}k" if self.speed is not None else "  -.-k"
+        return f"loss {loss} val {val} {speed} ch/s"
+
+    def line(self):
+        val = f"  val {self.val_loss:.3f}" if self.val_loss is not None else ""
+        return (f"step {self.step}/{self.total}  loss {self.train_loss:.3f}{val}  {self.speed:,.0f} chars/s  "
+                f"elapsed {format_duration(time.perf_counter() - self.started)}  "
+                f"left {format_duration(self.seconds_left())}")
+
+    def validated(self, step, loss, accuracy, best):
+        self.val_loss = loss
+        self.write(f"step {step:>7}  validation: loss {loss:.4f} nats, {loss / math.log(2):.4f} bits/char, "
+                   f"accuracy {accuracy:.2%}{'  (best)' if best else ''}")
+        if not self.plain:
+            self.bar.set_postfix_str(self.postfix(), refresh=False)
+
+    def summary(self, trainer, run, total_steps):
+        """What the run reached and what to run next."""
+        elapsed = time.perf_counter() - self.started
+        speed = (self.step - self.start_step) * self.chars_per_step / max(elapsed, 1e-9)
+        lines = [f"done: step {self.step} of {total_steps} in {format_duration(elapsed)}, {speed:,.0f} chars/s"]
+        train_loss = self.train_loss if self.train_loss is not None else (trainer.last_loss or [None])[0]
+        if train_loss is not None:
+            lines.append(f"  training loss    {nats(train_loss)} (the last steps)")
+        best = trainer.best_val_loss
+        if best is not None and trainer.best.latest:
+            lines.append(f"  best validation  {nats(best)} at step {trainer.best.latest.rsplit('-', 1)[-1]}: "
+                         f"{trainer.best.latest}")
+        lines.append(f"  generate text    python3 rnn_play.py {run.name}" + self._checkpoint_dir_flag(run))
+        lines.append(f"  see the curves   tensorboard --logdir={run.config.log_dir}")
+        print("\n".join(lines), file=sys.stderr)
+
+    def interrupted(self, signum, trainer, run):
+        saved = f"; checkpoint {trainer.latest.latest}" if trainer.latest.latest else ""
+        print(f"\ninterrupted by signal {signum} at step {self.step}{saved}\n"
+              f"  continue with    python3 rnn_train.py --resume {run.name}{self._checkpoint_dir_flag(run)}",
+              file=sys.stderr)
+
+    @staticmethod
+    def _checkpoint_dir_flag(run):
+        return "" if run.config.checkpoint_dir == "checkpoints" else f" --checkpoint-dir {run.config.checkpoint_dir}"

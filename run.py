@@ -1,0 +1,467 @@
+"""A run and its folders: the one module that knows their layout and file names.
+
+    checkpoints/<run>/                 (--checkpoint-dir)
+        config.json    model and training configuration (JSON, never pickle)
+        vocab.json     the vocabulary, so the run decodes its own output
+        corpus.json    manifest of the training files: names, sizes, sha256
+        .lock          held (flock) by the process training into the run
+        checkpoint, ckpt-<step>.*      the newest checkpoints    } written by
+        best/checkpoint, best/ckpt-*   the best by validation    } checkpoints.Manager
+    log/<run>/train, log/<run>/validation   TensorBoard (--log-dir)
+
+    open_run(config, resume, given)    a new run, or a resumed or forked one -> Run
+    resolve / newest_run / list_runs   finding runs and checkpoints
+    load_for_generation(spec)          the model and vocabulary of a checkpoint
+
+The JSON files are written atomically and read as untrusted input: a damaged
+or edited file is a one-line error naming it, never a traceback.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+import checkpoints
+import txt_utils
+from config import DEFAULT_DATA, FIXED_ON_RESUME, PER_PROCESS, ModelConfig, TrainConfig, flag
+from errors import UserError
+from model import CharRNN
+from txt_utils import Vocabulary
+
+CONFIG, VOCAB, CORPUS, LOCK, BEST = "config.json", "vocab.json", "corpus.json", ".lock", "best"
+FORMAT_VERSION = 1
+JSON_FILES = (CONFIG, VOCAB, CORPUS)
+
+
+# ---------------------------------------------------------------- a run
+
+@dataclass
+class Run:
+    """The folders and saved files of one training run.
+
+    source: the run whose checkpoint this one starts from (the run itself when it
+    is resumed, another run when forked from its checkpoint), or None for a new
+    run; prefix: that checkpoint; vocab and manifest: the source's saved files.
+    """
+
+    dir: Path
+    log_dir: Path
+    config: TrainConfig
+    source: Path | None = None
+    prefix: str | None = None
+    vocab: Vocabulary | None = None
+    manifest: dict | None = None
+
+    @property
+    def name(self):
+        return self.dir.name
+
+    @property
+    def forked(self):
+        return self.source is not None and self.source.resolve() != self.dir.resolve()
+
+    @property
+    def best_dir(self):
+        return self.dir / BEST
+
+    def log_dirs(self):
+        """(train, validation): sibling folders, so TensorBoard overlays their curves."""
+        return self.log_dir / "train", self.log_dir / "validation"
+
+    def managers(self, checkpoint):
+        """(newest, best) checkpoint managers of this run's folders."""
+        return (checkpoints.Manager(checkpoint, self.dir, self.config.keep),
+                checkpoints.Manager(checkpoint, self.best_dir, 1))
+
+    def read_corpus(self):
+        """The text this run trains on, checked against the source run's manifest."""
+        cfg = self.config
+        if cfg.data == [DEFAULT_DATA]:
+            txt_utils.ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
+        try:
+            corpus = txt_utils.read_corpus(cfg.data, vocab=self.vocab, max_vocab=cfg.max_vocab or None,
+                                           validation=cfg.validation)
+        except UserError as e:  # relative globs read from another folder than the run's own
+            started = self.manifest.get("workdir") if isinstance(self.manifest, dict) else None
+            if (started and os.path.realpath(started) != os.path.realpath(os.getcwd())
+                    and not all(os.path.isabs(os.path.expanduser(g)) for g in cfg.data)):
+                raise UserError(f"{e} -- run {self.source.name} was started in {started}: resume it from there") from None
+            raise
+        if self.source is not None:
+            _check_same_corpus(self.manifest, _manifest(cfg, corpus.files), cfg.allow_corpus_change, self.source)
+        return corpus
+
+    def save_files(self, model_config: ModelConfig, vocab, files):
+        """Write the JSON files that travel beside the checkpoints; files: the corpus's FileSpans."""
+        config = {"format_version": FORMAT_VERSION, "model": model_config.to_json(),
+                  "training": dataclasses.asdict(self.config)}
+        write_json(self.dir / CONFIG, config)
+        write_json(self.dir / VOCAB, vocab.to_json())
+        write_json(self.dir / CORPUS, _manifest(self.config, files))
+
+    @contextlib.contextmanager
+    def claimed(self):
+        """Create the run's folders and hold its lock while training.
+
+        A run refused before it writes a checkpoint or a log leaves no folder to trip
+        over later: the folders this call created (the run's own, then the roots) are
+        removed again when nothing but the run's JSON files is in them.
+        """
+        cfg = self.config
+        new = [d for d in (self.dir, self.log_dir, Path(cfg.checkpoint_dir), Path(cfg.log_dir)) if not d.exists()]
+        _check_writable({cfg.checkpoint_dir: "--checkpoint-dir", cfg.log_dir: "--log-dir"})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with RunLock(self.dir):
+                _check_writable({self.dir: "--checkpoint-dir or --run", self.log_dir: "--log-dir or --run"})
+                yield self
+        except (UserError, KeyboardInterrupt):
+            for d in new:
+                if d.is_dir() and all(p.name in (LOCK, *JSON_FILES) for p in d.iterdir()):
+                    shutil.rmtree(d, ignore_errors=True)
+            raise
+
+
+def open_run(cfg: TrainConfig, resume=None, given=()):
+    """The run that rnn_train.py trains into.
+
+    resume: None for a new run, "" for the newest run, a run name or folder, or a
+    checkpoint prefix (or a run's best/ folder), which starts a new run from it:
+    `--run NAME`, or by default SOURCE-from-STEP.
+    given: the config fields given on the command line, which may override a
+    resumed run's saved configuration where that is safe.
+    """
+    root = Path(cfg.checkpoint_dir)
+    if resume is None:
+        name = cfg.run or f"{cfg.cell}{cfg.layers}x{cfg.units}-{datetime.now():%Y%m%d-%H%M%S}"
+        return Run(*_new_run_dirs(cfg, name), cfg)
+    prefix = None
+    if resume == "":
+        source = newest_run(root)
+        if source is None:
+            raise UserError(f"--resume: no run with a checkpoint under {root}/; start one without --resume")
+    elif is_run(resume) or is_run(root / resume):
+        source = Path(resume) if is_run(resume) else root / resume
+    else:
+        try:
+            source, prefix = resolve(resume, root)
+        except UserError as e:
+            raise UserError(f"--resume {resume}: {e}") from None
+    source = Path(source)
+    source_name = source.resolve().name  # also when the folder is "." or ends in "/"
+    if prefix is None and "run" in given and cfg.run != source_name:
+        raise UserError(f"--run names a new run, but --resume {resume or source_name} continues run {source_name}; "
+                        f"to go on in a new run, resume a checkpoint: --resume {source_name}/best or "
+                        f"{source_name}/ckpt-N")
+    saved, vocab, manifest = load_run_files(source)
+    merged = _merge(source, saved, cfg, given)
+    if prefix is None:  # the run goes on in its own folders
+        prefix = checkpoints.latest(source)
+        if prefix is None:
+            raise UserError(f"{source} holds no checkpoint to resume from; start a new run instead")
+        merged.run = source_name
+        return Run(source, Path(cfg.log_dir) / source_name, merged, source, prefix, vocab, manifest)
+    merged.run = cfg.run or f"{source_name}-from-{checkpoints.step_of(prefix)}"
+    return Run(*_new_run_dirs(merged, merged.run), merged, source, prefix, vocab, manifest)
+
+
+def _merge(source, saved, cfg, given):
+    """The saved training configuration, with the flags given now where they may change.
+
+    The saved values are checked like flags, and the model section must be the one
+    the training section describes: an edited file is refused, never half-used.
+    """
+    where = source / CONFIG
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    training = saved.get("training")
+    if not isinstance(training, dict):
+        raise UserError(f"{where} has no training section; restore it from a backup")
+    try:
+        merged = TrainConfig(**{k: v for k, v in training.items() if k in known and k not in PER_PROCESS})
+        merged.check()
+    except (TypeError, UserError) as e:
+        raise UserError(f"{where}: a saved value is not valid ({e}); restore the file from a backup") from None
+    for name in given:
+        new, old = getattr(cfg, name), getattr(merged, name)
+        if name in FIXED_ON_RESUME and new != old:
+            raise UserError(f"{flag(name)} {new} differs from run {source.name}'s {old}; "
+                            f"drop the flag to resume, or start a new run")
+        if name == "data" and new != old and not cfg.allow_corpus_change:
+            raise UserError(f"--data {' '.join(new)} differs from run {source.name}'s {' '.join(old)}; "
+                            f"pass --allow-corpus-change to train on new text")
+    for name in given:
+        setattr(merged, name, getattr(cfg, name))
+    for name in PER_PROCESS:
+        setattr(merged, name, getattr(cfg, name))
+    model = model_config(source, saved)
+    if model != merged.model_config(model.vocab_size):
+        raise UserError(f"{where}: the model section ({_describe(model)}) disagrees with the training section; "
+                        f"restore the file from a backup")
+    return merged
+
+
+def _new_run_dirs(cfg, name):
+    """(run folder, log folder) of a new run called name, refusing to write into another run's files."""
+    if Path(name).name != name or name in (".", ".."):
+        raise UserError(f"--run {name!r} must be a plain folder name, without '/'")
+    run_dir, log_dir = Path(cfg.checkpoint_dir) / name, Path(cfg.log_dir) / name
+    for d in (run_dir, log_dir):
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{d} is a file, not a run folder; choose another --run")
+    # A folder that holds anything but a run's JSON files (checkpoints, logs) belongs to
+    # another run; one left with only those files by a run refused before training may be reused.
+    taken = [d for d in (run_dir, log_dir) if d.exists() and any(p.name not in (LOCK, *JSON_FILES) for p in d.iterdir())]
+    if taken:
+        raise UserError(f"{taken[0]} already exists; continue it with `--resume {name}` or choose another --run")
+    return run_dir, log_dir
+
+
+def _check_writable(dirs):
+    """Fail before any training if a folder cannot be written. dirs: {folder: flag to change}."""
+    for d, flag_name in dirs.items():
+        probe = Path(d) / ".write-test"
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to {d} ({e.strerror}); choose another {flag_name}") from None
+
+
+def _manifest(cfg, files):
+    return {"data": cfg.data, "workdir": os.getcwd(), "validation": cfg.validation,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]}
+
+
+def _check_same_corpus(saved, current, allow, run_dir):
+    """Refuse to resume on different text, naming the first file that differs."""
+    if saved is None:
+        if allow:
+            return
+        raise UserError(f"{Path(run_dir) / CORPUS} is missing, so the text cannot be checked; "
+                        f"pass --allow-corpus-change to resume anyway")
+    if not isinstance(saved, dict) or not isinstance(saved.get("files"), list) or \
+            not all(isinstance(f, dict) and "path" in f for f in saved["files"]):
+        raise UserError(f"{Path(run_dir) / CORPUS} is damaged; restore it from a backup, "
+                        f"or delete it and pass --allow-corpus-change")
+    old = {f["path"]: f for f in saved["files"]}
+    new = {f["path"]: f for f in current["files"]}
+    for path in sorted(old.keys() | new.keys()):
+        if old.get(path) != new.get(path):
+            what = ("is new" if path not in old else "is gone" if path not in new else "has changed")
+            if allow:
+                print(f"warning: corpus file {path} {what} since run {run_dir.name} started", file=sys.stderr)
+                continue
+            raise UserError(f"corpus file {path} {what} since run {run_dir.name} started "
+                            f"(see {run_dir / CORPUS}); pass --allow-corpus-change to continue on it")
+
+
+# ---------------------------------------------------------------- JSON files
+
+def write_json(path, obj):
+    """Write JSON atomically: a temporary file renamed over the target."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: this run folder is incomplete") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged ({e}); restore it from a backup") from None
+
+
+def load_run_files(run_dir):
+    """Return (config dict, Vocabulary, corpus manifest or None) of a run, each read once."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / CONFIG)
+    if not isinstance(config, dict):
+        raise UserError(f"{run_dir / CONFIG} is damaged (not a JSON object); restore it from a backup")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{run_dir / CONFIG} has format_version {config.get('format_version')!r}; "
+                        f"this version of the tool reads format {FORMAT_VERSION}")
+    try:
+        vocab = Vocabulary.from_json(read_json(run_dir / VOCAB))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{run_dir / VOCAB} is damaged ({e}); restore it from a backup") from None
+    manifest = read_json(run_dir / CORPUS) if (run_dir / CORPUS).exists() else None
+    return config, vocab, manifest
+
+
+def model_config(run_dir, config):
+    """The ModelConfig of a run's config.json contents, checked."""
+    try:
+        return ModelConfig.from_json(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{Path(run_dir) / CONFIG}: bad model configuration ({e})") from None
+
+
+# ---------------------------------------------------------------- finding runs
+
+def is_run(path):
+    return (Path(path) / CONFIG).is_file()
+
+
+def newest_run(checkpoint_dir, best=False):
+    """The run that wrote a checkpoint last (counting those in its best/ folder when
+    best is true), or None.
+
+    Runs are ordered by the times of their checkpoint files, and only the newest
+    run's index file is read: a damaged index in another run is no obstacle.
+    """
+    written = {run: _last_written(run, best) for run in Path(checkpoint_dir).glob("*") if is_run(run)}
+    written = {run: time for run, time in written.items() if time is not None}
+    find = generation_checkpoint if best else checkpoints.latest
+    for run in sorted(written, key=written.get, reverse=True):
+        if find(run):
+            return run
+    return None
+
+
+def _last_written(run, best=False):
+    """When the run wrote its newest checkpoint (counting best/ when best), or None."""
+    folders = (run, Path(run) / BEST) if best else (run,)
+    return max((checkpoints.last_written(folder) or 0 for folder in folders), default=0) or None
+
+
+def list_runs(checkpoint_dir):
+    """A line per run under checkpoint_dir, the most recently written first: its
+    name, model, the step of its newest checkpoint and its best validation loss."""
+    lines = []
+    for run in sorted((p for p in Path(checkpoint_dir).glob("*") if is_run(p)),
+                      key=lambda p: _last_written(p, best=True) or 0, reverse=True):
+        try:
+            model = model_config(run, read_json(run / CONFIG))
+            prefix = generation_checkpoint(run)
+            if prefix is None:
+                lines.append(f"{run.name:<28} {_describe(model):<14} no checkpoint yet")
+                continue
+            step, best = checkpoints.progress_of(prefix)
+        except (UserError, tf.errors.OpError, ValueError) as e:
+            lines.append(f"{run.name:<28} cannot be read: {checkpoints.first_line(e)[:200]}")
+            continue
+        best = f"best validation {best / np.log(2):.3f} bits/char" if best < checkpoints.NOT_VALIDATED else "not validated"
+        lines.append(f"{run.name:<28} {_describe(model):<14} step {step:<9,} {best}")
+    return lines
+
+
+def _describe(model):
+    return f"{model.cell} {model.layers}x{model.units}"
+
+
+def generation_checkpoint(run_dir):
+    """The newest checkpoint of a run, or its best one while it has no other yet
+    (a young run validates more often than it checkpoints); None if neither."""
+    return checkpoints.latest(run_dir) or tf.train.latest_checkpoint(str(Path(run_dir) / BEST))
+
+
+def resolve(spec, checkpoint_dir="checkpoints"):
+    """Turn a run name, run folder or checkpoint prefix into (run folder, prefix).
+
+    With spec None, the newest run under checkpoint_dir.
+    """
+    if spec is None:
+        run_dir = newest_run(checkpoint_dir, best=True)
+        if run_dir is None:
+            raise UserError(f"no checkpoint found under {checkpoint_dir}/; train one first with "
+                            f"`python3 rnn_train.py` (or pass --checkpoint-dir)")
+        return run_dir, generation_checkpoint(run_dir)
+    path = Path(spec)
+    for candidate in (path, Path(checkpoint_dir) / spec):
+        if candidate.is_dir() and is_run(candidate):
+            prefix = generation_checkpoint(candidate)
+            if prefix is None:
+                raise UserError(f"{candidate} holds no checkpoint yet; train it with "
+                                f"`python3 rnn_train.py --resume {candidate.name}`")
+            return candidate, prefix
+        if candidate.is_dir() and is_run(candidate.parent) and candidate.name == BEST:
+            prefix = tf.train.latest_checkpoint(str(candidate))
+            if prefix:
+                return candidate.parent, prefix
+    prefix = spec[:-6] if spec.endswith(".index") else spec
+    if not Path(prefix + ".index").is_file() and Path(checkpoint_dir, prefix + ".index").is_file():
+        prefix = str(Path(checkpoint_dir, prefix))  # RUN/ckpt-N, under the checkpoint folder
+    if Path(prefix + ".index").is_file():
+        run_dir = Path(prefix).parent
+        run_dir = run_dir.parent if run_dir.name == BEST else run_dir
+        if not is_run(run_dir):
+            raise UserError(f"{prefix} has no {CONFIG} beside it, so its model cannot be rebuilt")
+        return run_dir, prefix
+    raise UserError(f"{spec} is not a run name, run folder or checkpoint prefix "
+                    f"(runs are listed in {checkpoint_dir}/)")
+
+
+def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fused"):
+    """Rebuild the model a checkpoint was trained with and load its weights.
+
+    Returns (model, vocab, run folder, prefix). Nothing has to match flags: the
+    architecture comes from the run's config.json. The fused implementation is
+    the default on every device: generation compiles its loop with XLA, which
+    cannot compile the cuDNN kernel of the stock layers on a GPU.
+    """
+    run_dir, prefix = resolve(spec, checkpoint_dir)
+    config, vocab, _ = load_run_files(run_dir)
+    mconf = model_config(run_dir, config)
+    if mconf.vocab_size != len(vocab):
+        raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but "
+                        f"{Path(run_dir) / CONFIG} says vocab_size {mconf.vocab_size}")
+    model = CharRNN(mconf, implementation=implementation, initialize=False)  # restored below
+    checkpoints.restore(checkpoints.weights_checkpoint(model), prefix, what="model", extra_ok=True)
+    return model, vocab, run_dir, prefix
+
+
+# ---------------------------------------------------------------- the lock
+
+class RunLock:
+    """An exclusive lock on a run folder, held for the life of the process.
+
+    It is a kernel lock (flock) on `.lock`: when a process dies, however it
+    dies, the kernel releases it, so a stale lock file is simply reclaimed.
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK
+        self.file = None
+
+    def __enter__(self):
+        self.file = open(self.path, "a+")
+        try:
+            _lock(self.file)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UserError(f"{self.path.parent} is being trained by {holder}; wait for it to finish "
+                            f"or choose another --run") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # closing releases the lock
+
+
+def _lock(file):
+    try:
+        import fcntl
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows
+        import msvcrt
+        file.seek(0)
+        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
