@@ -245,7 +245,7 @@ def main(fast=False):
     print(f"  lowest validation loss {min(val_losses):.3f} at step {best_step}")
     # Limits from runs with this seed, with a margin of about 0.3 nats: the fast run
     # ends near 1.9 (training) with validation near 2.3, the full run near 0.6 with
-    # its best validation near 2.3 and its last near 3.3. Uniform guessing is 4.19.
+    # its best validation near 2.3 and its last near 3.6. Uniform guessing is 4.19.
     assert train_losses[-1] < (2.3 if fast else 1.0), f"training loss {train_losses[-1]:.3f} too high"
     assert min(val_losses) < 2.6, f"validation loss {min(val_losses):.3f} too high"
     if not fast:
@@ -270,7 +270,7 @@ def main(fast=False):
     print("carrying the state helps")
 
     print("\n5. The same job with this project")
-    print("  From the repository root (about a minute on a 2-core CPU):\n")
+    print("  From the repository root (about half a minute on a 2-core CPU):\n")
     print("  python3 rnn_train.py --data walkthrough/sonnets.txt --layers 1 --units 128 --seqlen 32 \\\n"
           "      --batch-size 16 --dropout 0 --lr 2e-3 --max-steps 2000 --val-every 100 --run sonnets")
     print("  python3 rnn_play.py sonnets --temperature 0.8")
