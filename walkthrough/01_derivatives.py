@@ -62,7 +62,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs: errors only
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import tf_setup  # noqa: E402,F401  the project's quiet import: also hides TensorFlow's start-up lines
+import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's start-up lines
+tf_setup.import_tensorflow()
 import tensorflow as tf  # noqa: E402
 
 

@@ -45,7 +45,7 @@ every gradient is multiplied by c / norm, which keeps the direction. That is
 `rnn_train.py --clip-norm 5` (tf.clip_by_global_norm in `training.py`).
 Against vanishing, clipping does nothing; gates do (chapter 5).
 
-In this project, `rnn_train.py --cell rnn` builds this cell (`model.py`), in
+In this project, `rnn_train.py --cell rnn` builds this cell (`fused.py`, `_rnn_step`), in
 Keras's row-vector layout: h_t = tanh(x_t·kernel + h_{t-1}·recurrent_kernel + bias)
 with kernel = W_xhᵀ and recurrent_kernel = W_hhᵀ, and its readout is the same
 y_t with W_hyᵀ. Chapter 6 trains this chapter's code on a text.
@@ -180,7 +180,8 @@ def tensorflow_loss_and_grads(params, inputs, targets, h0):
     """The same loss written with TensorFlow ops; tf.GradientTape differentiates it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs: errors only
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import tf_setup  # noqa: F401  the project's quiet import: also hides TensorFlow's start-up lines
+    import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's start-up lines
+    tf_setup.import_tensorflow()
     import tensorflow as tf  # imported here, so that chapter 6 can reuse this file without it
 
     V = params["W_hy"].shape[0]

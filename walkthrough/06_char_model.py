@@ -5,8 +5,9 @@ to every possible next character. Training lowers the mean of
 -log p(the actual next character) over the text, in nats per character; a
 model that knows nothing spreads its bets evenly and scores ln V, for V
 characters in the vocabulary. This chapter trains chapter 4's RNN (imported
-from 04_vanilla_rnn.py) on `sonnets.txt`, eleven of Shakespeare's sonnets,
-6,835 characters, with the project's own text code.
+from 04_vanilla_rnn.py) on `sonnets.txt`, eleven of Shakespeare's sonnets
+(public domain, modernised spelling, typed for this walkthrough, so a word may
+differ from an edition), 6,835 characters, with the project's own text code.
 
 1. Batches (`txt_utils.py`). `read_corpus` encodes the text as integer codes
    (`Vocabulary`; code 0 stands for any character it has not seen) and, for a
