@@ -53,6 +53,7 @@ class Console:
         self.window_chars, self.window_start = 0, time.perf_counter()
         self.started = time.perf_counter()
         self.speed = None     # smoothed chars/s
+        self.windows = 0      # log windows closed so far
         self.train_loss = None
         self.val_loss = None
         self.bar = None
@@ -92,10 +93,15 @@ class Console:
         w = self.window
         window = Window(w.loss / w.steps, w.accuracy / w.steps, self.window_chars / (now - self.window_start), w.steps)
         self.window, self.window_chars, self.window_start = Window(0.0, 0.0, 0.0, 0), 0, now
-        first = self.speed is None
-        self.speed = window.chars_per_s if first else SMOOTHING * window.chars_per_s + (1 - SMOOTHING) * self.speed
+        # The first window of a process includes compiling the step: its speed is shown,
+        # but the smoothed speed and the estimate of the run's duration start after it.
+        self.windows += 1
+        if self.windows <= 2 or self.speed is None:
+            self.speed = window.chars_per_s
+        else:
+            self.speed = SMOOTHING * window.chars_per_s + (1 - SMOOTHING) * self.speed
         self.train_loss = window.loss
-        if first:
+        if self.windows == 2:
             self.write(f"about {format_duration(self.seconds_left())} for the {self.total - self.step:,} steps "
                        f"left, at {self.speed:,.0f} chars/s")
         if self.plain:

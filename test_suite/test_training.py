@@ -361,7 +361,7 @@ class TestWhatTheUserSees(unittest.TestCase):
             self.assertNotIn("val", lines[0])  # no validation yet
             self.assertRegex(lines[-1], r"^step 20/20  loss \d+\.\d{3}  val \d+\.\d{3}  [\d,]+ chars/s  "
                                         r"elapsed \d:\d\d:\d\d  left \d:\d\d:\d\d$")
-            self.assertRegex(r.stdout, r"about \d:\d\d:\d\d for the 15 steps left")
+            self.assertRegex(r.stdout, r"about \d:\d\d:\d\d for the 10 steps left")  # after the warm-up window
             self.assertRegex(r.stderr, r"done: step 20 of 20 in \d:\d\d:\d\d, [\d,]+ chars/s")
             self.assertRegex(r.stderr, r"training loss +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\)")
             self.assertRegex(r.stderr, r"best validation +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\) at step "
