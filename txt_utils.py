@@ -226,15 +226,33 @@ def find_files(globs):
     return sorted(set(found.values()))
 
 
+# Bytes that no text holds: NUL and the C0 controls but tab, the line and page breaks,
+# SUB (a DOS end of file) and ESC (terminal colours).
+_CONTROL = bytes(b for b in range(32) if b not in b"\t\n\v\f\r\x1a\x1b")
+_NOT_CONTROL = bytes(sorted(set(range(256)) - set(_CONTROL)))
+
+
+class BinaryFile(Exception):
+    """A file holds a byte that no text holds (_CONTROL), at `offset`."""
+
+    def __init__(self, offset, byte):
+        super().__init__(f"byte 0x{byte:02x} at offset {offset:,}")
+
+
 def _text_chunks(path, chunk_size):
     """Yield (raw bytes, decoded text) chunks of a UTF-8 file, with a leading BOM stripped
-    and "\\r\\n" turned into "\\n", even when a character or a "\\r\\n" straddles two chunks."""
+    and "\\r\\n" turned into "\\n", even when a character or a "\\r\\n" straddles two chunks.
+    Raises BinaryFile at the first control byte (checked in every chunk, before decoding)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0  # bytes of the file read before this chunk
     at_start, held_cr = True, ""
     with open(path, "rb") as f:
         while True:
             raw = f.read(chunk_size)
+            controls = raw.translate(None, _NOT_CONTROL)  # C speed; empty for text
+            if controls:
+                first = min(raw.find(b) for b in set(controls))
+                raise BinaryFile(offset + first, raw[first])
             pending = len(decoder.getstate()[0])  # bytes of a split character, from the last chunk
             try:
                 text = decoder.decode(raw, final=not raw)
@@ -254,16 +272,12 @@ def _text_chunks(path, chunk_size):
                 return
 
 
-def _is_binary(path):
-    with open(path, "rb") as f:
-        return b"\0" in f.read(8192)
-
-
 def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fraction=0.1, chunk_size=16 << 20):
     """Read and encode every file matched by globs (sorted by path) into one Corpus.
 
     Files are decoded as UTF-8; a leading BOM is dropped and "\\r\\n" becomes "\\n".
-    Empty files and binary files (a NUL byte in the first 8 KB) are skipped with a warning.
+    Empty files and binary files (a NUL or another control byte anywhere, see _CONTROL)
+    are skipped with a warning.
     vocab: the vocabulary to encode with (when resuming); None learns one from the corpus,
     keeping at most max_vocab symbols. validation: "files" holds out the last files
     (validation_cutoff), "tail" the last tail_fraction of the characters, "none" nothing,
@@ -289,18 +303,19 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
             if size == 0:
                 log.warning("skipping empty file %s", path)
                 continue
-            if _is_binary(path):
-                log.warning("skipping binary file %s (a NUL byte in its first 8 KB; if it is UTF-16 text, convert it to UTF-8)", path)
-                continue
-            sha, n_chars = hashlib.sha256(), 0
+            sha, n_chars, file_counts = hashlib.sha256(), 0, collections.Counter()
             for raw, text in _text_chunks(path, chunk_size):
                 sha.update(raw)
                 n_chars += len(text)
                 if vocab is None:
                     for i in range(0, len(text), _SLICE):
-                        counts.update(_count_chars(text[i : i + _SLICE]))
+                        file_counts.update(_count_chars(text[i : i + _SLICE]))
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
+        except BinaryFile as e:
+            log.warning("skipping binary file %s (%s; if it is UTF-16 text, convert it to UTF-8)", path, e)
+            continue
+        counts.update(file_counts)
         if n_chars == 0:
             log.warning("skipping empty file %s", path)
             continue
@@ -323,6 +338,8 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
                 pos += len(text)
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
+        except BinaryFile:
+            pos = -1  # it changed since pass 1
         if pos != start + n_chars:
             raise UserError(f"{path} changed while it was being read: run again once it is stable")
         files.append(FileSpan(path, start, pos, size, sha))

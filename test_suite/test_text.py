@@ -454,3 +454,18 @@ class TestFetchShakespeare(unittest.TestCase):
         self.assertEqual(status, 2)
         self.assertTrue(stderr.getvalue().startswith("error: "))
         self.assertEqual(stderr.getvalue().count("\n"), 1)
+
+
+class BinaryDetectionTest(unittest.TestCase):
+    def test_a_control_byte_anywhere_makes_a_file_binary(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            write(os.path.join(tmp, "a.txt"), "text " * 10_000 + "\0 more")  # NUL at byte 50,000
+            write(os.path.join(tmp, "b.txt"), "text " * 10_000 + "\x07\x01 more")  # a bell and a control-A
+            write(os.path.join(tmp, "c.txt"), "tab\tline\r\npage\f and \x1b[1mbold\x1b[0m\n")  # controls in text
+            for chunk_size in (1000, 16 << 20):
+                with self.subTest(chunk_size=chunk_size), self.assertLogs("charrnn", "WARNING") as logs:
+                    corpus = read_corpus(os.path.join(tmp, "*.txt"), validation="none", chunk_size=chunk_size)
+                self.assertEqual([os.path.basename(f.path) for f in corpus.files], ["c.txt"])
+                self.assertFalse(set(corpus.vocab.chars) & set("\0\x01\x07"))
+                self.assertRegex(logs.output[0], r"skipping binary file \S+a\.txt \(byte 0x00 at offset 50,000")
+                self.assertRegex(logs.output[1], r"skipping binary file \S+b\.txt \(byte 0x07 at offset 50,000")
