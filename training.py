@@ -218,9 +218,13 @@ def show_sample(generator, vocab, logs, console, step):
 def make_train_step(model, optimizer, variables, states, clip_norm):
     """One compiled training step on a batch; the carried state lives in `states`.
 
-    A step whose loss or gradient is not finite changes nothing: no weight, no
-    optimizer slot, no state. It returns (loss, accuracy, finite).
+    A step whose loss, gradient or updated weights are not finite changes nothing:
+    no weight, no optimizer slot, no state. It returns (loss, accuracy, finite).
     """
+    if not optimizer.built:
+        optimizer.build(variables)
+    kept = list(variables) + list(optimizer.variables)  # what a step may change, states aside
+
     @tf.function(reduce_retracing=True)
     def train_step(x, y):  # x, y: [B, T] int
         with tf.GradientTape() as tape:
@@ -233,12 +237,24 @@ def make_train_step(model, optimizer, variables, states, clip_norm):
         finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
 
         def apply():
+            before = [tf.identity(v) for v in kept]  # weights, Adam's slots and counters
             optimizer.apply(grads, variables)
-            for s, new in zip(states, new_states):
-                s.assign(new)
-            return tf.constant(True)
+            # A finite gradient can still overflow a weight (a huge learning rate): undo it all then.
+            applied = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
-        tf.cond(finite, apply, lambda: tf.constant(False))
+            def keep():
+                for s, new in zip(states, new_states):
+                    s.assign(new)
+                return tf.constant(True)
+
+            def undo():
+                for v, old in zip(kept, before):
+                    v.assign(old)
+                return tf.constant(False)
+
+            return tf.cond(applied, keep, undo)
+
+        finite = tf.cond(finite, apply, lambda: tf.constant(False))
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
         return loss, accuracy, finite
 

@@ -385,3 +385,20 @@ class TestWhatTheUserSees(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("error: --layers must be >= 1 (got 0)", r.stderr)
         self.assertNotIn("tensorflow", r.stderr)
+
+
+class SafeStepTest(unittest.TestCase):
+    def test_a_step_that_would_make_the_weights_non_finite_changes_nothing(self):
+        model = CharRNN(tiny_model_config(), "fused")
+        variables = list(model.named_variables().values())
+        optimizer = keras.optimizers.Adam(1e39)  # inf in float32: the loss and gradient are finite, the update is not
+        optimizer.build(variables)
+        states = [tf.Variable(s) for s in model.initial_states(4)]
+        step = training.make_train_step(model, optimizer, variables, states, clip_norm=5.0)
+        changed_by_a_step = variables + list(optimizer.variables) + states
+        before = [v.numpy() for v in changed_by_a_step]
+        loss, _, finite = step(random_ids(4, 6), random_ids(4, 6, seed=5))
+        self.assertTrue(np.isfinite(loss))
+        self.assertFalse(bool(finite))
+        for old, v in zip(before, changed_by_a_step):
+            np.testing.assert_array_equal(v.numpy(), old, err_msg=v.name)
