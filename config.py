@@ -98,6 +98,7 @@ class TrainConfig:
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "log"
     val_every: int = 50
+    val_chars: int = 2_000_000
     sample_every: int = 150
     checkpoint_every: int = 500
     log_every: int = 10
@@ -117,7 +118,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be >= 1 (got {getattr(self, name)})")
-        for name in ["max_steps", "max_vocab", "embedding"]:
+        for name in ["max_steps", "max_vocab", "embedding", "val_chars"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0 (got {getattr(self, name)})")
         if self.max_vocab == 1:

@@ -104,8 +104,11 @@ def make_parser():
     g.add_argument("--log-dir", metavar="DIR",
                    help=default("TensorBoard logs: tensorboard --logdir=log", "log_dir"))
     g.add_argument("--val-every", type=int, metavar="N",
-                   help=default("validate every N batches; each validation reads the whole held-out "
-                                "text", "val_every"))
+                   help=default("validate every N batches, on the first --val-chars characters of the "
+                                "held-out text", "val_every"))
+    g.add_argument("--val-chars", type=int, metavar="N",
+                   help=default("characters of held-out text each validation reads (0 = all): the same "
+                                "text every time, at a cost that does not grow with the corpus", "val_chars"))
     g.add_argument("--sample-every", type=int, metavar="N",
                    help=default("print and log a generated sample every N batches", "sample_every"))
     g.add_argument("--checkpoint-every", type=int, metavar="N",

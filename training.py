@@ -66,7 +66,7 @@ def _train(run):
                 logs.train(step, console.log_window(), float(trainer.optimizer.learning_rate),
                            trainer.flops_per_char)
             if step % cfg.val_every == 0:
-                validate(trainer, corpus, logs, console)
+                validate(trainer, corpus, logs, console, interrupt)
             if step % cfg.sample_every == 0:
                 show_sample(generator, corpus.vocab, logs, console, step)
             if step % cfg.checkpoint_every == 0:
@@ -130,7 +130,7 @@ class Trainer:
         self.latest, self.best = run.managers(self.checkpoint)
         self.compiled_step = make_train_step(self.model, self.optimizer, list(self.named.values()), self.states,
                                              cfg.clip_norm)
-        self.validate = make_validate(self.model, cfg.seqlen)
+        self.validate = make_validate(self.model, cfg.seqlen, cfg.val_chars)
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0
         self.last_loss = None
@@ -190,9 +190,11 @@ class Trainer:
         return manager.save(self.step)
 
 
-def validate(trainer, corpus, logs, console):
-    """Score the held-out text, log it, and keep the best checkpoint."""
-    result = trainer.validate(corpus.valid) if len(corpus.valid) else None
+def validate(trainer, corpus, logs, console, interrupt=None):
+    """Score the held-out text, log it, and keep the best checkpoint. A signal
+    (interrupt) stops it between chunks: nothing is logged then."""
+    stop = (lambda: interrupt.signum is not None) if interrupt else (lambda: False)
+    result = trainer.validate(corpus.valid, stop) if len(corpus.valid) else None
     if result is None:
         return
     loss, accuracy = result
@@ -261,12 +263,15 @@ def make_train_step(model, optimizer, variables, states, clip_norm):
     return train_step
 
 
-def make_validate(model, seqlen):
-    """Return validate(codes) -> (loss in nats/char, accuracy) on held-out text.
+def make_validate(model, seqlen, max_chars=0):
+    """Return validate(codes, stop) -> (loss in nats/char, accuracy) on held-out text,
+    or None when the text is too short or stop() turned true between two chunks.
 
     The text is cut into a few long rows, each read from a zero state with the
     state carried from chunk to chunk: the model is judged the way it generates,
-    not on independent short windows that each start cold.
+    not on independent short windows that each start cold. Only its first
+    max_chars characters are read (0: all), so a validation costs the same on
+    any corpus, and each chunk is converted on its own: no copy of the text.
     """
     @tf.function(reduce_retracing=True)
     def eval_chunk(x, y, states):
@@ -275,18 +280,21 @@ def make_validate(model, seqlen):
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
         return tf.reduce_sum(ce), tf.reduce_sum(correct), states
 
-    def validate(codes):
-        n = len(codes) - 1
+    def validate(codes, stop=lambda: False):
+        n = min(len(codes) - 1, max_chars or len(codes))
         rows = max(1, min(VAL_ROWS, n // VAL_ROW_CHARS))
         row_len = n // rows // seqlen * seqlen
         if row_len == 0:
             return None
-        x = codes[:rows * row_len].reshape(rows, row_len).astype(np.int32)     # [R, L]
-        y = codes[1:rows * row_len + 1].reshape(rows, row_len).astype(np.int32)
+        x = codes[:rows * row_len].reshape(rows, row_len)  # [R, L], views of the text
+        y = codes[1:rows * row_len + 1].reshape(rows, row_len)
         states = model.initial_states(rows)
         total_ce, total_correct = 0.0, 0.0
         for t in range(0, row_len, seqlen):
-            ce, correct, states = eval_chunk(x[:, t:t + seqlen], y[:, t:t + seqlen], states)
+            if stop():
+                return None
+            ce, correct, states = eval_chunk(x[:, t:t + seqlen].astype(np.int32),  # [R, T]
+                                             y[:, t:t + seqlen].astype(np.int32), states)
             total_ce += float(ce)
             total_correct += float(correct)
         return total_ce / x.size, total_correct / x.size

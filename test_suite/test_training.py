@@ -402,3 +402,47 @@ class SafeStepTest(unittest.TestCase):
         self.assertFalse(bool(finite))
         for old, v in zip(before, changed_by_a_step):
             np.testing.assert_array_equal(v.numpy(), old, err_msg=v.name)
+
+
+class ValidationTest(unittest.TestCase):
+    def test_validation_reads_at_most_val_chars_a_chunk_at_a_time_and_stops_when_asked(self):
+        import tracemalloc
+
+        class Uniform:  # a model that gives every character the same probability
+            def __call__(self, x, states, training=False):
+                return tf.zeros(tf.concat([tf.shape(x), [V]], 0)), states
+
+            def initial_states(self, rows):
+                return [tf.zeros([rows, 1])]
+
+        codes = np.random.default_rng(0).integers(0, V, 2_000_001).astype(np.uint8)
+        for max_chars, chunks in ((100_000, 15), (0, 312)):  # 64 rows of 1,500 or 31,200 characters, by 100
+            with self.subTest(max_chars=max_chars):
+                validate, asked = training.make_validate(Uniform(), 100, max_chars), []
+                validate(codes[:200_000])  # traced outside the measurement
+                tracemalloc.start()
+                loss, _ = validate(codes, lambda: asked.append(1))
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                self.assertEqual(len(asked), chunks)
+                self.assertLess(peak, 1_000_000)  # no int32 copy of the text (8 MB)
+                self.assertAlmostEqual(loss, np.log(V), places=4)
+        self.assertIsNone(validate(codes, lambda: True))
+
+    def test_a_signal_during_validation_stops_it_and_nothing_is_logged(self):
+        make_validate = training.make_validate
+
+        def signalled_during_validation(*args):
+            validate = make_validate(*args)
+
+            def signalled(*args):
+                os.kill(os.getpid(), signal.SIGTERM)  # as if the user pressed Ctrl-C now
+                return validate(*args)
+            return signalled
+
+        with tempfile.TemporaryDirectory() as tmp, \
+                mock.patch.object(training, "make_validate", signalled_during_validation):
+            code = quiet_train(tiny(tmp, max_steps=40, val_every=10, sample_every=100))
+            self.assertEqual(code, 128 + signal.SIGTERM)
+            self.assertNotIn("loss", read_scalars(os.path.join(tmp, "log", "r", "validation")))
+            self.assertEqual(ckpts.read_index(os.path.join(tmp, "ck", "r")), [10])
