@@ -22,7 +22,9 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,10 +79,29 @@ class Run:
         """(train, validation): sibling folders, so TensorBoard overlays their curves."""
         return self.log_dir / "train", self.log_dir / "validation"
 
-    def managers(self, checkpoint):
-        """(newest, best) checkpoint managers of this run's folders."""
-        return (checkpoints.Manager(checkpoint, self.dir, self.config.keep),
-                checkpoints.Manager(checkpoint, self.best_dir, 1))
+    @property
+    def vocab_file(self):
+        """The vocab.json this run's vocabulary was read from (the source run's)."""
+        return (self.source or self.dir) / VOCAB
+
+    def managers(self, checkpoint, size):
+        """(newest, best) checkpoint managers of this run's folders, once there is room
+        on the disk for the checkpoints of `size` bytes that the run will keep."""
+        best = self.best_dir
+        if best.is_symlink():  # its checkpoints would be written and deleted elsewhere
+            raise UserError(f"{best} is a link to {best.resolve()}, outside the run folder; remove it")
+        managers = (checkpoints.Manager(checkpoint, self.dir, self.config.keep, size),
+                    checkpoints.Manager(checkpoint, best, 1, size))
+        # --keep checkpoints, the best one, and the next one, written before the oldest is deleted
+        count = max(1, self.config.keep + 2 - sum(len(m.steps) for m in managers))
+        free = shutil.disk_usage(self.dir).free
+        if free < count * size:
+            raise UserError(f"{self.dir} has {checkpoints.describe_size(free)} free but the run needs about "
+                            f"{checkpoints.describe_size(count * size)} more: {count} checkpoints of "
+                            f"{checkpoints.describe_size(size)} (--keep {self.config.keep}, the best one and "
+                            f"the one being written); free some space, lower --keep or choose another "
+                            f"--checkpoint-dir")
+        return managers
 
     def read_corpus(self):
         """The text this run trains on, checked against the source run's manifest."""
@@ -164,6 +185,8 @@ def open_run(cfg: TrainConfig, resume=None, given=()):
                         f"{source_name}/ckpt-N")
     saved, vocab, manifest = load_run_files(source)
     merged = _merge(source, saved, cfg, given)
+    if "data" not in given:  # paths read from a run folder are shown before they are read
+        print(f"reading the data saved in {source / CONFIG}: {' '.join(merged.data)}", file=sys.stderr)
     if prefix is None:  # the run goes on in its own folders
         prefix = checkpoints.latest(source)
         if prefix is None:
@@ -219,20 +242,29 @@ def _new_run_dirs(cfg, name):
             raise UserError(f"{d} is a file, not a run folder; choose another --run")
     # A folder that holds anything but a run's JSON files (checkpoints, logs) belongs to
     # another run; one left with only those files by a run refused before training may be reused.
-    taken = [d for d in (run_dir, log_dir) if d.exists() and any(p.name not in (LOCK, *JSON_FILES) for p in d.iterdir())]
+    taken = [d for d in (run_dir, log_dir)
+             if d.exists() and any(not _reusable(p) for p in d.iterdir())]
     if taken:
         raise UserError(f"{taken[0]} already exists; continue it with `--resume {name}` or choose another --run")
     return run_dir, log_dir
 
 
+def _reusable(path):
+    """Whether a file in the folder of a new run may stay: the files of a run that was
+    refused before its first checkpoint, and what an interrupted first save left."""
+    return path.name in (LOCK, *JSON_FILES) or checkpoints.is_leftover(path.name) or (
+        path.name == BEST and path.is_dir() and not path.is_symlink()
+        and all(checkpoints.is_leftover(p.name) for p in path.iterdir()))
+
+
 def _check_writable(dirs):
     """Fail before any training if a folder cannot be written. dirs: {folder: flag to change}."""
     for d, flag_name in dirs.items():
-        probe = Path(d) / ".write-test"
         try:
             Path(d).mkdir(parents=True, exist_ok=True)
-            probe.write_text("ok")
-            probe.unlink()
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".write-test-")  # a new file, never one planted there
+            os.close(fd)
+            os.unlink(probe)
         except OSError as e:
             raise UserError(f"cannot write to {d} ({e.strerror}); choose another {flag_name}") from None
 
@@ -268,19 +300,32 @@ def _check_same_corpus(saved, current, allow, run_dir):
 # ---------------------------------------------------------------- JSON files
 
 def write_json(path, obj):
-    """Write JSON atomically: a temporary file renamed over the target."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON atomically and durably (checkpoints.write_atomically); a full disk
+    is a one-line error, with no temporary file left."""
+    try:
+        checkpoints.write_atomically(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); free some space or choose another "
+                        f"--checkpoint-dir") from None
 
 
-def read_json(path):
+def read_json(path, limit=1 << 28):
+    """A run's JSON file, read as untrusted input: a regular file in the folder (not a
+    link to elsewhere, not a device), of at most `limit` bytes."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UserError(f"{path} is not a regular file; restore it from a backup")
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise UserError(f"{path} is larger than {limit >> 20} MB, which no run writes; restore it from a backup")
+        return json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} is missing: this run folder is incomplete") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); restore it from a backup") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is damaged ({e}); restore it from a backup") from None
 
@@ -366,7 +411,7 @@ def _describe(model):
 def generation_checkpoint(run_dir):
     """The newest checkpoint of a run, or its best one while it has no other yet
     (a young run validates more often than it checkpoints); None if neither."""
-    return checkpoints.latest(run_dir) or tf.train.latest_checkpoint(str(Path(run_dir) / BEST))
+    return checkpoints.latest(run_dir) or checkpoints.latest(Path(run_dir) / BEST)
 
 
 def resolve(spec, checkpoint_dir="checkpoints"):
@@ -389,7 +434,7 @@ def resolve(spec, checkpoint_dir="checkpoints"):
                                 f"`python3 rnn_train.py --resume {candidate.name}`")
             return candidate, prefix
         if candidate.is_dir() and is_run(candidate.parent) and candidate.name == BEST:
-            prefix = tf.train.latest_checkpoint(str(candidate))
+            prefix = checkpoints.latest(candidate)
             if prefix:
                 return candidate.parent, prefix
     prefix = spec[:-6] if spec.endswith(".index") else spec
@@ -420,8 +465,20 @@ def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fuse
         raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but "
                         f"{Path(run_dir) / CONFIG} says vocab_size {mconf.vocab_size}")
     model = CharRNN(mconf, implementation=implementation, initialize=False)  # restored below
-    checkpoints.restore(checkpoints.weights_checkpoint(model), prefix, what="model", extra_ok=True)
-    return model, vocab, run_dir, prefix
+    for retry in (True, False):
+        try:
+            checkpoints.restore(checkpoints.weights_checkpoint(model), prefix, what=f"model ({run_dir / CONFIG})",
+                                extra_ok=True, vocabulary=(vocab.fingerprint(), run_dir / VOCAB))
+            return model, vocab, run_dir, prefix
+        except UserError:
+            # A run in training may rotate away the checkpoint its index just named:
+            # read the index again, once.
+            if not retry or Path(prefix + ".index").exists():
+                raise
+            run_dir, newer = resolve(spec, checkpoint_dir)
+            if newer == prefix:
+                raise
+            prefix = newer
 
 
 # ---------------------------------------------------------------- the lock
@@ -438,7 +495,13 @@ class RunLock:
         self.file = None
 
     def __enter__(self):
-        self.file = open(self.path, "a+")
+        try:  # never through a link planted in the folder
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise UserError(f"cannot open {self.path} ({e.strerror}): training into a run needs a writable "
+                            f"folder; make it writable, or pass its checkpoint to --resume with another "
+                            f"--checkpoint-dir") from None
+        self.file = open(fd, "r+")
         try:
             _lock(self.file)
         except OSError:

@@ -45,7 +45,7 @@ def _train(run):
     corpus = run.read_corpus()
     nb_batches = txt_utils.require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
     total_steps = cfg.max_steps or cfg.epochs * nb_batches
-    trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run)
+    trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run, corpus.vocab)
     if not announce(run, corpus, trainer, total_steps):
         return 0
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
@@ -92,7 +92,7 @@ def announce(run, corpus, trainer, total_steps):
               f"({corpus.held_out()}) from {files} file{'s' * (files > 1)}, vocabulary {len(corpus.vocab)}",
               file=sys.stderr)
         return True
-    trainer.restore(run.prefix)
+    trainer.restore(run.prefix, run.vocab_file)
     step = trainer.step
     if step >= total_steps and run.forked:
         raise UserError(f"--resume {run.prefix} is at step {step}, already past the {total_steps} steps of "
@@ -116,7 +116,7 @@ class Trainer:
     nothing and is counted; after max_nonfinite in a row the run stops.
     """
 
-    def __init__(self, model_config, cfg, run):
+    def __init__(self, model_config, cfg, run, vocab):
         self.cfg = cfg
         keras.utils.set_random_seed(cfg.seed)
         self.model = CharRNN(model_config, implementation=cfg.implementation)
@@ -126,8 +126,11 @@ class Trainer:
         self.states = [tf.Variable(s, trainable=False) for s in self.model.initial_states(cfg.batch_size)]
         self.progress = {name: tf.Variable(0, dtype=tf.int64) for name in ("step", "epoch", "batch", "nonfinite")}
         self.progress["best_val_loss"] = tf.Variable(checkpoints.NOT_VALIDATED, dtype=tf.float64)
-        self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.progress, self.states)
-        self.latest, self.best = run.managers(self.checkpoint)
+        self.vocab_fingerprint = vocab.fingerprint()
+        self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.progress, self.states,
+                                                          self.vocab_fingerprint)
+        size = checkpoints.size_of([*self.named.values(), *self.optimizer.variables, *self.states])
+        self.latest, self.best = run.managers(self.checkpoint, size)
         self.compiled_step = make_train_step(self.model, self.optimizer, list(self.named.values()), self.states,
                                              cfg.clip_norm)
         self.validate = make_validate(self.model, cfg.seqlen, cfg.val_chars)
@@ -144,8 +147,8 @@ class Trainer:
         best = float(self.progress["best_val_loss"])
         return None if best >= checkpoints.NOT_VALIDATED else best
 
-    def restore(self, prefix):
-        checkpoints.restore(self.checkpoint, prefix, what="run")
+    def restore(self, prefix, vocab_file):
+        checkpoints.restore(self.checkpoint, prefix, what="run", vocabulary=(self.vocab_fingerprint, vocab_file))
         self.optimizer.learning_rate.assign(self.cfg.lr)  # a new --lr applies from here on
 
     def train_step(self, x, y, nb_batches):

@@ -143,6 +143,11 @@ class Vocabulary:
     def to_json(self):
         return {"chars": self.chars[1:]}
 
+    def fingerprint(self):
+        """sha256 (hex) of the characters in code order: what a checkpoint records, so that a
+        vocab.json with other characters or another order is noticed."""
+        return hashlib.sha256("".join(self.chars).encode("utf-32-le", "surrogatepass")).hexdigest()
+
     @classmethod
     def from_json(cls, d):
         return cls(d["chars"])

@@ -3,6 +3,10 @@
 import contextlib
 import io
 import os
+import shutil
+import subprocess
+import tempfile
+import unittest
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +82,14 @@ def quiet_train(cfg, resume=None, given=()):
         return training.train(cfg, resume=resume, given=given)
 
 
+def train_stderr(cfg, resume=None, given=()):
+    """Train in this process; what it printed on stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        training.train(cfg, resume=resume, given=given)
+    return err.getvalue()
+
+
 def checkpoint_tensors(prefix, section="weights/"):
     reader = tf.train.load_checkpoint(prefix)
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith(section)}
@@ -113,3 +125,69 @@ def play(*argv):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = rnn_play.main(list(argv))
     return code, out.getvalue(), err.getvalue()
+
+
+def files_of(folder):
+    """{relative path: (size, mtime)} of every file under folder: a snapshot to compare."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@contextlib.contextmanager
+def tmpfs(folder, size="400k"):
+    """A small RAM file system mounted on folder (root only; see CAN_MOUNT)."""
+    os.makedirs(folder, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder], check=True,
+                   capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", folder], capture_output=True)
+
+
+def _can_mount():
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            with tmpfs(folder, "64k"):
+                return True
+        except (OSError, subprocess.CalledProcessError):
+            return False
+
+
+CAN_MOUNT = _can_mount()  # the tests on a real full or read-only disk run where this machine allows
+
+
+_TRAINED = {}
+
+
+def trained_run():
+    """A run of 20 steps (ckpt-10, ckpt-20 in an index kept full by --keep 2, best/), trained
+    once per process for the tests that work on copies of it (RunCopyTest)."""
+    if not _TRAINED:
+        _TRAINED["holder"] = holder = tempfile.TemporaryDirectory()  # removed when the process ends
+        quiet_train(tiny(holder.name, max_steps=20, keep=2))
+        _TRAINED["corpus"] = os.path.join(holder.name, "corpus")
+        _TRAINED["run"] = os.path.join(holder.name, "ck", "r")
+    return _TRAINED["run"]
+
+
+class RunCopyTest(unittest.TestCase):
+    """Tests on copies of trained_run() under a temporary --checkpoint-dir."""
+
+    def setUp(self):
+        holder = tempfile.TemporaryDirectory()
+        self.addCleanup(holder.cleanup)
+        self.tmp = holder.name
+        self.ck = os.path.join(self.tmp, "ck")
+        trained_run()
+        shutil.copytree(_TRAINED["corpus"], os.path.join(self.tmp, "corpus"))
+
+    def copy(self, name="r"):
+        folder = os.path.join(self.ck, name)
+        shutil.copytree(trained_run(), folder)
+        return folder
+
+    def cfg(self, **overrides):
+        return tiny(self.tmp, **{"keep": 2, **overrides})

@@ -16,7 +16,7 @@ import numpy as np
 import run as runs
 import export
 from config import SamplingConfig
-from test_suite.helpers import play, quiet_train, set_mtimes, tf, tiny, write
+from test_suite.helpers import RunCopyTest, play, quiet_train, set_mtimes, tf, tiny, write
 
 
 class TestPlay(unittest.TestCase):
@@ -197,3 +197,26 @@ class TestConsole(unittest.TestCase):
                 capture_output=True, text=True, encoding="ascii", errors="strict", env=env, timeout=300)
             self.assertEqual(play.returncode, 0, play.stderr)
             self.assertTrue(play.stdout.startswith("na?ve ?"), play.stdout)
+
+
+class LiveRunTest(RunCopyTest):
+    def test_a_checkpoint_rotated_away_while_it_is_read_gives_way_to_the_newest(self):
+        run_dir = self.copy()
+        resolve, seen = runs.resolve, []
+
+        def then_rotated(spec, checkpoint_dir):
+            found = resolve(spec, checkpoint_dir)
+            if not seen:  # a trainer with --keep 1 saves ckpt-30 and deletes ckpt-20 just after the index was read
+                for path in Path(run_dir).glob("ckpt-20.*"):
+                    shutil.copy(path, str(path).replace("ckpt-20", "ckpt-30"))
+                write(os.path.join(run_dir, "checkpoint"), 'model_checkpoint_path: "ckpt-30"\n')
+                for path in Path(run_dir).glob("ckpt-[12]0.*"):
+                    path.unlink()
+            seen.append(found[1])
+            return found
+
+        with mock.patch.object(runs, "resolve", then_rotated):
+            code, out, err = play("r", "--checkpoint-dir", self.ck, "-n", "10")
+        self.assertEqual((code, len(out)), (0, 10), err)
+        self.assertEqual([os.path.basename(p) for p in seen], ["ckpt-20", "ckpt-30"])
+        self.assertIn(os.path.join("r", "ckpt-30"), err)

@@ -1,0 +1,51 @@
+"""A run folder (run.py) as untrusted input: its saved configuration, its index files,
+its lock, the data it names; every refusal is one line."""
+
+import os
+import shutil
+import subprocess
+import unittest
+
+import run as runs
+from errors import UserError
+from test_suite.helpers import CAN_MOUNT, RunCopyTest, play, quiet_train, tmpfs, train_stderr, write
+
+
+class RunFolderTest(RunCopyTest):
+    def test_a_damaged_best_index_is_one_line_for_both_tools(self):
+        run_dir = self.copy()
+        write(os.path.join(run_dir, "best", "checkpoint"), "model_checkpoint_path: \x00{{")
+        with self.assertRaisesRegex(UserError, r"^\S+/r/best/checkpoint is damaged \(line 1 holds no quoted name\); "
+                                               r"delete it and pass a checkpoint prefix such as \S+/best/ckpt-20$"):
+            quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"})
+        for name in os.listdir(run_dir):  # a young run: only its best checkpoint
+            if name.startswith("ckpt-") or name == "checkpoint":
+                os.remove(os.path.join(run_dir, name))
+        for spec in ("r", "r/best"):
+            code, _, err = play(spec, "--checkpoint-dir", self.ck)
+            self.assertEqual(code, 2)
+            self.assertRegex(err, r"^error: \S+/r/best/checkpoint is damaged .*\n$")
+
+    def test_a_run_folder_that_cannot_be_written_is_one_line(self):
+        run_dir = self.copy()
+        os.remove(os.path.join(run_dir, runs.LOCK))
+        os.mkdir(os.path.join(run_dir, runs.LOCK))  # cannot be opened, even by root
+        with self.assertRaisesRegex(UserError, r"^cannot open \S+/r/\.lock \(Is a directory\): training into a run "
+                                               r"needs a writable folder"):
+            quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"})
+
+    @unittest.skipUnless(CAN_MOUNT, "needs root and mount -t tmpfs")
+    def test_a_read_only_run_folder_is_one_line(self):
+        disk = os.path.join(self.tmp, "disk")
+        with tmpfs(disk, "1m"):
+            shutil.copytree(self.copy(), os.path.join(disk, "r"))
+            subprocess.run(["mount", "-o", "remount,ro", disk], check=True)
+            with self.assertRaisesRegex(UserError, r"^cannot open \S+/disk/r/\.lock \(Read-only file system\)"):
+                quiet_train(self.cfg(max_steps=30), resume=os.path.join(disk, "r"), given={"max_steps"})
+            code, out, err = play(os.path.join(disk, "r"), "-n", "5")  # generation writes nothing
+            self.assertEqual((code, len(out)), (0, 5), err)
+
+    def test_the_saved_data_is_shown_before_it_is_read(self):
+        self.copy()
+        err = train_stderr(self.cfg(max_steps=20), resume="r", given={"max_steps"})
+        self.assertRegex(err, r"^reading the data saved in \S+/r/config\.json: \S+/corpus/\*\.txt\n")
