@@ -12,6 +12,8 @@ arguments before the seconds TensorFlow takes to load.
 """
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 
 from errors import UserError
@@ -20,6 +22,7 @@ CELLS = ("gru", "lstm", "rnn")
 IMPLEMENTATIONS = ("auto", "fused", "keras")
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: a kernel has units·GATES columns
 DEFAULT_DATA = "shakespeare/*.txt"
+TRAINING_COPIES = 4  # of the weights while training: the weights, their gradients, Adam's two slots
 
 
 def _is_int(value):
@@ -64,6 +67,23 @@ class ModelConfig:
         if "vocab_size" not in d:
             raise ValueError("ModelConfig needs vocab_size")
         return cls(**d)
+
+    def parameters(self) -> int:
+        """The number of weights (closed form, so an absurd configuration costs nothing to check)."""
+        columns = GATES[self.cell] * self.units  # of each kernel
+        inputs = (self.embedding or self.vocab_size) + (self.layers - 1) * self.units  # rows of the kernels
+        recurrent = self.layers * (self.units + 2) * columns  # recurrent kernels, biases (at most 2 rows)
+        return (self.embedding * self.vocab_size + inputs * columns + recurrent
+                + (self.units + 1) * self.vocab_size)  # readout
+
+    def check_fits(self, copies=1):
+        """Raise ValueError when `copies` of the float32 weights would not fit in this
+        machine's memory: refused before anything is built, not after minutes of swapping."""
+        need, memory = 4 * copies * self.parameters(), physical_memory()
+        if memory is not None and need > memory:
+            raise ValueError(f"a {self.cell} of {self.layers} layers of {self.units} units has "
+                             f"{self.parameters():.3g} weights; {copies} cop{'ies' if copies > 1 else 'y'} of them "
+                             f"take {need / 1e9:.3g} GB, more than this machine's {memory / 1e9:.3g} GB of memory")
 
     def flops_per_char(self) -> float:
         """Forward FLOPs per character (matmuls only); a training step costs about 3x."""
@@ -112,7 +132,15 @@ class TrainConfig:
                            embedding=self.embedding, dropout=self.dropout, seed=self.seed)
 
     def check(self) -> "TrainConfig":
-        """Reject values that would only fail later, naming the flag."""
+        """Reject values that would only fail later, naming the flag. The values may come
+        from a run's config.json, so their types are checked too."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _KINDS.get(f.type)
+            if kind is not None and not kind[0](value):
+                raise UserError(f"{flag(f.name)} must be {kind[1]} (got {value!r})")
+        if self.cell not in CELLS or self.implementation not in IMPLEMENTATIONS:
+            raise UserError(f"--cell must be one of {', '.join(CELLS)} and --implementation one of "
+                            f"{', '.join(IMPLEMENTATIONS)} (got {self.cell!r}, {self.implementation!r})")
         positive = ["layers", "units", "seqlen", "batch_size", "epochs", "val_every", "sample_every",
                     "checkpoint_every", "log_every", "keep", "max_nonfinite"]
         for name in positive:
@@ -130,7 +158,29 @@ class TrainConfig:
             raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
         if not self.lr > 0 or not self.clip_norm > 0:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
+        try:  # the vocabulary is not known yet: the smallest one, so no model that fits is refused
+            self.model_config(max(self.max_vocab, 2)).check_fits(TRAINING_COPIES)
+        except ValueError as e:
+            raise UserError(f"--layers {self.layers} --units {self.units}: {e}; choose a smaller model") from None
         return self
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+# The checks of TrainConfig's field types: (test, what the value must be).
+_KINDS = {int: (_is_int, "an integer"), float: (_is_number, "a number, not NaN"),
+          bool: (lambda v: isinstance(v, bool), "true or false"), str: (lambda v: isinstance(v, str), "a string"),
+          list: (lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of paths")}
+
+
+def physical_memory():
+    """Bytes of memory of this machine, or None where the system does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 # A resumed run must keep these: they define the model, the text and the batches.

@@ -211,7 +211,7 @@ def _merge(source, saved, cfg, given):
     try:
         merged = TrainConfig(**{k: v for k, v in training.items() if k in known and k not in PER_PROCESS})
         merged.check()
-    except (TypeError, UserError) as e:
+    except (TypeError, ValueError, UserError) as e:
         raise UserError(f"{where}: a saved value is not valid ({e}); restore the file from a backup") from None
     for name in given:
         new, old = getattr(cfg, name), getattr(merged, name)
@@ -348,9 +348,12 @@ def load_run_files(run_dir):
 
 
 def model_config(run_dir, config):
-    """The ModelConfig of a run's config.json contents, checked."""
+    """The ModelConfig of a run's config.json contents, checked: also that its weights
+    fit in this machine's memory, before anything is built."""
     try:
-        return ModelConfig.from_json(config["model"])
+        model = ModelConfig.from_json(config["model"])
+        model.check_fits()
+        return model
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{Path(run_dir) / CONFIG}: bad model configuration ({e})") from None
 

@@ -4,11 +4,59 @@ its lock, the data it names; every refusal is one line."""
 import os
 import shutil
 import subprocess
+import time
 import unittest
+from unittest import mock
 
+import config
+import rnn_train
 import run as runs
+import training
 from errors import UserError
 from test_suite.helpers import CAN_MOUNT, RunCopyTest, play, quiet_train, tmpfs, train_stderr, write
+
+
+class SavedConfigTest(RunCopyTest):
+    def edit_config(self, edit):
+        path = os.path.join(self.ck, "r", runs.CONFIG)
+        saved = runs.read_json(path)
+        edit(saved)
+        runs.write_json(path, saved)
+
+    def test_saved_values_are_checked_like_flags(self):
+        self.copy()
+        pristine = runs.read_json(os.path.join(self.ck, "r", runs.CONFIG))
+        for section, name, value, message in (
+                ("training", "val_every", 0, "--val-every must be >= 1"),
+                ("training", "keep", 0, "--keep must be >= 1"),
+                ("training", "clip_norm", float("nan"), "--clip-norm must be a number, not NaN"),
+                ("training", "layers", "2", "--layers must be an integer"),
+                ("training", "layers", True, "--layers must be an integer"),
+                ("training", "cell", "gruu", "--cell must be one of"),
+                ("model", "units", 32, r"the model section \(gru 2x32\) disagrees with the training section")):
+            with self.subTest(name=name, value=value):
+                self.edit_config(lambda saved: saved.update({**pristine, section: {**pristine[section], name: value}}))
+                with self.assertRaisesRegex(UserError, rf"^\S+/r/config\.json: .*{message}") as cm:
+                    quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"})
+                self.assertNotIn("\n", str(cm.exception))
+
+    @unittest.skipIf(config.physical_memory() is None, "this system does not tell its memory size")
+    def test_a_model_too_large_for_memory_is_refused_at_once_before_it_is_built(self):
+        self.copy()
+        self.edit_config(lambda saved: [saved[section].update(layers=10 ** 6, units=10 ** 9)
+                                        for section in ("model", "training")])
+        too_large = r"a gru of 1000000 layers of 1000000000 units has .* weights; .* more than this machine's"
+        built = mock.Mock(side_effect=AssertionError("a model was built"))
+        with mock.patch.object(runs, "CharRNN", built), mock.patch.object(training, "CharRNN", built):
+            for refuse in (lambda: quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"}),
+                           lambda: runs.load_for_generation("r", self.ck),
+                           lambda: rnn_train.parse(["--layers", "1000000", "--units", "1000000000"])):
+                start = time.perf_counter()
+                with self.assertRaisesRegex(UserError, too_large):
+                    refuse()
+                self.assertLess(time.perf_counter() - start, 1.0)
+            code, _, err = play("r", "--checkpoint-dir", self.ck)
+            self.assertEqual((code, err.count("\n")), (2, 1))
 
 
 class RunFolderTest(RunCopyTest):
