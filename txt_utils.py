@@ -197,6 +197,11 @@ class Corpus:
             return f"the last {n} file{'s' * (n > 1)}"
         return f"the last {len(self.valid) / len(self.codes):.0%} of the text" if len(self.valid) else "none"
 
+    def unknown_count(self, span):
+        """How many characters of a file (a FileSpan) encoded as unknown; counted a slice at a time."""
+        return sum(int(np.count_nonzero(self.codes[i : min(i + _SLICE, span.end)] == Vocabulary.unk_index))
+                   for i in range(span.start, span.end, _SLICE))
+
     def file_at(self, offset):
         """The FileSpan that the character at `offset` of codes came from."""
         if not 0 <= offset < len(self.codes):

@@ -97,3 +97,11 @@ class RunFolderTest(RunCopyTest):
         self.copy()
         err = train_stderr(self.cfg(max_steps=20), resume="r", given={"max_steps"})
         self.assertRegex(err, r"^reading the data saved in \S+/r/config\.json: \S+/corpus/\*\.txt\n")
+
+    def test_new_text_in_another_alphabet_is_named_with_its_share_of_unknown_characters(self):
+        self.copy()
+        write(os.path.join(self.tmp, "corpus", "part9.txt"), "μῆνιν ἄειδε θεὰ Πηληϊάδεω Ἀχιλῆος\n" * 200)
+        cfg = self.cfg(max_steps=20, allow_corpus_change=True)
+        err = train_stderr(cfg, resume="r", given={"max_steps", "allow_corpus_change", "data"})
+        self.assertRegex(err, r"warning: \d\d\.\d% of the characters of the new or changed text are not in run r's "
+                              r"vocabulary and train as unknown: \S+/part9\.txt \(8\d\.\d%\)\n")
