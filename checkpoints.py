@@ -29,6 +29,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -104,11 +105,11 @@ def _parse_index(folder):
     folder = Path(folder)
     index = folder / INDEX
     try:
-        text = index.read_text(encoding="utf-8")
+        text = read_regular_file(index, 1 << 20).decode("utf-8")
     except FileNotFoundError:
         return None, []
     except (OSError, UnicodeError) as e:
-        raise _damaged(index, getattr(e, "strerror", None) or type(e).__name__) from None
+        raise _damaged(index, getattr(e, "strerror", None) or str(e)) from None
     newest, listed, refused = None, [], []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -158,6 +159,20 @@ def _write_index(folder, steps):
     names = [f"{PREFIX}-{step}" for step in steps]
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
     write_atomically(Path(folder) / INDEX, ("\n".join(lines) + "\n").encode())
+
+
+def read_regular_file(path, limit):
+    """The bytes of a file of a run folder, read as untrusted input: a regular file (not a
+    link to elsewhere, not a device) of at most `limit` bytes, else OSError."""
+    # a link: OSError (ELOOP); a named pipe: opened without waiting for a writer, then refused
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {describe_size(limit)}")
+    return data
 
 
 def write_atomically(path, data: bytes):

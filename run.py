@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import shutil
-import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -331,19 +330,11 @@ def write_json(path, obj):
                         f"--checkpoint-dir") from None
 
 
-def read_json(path, limit=1 << 28):
-    """A run's JSON file, read as untrusted input: a regular file in the folder (not a
-    link to elsewhere, not a device), of at most `limit` bytes."""
+def read_json(path):
+    """A run's JSON file, read as untrusted input (checkpoints.read_regular_file)."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise UserError(f"{path} is not a regular file; restore it from a backup")
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise UserError(f"{path} is larger than {limit >> 20} MB, which no run writes; restore it from a backup")
-        return json.loads(data.decode("utf-8"))
+        return json.loads(checkpoints.read_regular_file(path, 1 << 28).decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} is missing: this run folder is incomplete") from None
     except OSError as e:

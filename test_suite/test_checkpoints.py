@@ -168,6 +168,27 @@ class HostileFolderTest(RunCopyTest):
                 self.assertIn("H/checkpoint names", err)
         self.assertEqual(files_of(victim), before)
 
+    @unittest.skipUnless(hasattr(os, "mkfifo"), "needs named pipes")
+    def test_links_and_pipes_planted_in_a_run_folder_are_not_followed(self):
+        hostile = self.copy("H")
+        secret = os.path.join(self.tmp, "secret")
+        write(secret, "root:secret\n")
+        for name in ("checkpoint", ".lock"):
+            os.remove(os.path.join(hostile, name))
+            os.symlink(secret, os.path.join(hostile, name))
+        with self.assertRaises(UserError) as cm:
+            ckpts.latest(hostile)
+        self.assertRegex(str(cm.exception), r"H/checkpoint is damaged \(Too many levels of symbolic links\)")
+        os.remove(os.path.join(hostile, "checkpoint"))
+        write(os.path.join(hostile, "checkpoint"), 'model_checkpoint_path: "ckpt-20"\n')
+        with self.assertRaisesRegex(UserError, r"cannot open \S+/H/\.lock \(Too many levels of symbolic links\)"):
+            quiet_train(self.cfg(max_steps=30), resume="H", given={"max_steps"})
+        self.assertEqual(Path(secret).read_text(), "root:secret\n")
+        os.remove(os.path.join(hostile, "vocab.json"))
+        os.mkfifo(os.path.join(hostile, "vocab.json"))  # reading it would wait for a writer forever
+        with self.assertRaisesRegex(UserError, r"cannot read \S+/H/vocab\.json \(not a regular file\)"):
+            runs.load_for_generation(hostile)
+
     def test_the_suggested_checkpoint_of_a_damaged_index_is_the_newest_by_step(self):
         for step in (500, 2000, 90):
             write(os.path.join(self.tmp, f"ckpt-{step}.index"), b"")
