@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -363,9 +364,18 @@ class TestWhatTheUserSees(unittest.TestCase):
                                         r"elapsed \d:\d\d:\d\d  left \d:\d\d:\d\d$")
             self.assertRegex(r.stdout, r"about \d:\d\d:\d\d for the 15 steps left")
             self.assertRegex(r.stderr, r"done: step 20 of 20 in \d:\d\d:\d\d, [\d,]+ chars/s")
-            self.assertRegex(r.stderr, r"training loss +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\)")
-            self.assertRegex(r.stderr, r"best validation +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\) at step "
-                                       r"(10|20): \S+/p/best/ckpt-(10|20)")
+            self.assertRegex(r.stderr, r"training loss +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\), mean of the "
+                                       r"last 5 steps")
+            best = re.search(r"best validation +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\) at step (10|20)\n"
+                             r" +best checkpoint +\S+/p/best/ckpt-(10|20)\n", r.stderr)
+            self.assertIsNotNone(best, r.stderr)
+            self.assertEqual(best.group(1), best.group(2))
+            validations = [line for line in r.stdout.splitlines() if "validation" in line]
+            self.assertEqual(len(validations), 2)
+            for line in validations:  # fits an 80-column terminal
+                self.assertRegex(line, r"^step +(10|20)  validation \d\.\d{4} nats, \d\.\d{3} bits/char, "
+                                       r"\d+\.\d% right(  best)?$")
+                self.assertLessEqual(len(line), 80)
             self.assertIn(f"python3 rnn_play.py p --checkpoint-dir {ck}", r.stderr)
             self.assertIn(f"tensorboard --logdir={log}", r.stderr)
 
