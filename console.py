@@ -87,8 +87,10 @@ class Console:
 
     @staticmethod
     def write(text):
-        """A line on standard output that does not break the bar."""
+        """A line on standard output that does not break the bar; flushed, so that a log
+        file (nohup, a cluster job) shows it at once, not a buffer later."""
         tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
 
     def advance(self, step, loss):
         """One step done; loss: (loss, accuracy), or None for a skipped step."""

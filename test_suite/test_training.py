@@ -379,6 +379,28 @@ class TestWhatTheUserSees(unittest.TestCase):
             self.assertIn(f"python3 rnn_play.py p --checkpoint-dir {ck}", r.stderr)
             self.assertIn(f"tensorboard --logdir={log}", r.stderr)
 
+    def test_piped_lines_arrive_while_the_run_goes_on(self):
+        """A log file shows each line at once: stopped as soon as its first line arrives, a run has
+        written only a few more, not the ~100 lines of a block-buffered stdout."""
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [sys.executable, "rnn_train.py", "--data", *tiny(tmp).data, "--layers", "1", "--units", "16",
+                    "--seqlen", "8", "--batch-size", "4", "--max-steps", "1000000", "--log-every", "1",
+                    "--val-every", "1000000", "--sample-every", "1000000", "--checkpoint-dir",
+                    os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"), "--run", "p"]
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                first = proc.stdout.readline()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                rest, err = proc.stdout.read(), proc.stderr.read()
+                proc.wait(timeout=120)
+            self.assertRegex(first, r"^about \d+:\d\d:\d\d for the [\d,]+ steps left")
+            self.assertEqual(proc.returncode, 143, err)
+            stopped = int(re.search(r"interrupted by signal 15 at step (\d+)", err).group(1))
+            self.assertLess(stopped, 40)
+            self.assertLess(len(rest.splitlines()), 40)
+
     def test_help_and_bad_flags_answer_before_tensorflow_loads(self):
         code = ("import sys, rnn_train, rnn_play; rnn_train.parse(['--layers', '2']); "
                 "rnn_play.check(rnn_play.make_parser().parse_args(['-n', '5'])); print('tensorflow' in sys.modules)")
