@@ -19,6 +19,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalars
 
 import checkpoints
 import run as runs
@@ -280,6 +282,18 @@ def make_validate(model, seqlen):
 
 # ---------------------------------------------------------------- logs and signals
 
+# TensorBoard shows a card per tag, grouped by the part before the '/', groups in
+# alphabetical order: the numbers put the loss first and the speed after the learning curves.
+LOSS, BITS, ACCURACY = "1_loss/loss", "1_loss/loss_in_bits_per_char", "2_accuracy/accuracy"
+CHARS_PER_S, GFLOPS, LEARNING_RATE = "3_speed/chars_per_s", "3_speed/flop_rate_gflops", "4_optimizer/learning_rate"
+CHARTS = {  # the Custom Scalars tab, in this order: {category: [(chart title, tag)]}
+    "learning": [("loss in nats, training and validation", LOSS), ("bits per character", BITS),
+                 ("accuracy: next character right", ACCURACY)],
+    "speed": [("characters per second", CHARS_PER_S), ("GFLOP/s of the training step", GFLOPS)],
+    "optimizer": [("learning rate", LEARNING_RATE)],
+}
+
+
 class Logs:
     """TensorBoard summaries: train/ and validation/ side by side, so their curves overlay."""
 
@@ -289,13 +303,14 @@ class Logs:
         self.valid_writer = tf.summary.create_file_writer(str(valid_dir))
         with self.train_writer.as_default(step=step):
             tf.summary.text("config", config_markdown(run, corpus))
+            write_layout()
 
     def train(self, step, window, learning_rate, flops_per_char):
         with self.train_writer.as_default(step=step):
             write_metrics(window.loss, window.accuracy)
-            tf.summary.scalar("learning_rate", learning_rate)
-            tf.summary.scalar("chars_per_s", window.chars_per_s)
-            tf.summary.scalar("flop_rate_gflops", window.chars_per_s * flops_per_char / 1e9)
+            tf.summary.scalar(LEARNING_RATE, learning_rate)
+            tf.summary.scalar(CHARS_PER_S, window.chars_per_s)
+            tf.summary.scalar(GFLOPS, window.chars_per_s * flops_per_char / 1e9)
 
     def validation(self, step, loss, accuracy):
         with self.valid_writer.as_default(step=step):
@@ -311,9 +326,20 @@ class Logs:
 
 
 def write_metrics(loss, accuracy):
-    tf.summary.scalar("loss", loss)
-    tf.summary.scalar("bits_per_char", loss / math.log(2))
-    tf.summary.scalar("accuracy", accuracy)
+    tf.summary.scalar(LOSS, loss)
+    tf.summary.scalar(BITS, loss / math.log(2))
+    tf.summary.scalar(ACCURACY, accuracy)
+
+
+def write_layout():
+    """The Custom Scalars tab's charts (TensorBoard merges the same layout from every run)."""
+    layout = layout_pb2.Layout(category=[
+        layout_pb2.Category(title=title, chart=[
+            layout_pb2.Chart(title=chart, multiline=layout_pb2.MultilineChartContent(tag=[f"^{tag}$"]))
+            for chart, tag in charts])
+        for title, charts in CHARTS.items()])
+    tf.summary.write(custom_scalars.CONFIG_SUMMARY_TAG, tf.constant(layout.SerializeToString()),
+                     metadata=custom_scalars.create_summary_metadata())
 
 
 def config_markdown(run, corpus):

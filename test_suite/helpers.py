@@ -92,6 +92,15 @@ def read_scalars(folder):
             for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
 
 
+def read_layout(folder):
+    """The Custom Scalars layout written in folder's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    acc = EventAccumulator(folder, size_guidance={"tensors": 0})
+    acc.Reload()
+    return layout_pb2.Layout.FromString(tf.make_ndarray(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto).item())
+
+
 def read_texts(folder):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(folder, size_guidance={"tensors": 0})

@@ -22,7 +22,7 @@ import training
 from errors import UserError
 from model import CharRNN
 from test_suite.helpers import (V, checkpoint_tensors, copy_weights, play, mean_loss, quiet_train, random_ids,
-                                read_scalars, read_texts, tf, tiny, tiny_model_config, write)
+                                read_layout, read_scalars, read_texts, tf, tiny, tiny_model_config, write)
 
 
 class TrainStepTest(unittest.TestCase):
@@ -285,11 +285,23 @@ class TestTraining(unittest.TestCase):
         quiet_train(tiny(self.tmp, max_steps=20))
         train = read_scalars(os.path.join(self.tmp, "log", "r", "train"))
         valid = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
-        for tag in ("loss", "bits_per_char", "accuracy", "learning_rate", "chars_per_s"):
-            self.assertIn(tag, train)
-        for tag in ("loss", "bits_per_char", "accuracy"):
-            self.assertIn(tag, valid)
-        self.assertEqual([s for s, _ in valid["loss"]], [10, 20])
+        # TensorBoard orders its cards by tag: the loss first, then accuracy, speed, the optimizer.
+        self.assertEqual(sorted(train), ["1_loss/loss", "1_loss/loss_in_bits_per_char", "2_accuracy/accuracy",
+                                         "3_speed/chars_per_s", "3_speed/flop_rate_gflops",
+                                         "4_optimizer/learning_rate"])
+        self.assertEqual(sorted(valid), ["1_loss/loss", "1_loss/loss_in_bits_per_char", "2_accuracy/accuracy"])
+        self.assertEqual([s for s, _ in valid["1_loss/loss"]], [10, 20])
+        for (_, nats), (_, bits) in zip(valid["1_loss/loss"], valid["1_loss/loss_in_bits_per_char"]):
+            self.assertAlmostEqual(bits, nats / np.log(2), places=5)
+        # The Custom Scalars tab: the loss chart first, one chart per logged metric.
+        layout = read_layout(os.path.join(self.tmp, "log", "r", "train"))
+        first = layout.category[0].chart[0]
+        self.assertEqual((layout.category[0].title, first.title),
+                         ("learning", "loss in nats, training and validation"))
+        self.assertEqual(list(first.multiline.tag), ["^1_loss/loss$"])
+        charted = [re.fullmatch(chart.multiline.tag[0][1:-1], tag) is not None
+                   for tag in train for category in layout.category for chart in category.chart]
+        self.assertEqual(sum(charted), len(train))
         texts = read_texts(os.path.join(self.tmp, "log", "r", "train"))
         self.assertIn("sample", texts)
         config = texts["config"][0]
