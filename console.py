@@ -159,8 +159,8 @@ class Console:
         speed = (self.step - self.start_step) * self.chars_per_step / max(elapsed, 1e-9)
         lines = [f"done: step {self.step} of {total_steps} in {format_duration(elapsed)}, {speed:,.0f} chars/s"]
         if self.train_loss is not None:
-            steps = self.train_loss_steps
-            lines.append(f"  training loss    {nats(self.train_loss)}, mean of the last {steps} step{'s' * (steps > 1)}")
+            steps = f"{self.train_loss_steps} steps" if self.train_loss_steps > 1 else "step"
+            lines.append(f"  training loss    {nats(self.train_loss)}, mean of the last {steps}")
         elif trainer.last_loss is not None:
             lines.append(f"  training loss    {nats(trainer.last_loss[0])}, the last step")
         best = trainer.best_val_loss
