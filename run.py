@@ -354,7 +354,8 @@ def list_runs(checkpoint_dir):
         except (UserError, tf.errors.OpError, ValueError) as e:
             lines.append(f"{run.name:<28} cannot be read: {checkpoints.first_line(e)[:200]}")
             continue
-        best = f"best validation {best / np.log(2):.3f} bits/char" if best < checkpoints.NOT_VALIDATED else "not validated"
+        best = (f"best validation {best:.3f} nats ({best / np.log(2):.3f} bits/char)"
+                if best < checkpoints.NOT_VALIDATED else "not validated")
         lines.append(f"{run.name:<28} {_describe(model):<14} step {step:<9,} {best}")
     return lines
 

@@ -1,7 +1,9 @@
 """Generation from the command line (rnn_play.py), export, and what a console shows."""
 
 import io
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,7 +105,9 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0, err)
         lines = out.splitlines()
         self.assertEqual([line.split()[0] for line in lines], ["second", "first", "broken"])
-        self.assertRegex(lines[0], r"gru 2x16 +step 30 +best validation \d\.\d{3} bits/char")
+        best = re.search(r"gru 2x16 +step 30 +best validation (\d\.\d{3}) nats \((\d\.\d{3}) bits/char\)$", lines[0])
+        self.assertIsNotNone(best, lines[0])  # nats first, as everywhere else
+        self.assertAlmostEqual(float(best.group(2)), float(best.group(1)) / math.log(2), delta=0.002)
         self.assertRegex(lines[1], r"step 10 ")
         self.assertRegex(lines[2], r"cannot be read: .*broken/checkpoint is damaged")
 
