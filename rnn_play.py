@@ -106,7 +106,7 @@ def play(args, sampling):
     unknown = vocab.unknown_chars(prime)
     if unknown:
         print(f"warning: the prime has characters this model never saw, read as unknown: "
-              f"{''.join(unknown)!r}", file=sys.stderr)
+              f"{printable(unknown, sys.stderr.encoding)}", file=sys.stderr)
     generator = Generator(model, vocab, sampling)
     if args.samples == 1:
         write(prime)
@@ -127,6 +127,20 @@ def play(args, sampling):
         for i, row in enumerate(rows):
             write(f"--- sample {i + 1} ---\n{prime}{''.join(row)}\n")
     return 0
+
+
+def printable(chars, encoding):
+    """Characters named for a message: each quoted, or as its code point (U+00DC)
+    where the console's encoding cannot show it."""
+    names = []
+    for c in chars:
+        name = repr(c)
+        try:
+            name.encode(encoding or "utf-8")
+        except (UnicodeEncodeError, LookupError):
+            name = f"U+{ord(c):04X}"
+        names.append(name)
+    return ", ".join(names)
 
 
 def write(text):

@@ -17,6 +17,7 @@ import numpy as np
 
 import run as runs
 import export
+import rnn_play
 from config import SamplingConfig
 from test_suite.helpers import play, quiet_train, set_mtimes, tf, tiny, write
 
@@ -129,7 +130,7 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertTrue(out.startswith("the Zéat"))
         self.assertEqual(len(out), len("the Zéat") + 50)
-        self.assertRegex(err, r"warning: .*'Zé'")
+        self.assertRegex(err, r"warning: .*read as unknown: 'Z', 'é'\n")
 
     def test_prime_file(self):
         path = os.path.join(self.tmp, "prime.txt")
@@ -197,7 +198,14 @@ class TestConsole(unittest.TestCase):
             self.assertIn("?", train.stdout)  # the samples' non-ASCII characters
             play = subprocess.run(
                 [sys.executable, "rnn_play.py", "u", "--checkpoint-dir", os.path.join(tmp, "ck"),
-                 "--prime", "naïve ☃", "-n", "50"],
+                 "--prime", "naïve ☃ Ü€", "-n", "50"],
                 capture_output=True, text=True, encoding="ascii", errors="strict", env=env, timeout=300)
             self.assertEqual(play.returncode, 0, play.stderr)
-            self.assertTrue(play.stdout.startswith("na?ve ?"), play.stdout)
+            self.assertTrue(play.stdout.startswith("na?ve ? ??"), play.stdout)
+            # The characters the model never saw, named by code point rather than as '??'.
+            self.assertIn("read as unknown: U+00DC, U+20AC\n", play.stderr)
+
+    def test_characters_a_console_cannot_show_are_named_by_code_point(self):
+        self.assertEqual(rnn_play.printable(["Z", "é", "\x07", "😀"], "ascii"), "'Z', U+00E9, '\\x07', U+1F600")
+        self.assertEqual(rnn_play.printable(["Z", "é"], "utf-8"), "'Z', 'é'")
+        self.assertEqual(rnn_play.printable(["é", "€"], "cp1252"), "'é', '€'")
