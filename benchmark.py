@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from config import IMPLEMENTATIONS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children import TensorFlow through tf_setup
 
 CONFIGS = {  # name: (model kwargs, batch, seqlen)
@@ -47,6 +49,8 @@ CONFIGS = {  # name: (model kwargs, batch, seqlen)
     "b": (dict(cell="gru", layers=2, units=256), 64, 64),
 }
 VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
+SECTIONS = ("text", "corpus", "matmul", "train", "peer", "generate")
+DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 
 
 def peak_rss_mb():
@@ -295,19 +299,36 @@ def run_child(kind, python=sys.executable, **kw):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
+def make_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sections", nargs="*", default=["text", "matmul", "train", "generate"],
-                   help="text, corpus (writes a 1 GB file), matmul, train, peer (PyTorch), generate; "
-                        "corpus and peer are not in the default set")
-    p.add_argument("--seconds", type=float, default=10, help="length of each measuring window")
-    p.add_argument("--windows", type=int, default=5, help="windows per figure; the median is reported")
-    p.add_argument("--implementation", default="auto", help="model implementation for the training figures")
-    p.add_argument("--peer-python", default=sys.executable, help="a Python that can import torch, for the peer section")
-    p.add_argument("--config", default="a")
-    p.add_argument("--tmp", default="")
+    p.add_argument("sections", nargs="*", metavar="SECTION",
+                   help=f"what to measure, any of {', '.join(SECTIONS)}; corpus writes a 1 GB file and peer "
+                        f"needs PyTorch, so they run only when named (default: {' '.join(DEFAULT_SECTIONS)})")
+    p.add_argument("--seconds", type=float, default=10, metavar="SECONDS",
+                   help="length of each measuring window: longer windows average out a busy machine "
+                        "(default: %(default)s)")
+    p.add_argument("--windows", type=int, default=5, metavar="N",
+                   help="windows per figure; the median is reported, so one disturbed window does not "
+                        "move it (default: %(default)s)")
+    p.add_argument("--implementation", default="auto", choices=IMPLEMENTATIONS,
+                   help="recurrent kernels for the training figures, as rnn_train.py's flag; the stock "
+                        "Keras layers are always measured too, as the baseline (default: %(default)s)")
+    p.add_argument("--peer-python", default=sys.executable, metavar="PYTHON",
+                   help="a Python that can import torch, for the peer section (default: this Python)")
+    # What the parent passes to each measuring process: not for the command line.
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--config", default="a", choices=CONFIGS, help=argparse.SUPPRESS)
+    p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
+    return p
+
+
+def main():
+    p = make_parser()
     args = p.parse_args()
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    args.sections = args.sections or DEFAULT_SECTIONS
     if args.child:
         import tf_setup
         if args.child == "train":

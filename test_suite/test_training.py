@@ -359,6 +359,20 @@ class TestSignals(unittest.TestCase):
                 np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def help_entries(text):
+    """{'--flag METAVAR': its help text} from argparse's --help output, printed wide enough
+    that each help text is one line, beside its flag or on the next line."""
+    entries, invocation = {}, None
+    for line in text.splitlines():
+        if re.match(r"^  [-\w]", line):
+            invocation, _, rest = line.strip().partition("  ")
+            if rest.strip():
+                entries[invocation], invocation = rest.strip(), None
+        elif invocation and line.startswith("    "):
+            entries[invocation], invocation = line.strip(), None
+    return entries
+
+
 class TestWhatTheUserSees(unittest.TestCase):
     def test_piped_output_has_training_lines_and_a_summary(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -412,6 +426,31 @@ class TestWhatTheUserSees(unittest.TestCase):
             stopped = int(re.search(r"interrupted by signal 15 at step (\d+)", err).group(1))
             self.assertLess(stopped, 40)
             self.assertLess(len(rest.splitlines()), 40)
+
+    def test_help_texts_say_why_and_show_each_default_once(self):
+        metavars = {"N", "RATE", "NORM", "DIR", "NAME", "GLOB", "PATH", "TEXT", "T", "K", "P", "SECONDS",
+                    "PYTHON", "SECTION", "RUN_OR_CHECKPOINT"}
+        for script in ("rnn_train.py", "rnn_play.py", "benchmark.py"):
+            with self.subTest(script=script):
+                r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60,
+                                   env={**os.environ, "COLUMNS": "1000"})  # one line per flag
+                self.assertEqual(r.returncode, 0, r.stderr)
+                flags = help_entries(r.stdout)
+                self.assertGreater(len(flags), 5)
+                for invocation, text in flags.items():
+                    self.assertGreaterEqual(len(text.split()), 5, f"{invocation}: {text!r} says too little")
+                    self.assertLessEqual(text.count("(default:"), 1, text)
+                    for nothing in ("(default: None)", "(default: False)", "(default: )", "(default: [])"):
+                        self.assertNotIn(nothing, text)
+                    for word in re.findall(r"\b[A-Z][A-Z_]*\b", invocation):
+                        self.assertIn(word, metavars, f"{script} {invocation}")
+        play_help = help_entries(subprocess.run([sys.executable, "rnn_play.py", "--help"], capture_output=True,
+                                                text=True, env={**os.environ, "COLUMNS": "1000"}).stdout)
+        self.assertTrue(play_help["--top-k K"].endswith("(default: no limit)"))
+        bench_help = help_entries(subprocess.run([sys.executable, "benchmark.py", "--help"], capture_output=True,
+                                                 text=True, env={**os.environ, "COLUMNS": "1000"}).stdout)
+        self.assertIn("(default: 10)", bench_help["--seconds SECONDS"])
+        self.assertFalse({"--config", "--tmp", "--child"} & {i.split()[0] for i in bench_help})  # internal
 
     def test_help_and_bad_flags_answer_before_tensorflow_loads(self):
         code = ("import sys, rnn_train, rnn_play; rnn_train.parse(['--layers', '2']); "
