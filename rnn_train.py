@@ -1,6 +1,7 @@
 """Train a character-level RNN language model.
 
-    python3 rnn_train.py                          # 3x512 GRU on the works of Shakespeare
+    python3 rnn_train.py --preset quick           # a first run: a small model writes words in minutes
+    python3 rnn_train.py                          # 3x512 GRU on the works of Shakespeare (hours on a CPU)
     python3 rnn_train.py --data 'mytexts/**/*.txt' --layers 2 --units 256
     python3 rnn_train.py --resume                 # continue the newest run where it stopped
     python3 rnn_train.py --resume RUN/best --lr 3e-4   # a new run from RUN's best checkpoint
@@ -14,11 +15,27 @@ import argparse
 import dataclasses
 import sys
 
-from config import CELLS, IMPLEMENTATIONS, TrainConfig
+from config import CELLS, IMPLEMENTATIONS, TrainConfig, flag
 from errors import UserError, safe_console
 from txt_utils import VALIDATION_SPLITS
 
 DEFAULTS = TrainConfig()
+
+# Named sets of flags. A preset is the same as typing its flags: flags given with it
+# win, and the run's config.json holds the resolved values, not the preset's name.
+PRESETS = {  # name: (what it is for, its flags)
+    "quick": ("a first run, to see a model learn to write in about two minutes on a laptop CPU (the "
+              "defaults train for hours there)",
+              dict(layers=2, units=256, seqlen=64, batch_size=64, lr=0.003, dropout=0.0, max_steps=300,
+                   val_every=100, sample_every=100)),
+}
+
+
+def preset_help():
+    return "a set of flags by name; flags given with it win. " + "; ".join(
+        f"{name}: {purpose}: " + " ".join(f"{flag(k)} {v}" for k, v in flags.items())
+        for name, (purpose, flags) in PRESETS.items())
+
 
 def default(text, name, meaning=""):
     """A help text followed by the flag's default, when it has one worth showing;
@@ -37,6 +54,7 @@ def make_parser():
     p = argparse.ArgumentParser(
         description="Train a character-level GRU/LSTM/RNN language model on text files.",
         argument_default=argparse.SUPPRESS)
+    p.add_argument("--preset", choices=PRESETS, help=preset_help())
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", metavar="GLOB",
                    help=default("text files to train on; quote globs, ** recurses. The default corpus is "
@@ -136,6 +154,8 @@ def parse(argv):
     """(TrainConfig, the fields given on the command line, the --resume value)."""
     given = vars(make_parser().parse_args(argv))
     resume = given.pop("resume", None)
+    if "preset" in given:
+        given = {**PRESETS[given.pop("preset")][1], **given}
     cfg = dataclasses.replace(DEFAULTS, **given).check()
     return cfg, set(given), resume
 

@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import numpy as np
 import checkpoints as ckpts
 import run as runs
 import training
+from config import flag
 from errors import UserError
 from model import CharRNN
 from test_suite.helpers import (V, checkpoint_tensors, copy_weights, play, mean_loss, quiet_train, random_ids,
@@ -451,6 +453,27 @@ class TestWhatTheUserSees(unittest.TestCase):
                                                  text=True, env={**os.environ, "COLUMNS": "1000"}).stdout)
         self.assertIn("(default: 10)", bench_help["--seconds SECONDS"])
         self.assertFalse({"--config", "--tmp", "--child"} & {i.split()[0] for i in bench_help})  # internal
+
+    def test_a_preset_is_the_flags_it_stands_for(self):
+        import rnn_train
+        for name, (_, flags) in rnn_train.PRESETS.items():
+            cfg, given, _ = rnn_train.parse(["--preset", name])
+            typed = rnn_train.parse([arg for k, v in flags.items() for arg in (flag(k), str(v))])
+            self.assertEqual((cfg, given), typed[:2])
+        cfg, given, _ = rnn_train.parse(["--units", "128", "--preset", "quick", "--max-steps", "5"])
+        self.assertEqual((cfg.layers, cfg.units, cfg.max_steps), (2, 128, 5))  # flags given with it win
+        with tempfile.TemporaryDirectory() as tmp:  # the run saves the values, not the preset's name
+            ck = os.path.join(tmp, "ck")
+            r = subprocess.run([sys.executable, "rnn_train.py", "--preset", "quick", "--data", *tiny(tmp).data,
+                                "--units", "16", "--max-steps", "2", "--checkpoint-dir", ck,
+                                "--log-dir", os.path.join(tmp, "log"), "--run", "q"],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(ck, "q", "config.json")) as f:
+                saved = json.load(f)["training"]
+            self.assertNotIn("preset", saved)
+            self.assertEqual({k: saved[k] for k in ("layers", "units", "seqlen", "batch_size", "lr", "max_steps")},
+                             dict(layers=2, units=16, seqlen=64, batch_size=64, lr=0.003, max_steps=2))
 
     def test_help_and_bad_flags_answer_before_tensorflow_loads(self):
         code = ("import sys, rnn_train, rnn_play; rnn_train.parse(['--layers', '2']); "
