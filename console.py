@@ -61,9 +61,9 @@ class Console:
         self.chars_per_step = chars_per_step
         self.window = Window(0.0, 0.0, 0.0, 0)
         self.window_chars, self.window_start = 0, time.perf_counter()
-        self.first_step = None  # (time, window chars) when the first step, which also compiles, ended
         self.started = time.perf_counter()
         self.speed = None     # smoothed chars/s
+        self.windows = 0      # log windows closed so far
         self.train_loss, self.train_loss_steps = None, 0  # the last window's mean loss, over so many steps
         self.val_loss = None
         self.bar = None
@@ -96,8 +96,6 @@ class Console:
         """One step done; loss: (loss, accuracy), or None for a skipped step."""
         self.step = step
         self.window_chars += self.chars_per_step
-        if step == self.start_step + 1:
-            self.first_step = (time.perf_counter(), self.window_chars)
         if loss is not None:
             w = self.window
             w.loss, w.accuracy, w.steps = w.loss + loss[0], w.accuracy + loss[1], w.steps + 1
@@ -108,18 +106,19 @@ class Console:
     def log_window(self):
         """Close the current window: show it, and return it averaged for the logs."""
         now = time.perf_counter()
-        start, chars = self.window_start, self.window_chars
-        if self.first_step is not None and chars > self.first_step[1]:
-            # The process's first step traces and compiles the step: time the steps after it.
-            start, chars = self.first_step[0], chars - self.first_step[1]
-        self.first_step = None
         w = self.window
-        window = Window(w.loss / w.steps, w.accuracy / w.steps, chars / max(now - start, 1e-9), w.steps)
+        window = Window(w.loss / w.steps, w.accuracy / w.steps, self.window_chars / max(now - self.window_start, 1e-9),
+                        w.steps)
         self.window, self.window_chars, self.window_start = Window(0.0, 0.0, 0.0, 0), 0, now
-        first = self.speed is None
-        self.speed = window.chars_per_s if first else SMOOTHING * window.chars_per_s + (1 - SMOOTHING) * self.speed
+        # The first window of a process includes compiling the step: its speed is shown,
+        # but the smoothed speed and the estimate of the run's duration start after it.
+        self.windows += 1
+        if self.windows <= 2 or self.speed is None:
+            self.speed = window.chars_per_s
+        else:
+            self.speed = SMOOTHING * window.chars_per_s + (1 - SMOOTHING) * self.speed
         self.train_loss, self.train_loss_steps = window.loss, window.steps
-        if first:
+        if self.windows == 2:
             self.write(f"about {format_duration(self.seconds_left())} for the {self.total - self.step:,} steps "
                        f"left, at {self.speed:,.0f} chars/s")
         if self.plain:
@@ -131,19 +130,22 @@ class Console:
     def seconds_left(self):
         return (self.total - self.step) * self.chars_per_step / self.speed if self.speed else 0.0
 
+    def left(self):
+        """The time left as H:MM:SS, once the speed no longer includes compiling the step."""
+        return format_duration(self.seconds_left()) if self.windows >= 2 else "-:--:--"
+
     def postfix(self):
         """What follows the bar, at a fixed width: elapsed<left, losses, smoothed speed."""
         elapsed = format_duration(time.perf_counter() - self.started)
-        left = format_duration(self.seconds_left()) if self.speed else "-:--:--"
         loss = f"{self.train_loss:.3f}" if self.train_loss is not None else "-.---"
         val = f"{self.val_loss:.3f}" if self.val_loss is not None else "-.---"
-        return f"{elapsed}<{left} loss {loss} val {val} {format_speed(self.speed)} ch/s"
+        return f"{elapsed}<{self.left()} loss {loss} val {val} {format_speed(self.speed)} ch/s"
 
     def line(self):
         val = f"  val {self.val_loss:.3f}" if self.val_loss is not None else ""
         return (f"step {self.step}/{self.total}  loss {self.train_loss:.3f}{val}  {self.speed:,.0f} chars/s  "
                 f"elapsed {format_duration(time.perf_counter() - self.started)}  "
-                f"left {format_duration(self.seconds_left())}")
+                f"left {self.left()}")
 
     def validated(self, step, loss, accuracy, best):
         """A line of at most 80 characters for each validation."""

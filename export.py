@@ -8,7 +8,8 @@
     m.step(ids=..., states=...)   # one or more characters in, logits and states out
 
 `generate` takes and returns text (UTF-8 strings): the vocabulary travels
-inside the graph. It runs rnn_play.py's XLA-compiled loop, so the same seed and
+inside the graph. It runs the XLA-compiled loop of sampling.Generator, as rnn_play.py
+does, so the same seed and
 temperature give the same text. Top-k, top-p and argmax are fixed when exporting.
 `step` is the bare model: ids [B, T] int32 and states [layers, B, S] float32
 (zeros to start) in; logits [B, T, V] and the new states out. The run's
@@ -49,7 +50,7 @@ class ExportedGenerator(tf.Module):
         return {"logits": logits, "states": tf.stack(states)}
 
     def _generate(self, prime, length, temperature, seed):
-        # rnn_play.py's stream() as a graph: the same compiled chunks, the same forced
+        # sampling.Generator.stream() as a graph: the same compiled chunks, the same forced
         # prime, the same random draws, so the same seed gives the same text.
         chunk = self.generator.chunk
         cps = tf.strings.unicode_decode(prime, "UTF-8", errors="replace")

@@ -75,7 +75,7 @@ class FusedRecurrent(keras.layers.Layer):
     def call(self, x, state, training=False):
         if self.cell_type == "gru" and training and x.shape[0] is not None:
             # Training only: under XLA (the generation loop) the per-gate blocks ran
-            # 15x slower than `_gru_step`'s one matmul per step.
+            # much slower than `_gru_step`'s one matmul per step (DEVELOPERS.md).
             # Tensors, not variables: the gradients reach the variables through their reads.
             hs = _gru_recurrence(self._gru_inputs(x), state, tf.convert_to_tensor(self.recurrent_kernel), self.bias[1])
             return hs, hs[-1]

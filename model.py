@@ -39,8 +39,8 @@ class CharRNN(keras.Model):
 
     def __init__(self, config: ModelConfig, implementation: str = "auto", initialize: bool = True, **kwargs):
         """initialize=False fills the weights with zeros, for a model whose weights are
-        restored at once: it saves the orthogonal initializers' time (a third of a
-        second at 3x512) before the first generated character."""
+        restored at once: it saves the orthogonal initializers' time before the first
+        generated character."""
         super().__init__(**kwargs)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")

@@ -1,7 +1,7 @@
 """Sampling: turn logits into characters, and a compiled generation loop.
 
 Generation runs many characters inside one XLA-compiled loop (a Python call
-per character is about 10x slower) and hands them back in chunks, carrying the
+per character is many times slower: benchmark.py generate measures both) and hands them back in chunks, carrying the
 RNN state between chunks, so text streams out without costing speed.
 
 Randomness is stateless: the draw for position t uses the seed (S, t), so the

@@ -13,7 +13,6 @@ import codecs
 import collections
 import glob
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -147,22 +146,6 @@ class Vocabulary:
     @classmethod
     def from_json(cls, d):
         return cls(d["chars"])
-
-    def save(self, path):
-        """Write the vocabulary as a UTF-8 JSON file (atomically)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_json(json.load(f))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"cannot read the vocabulary file {path}: {e}; delete it or point to another checkpoint") from None
 
     def __eq__(self, other):
         return isinstance(other, Vocabulary) and self.chars == other.chars

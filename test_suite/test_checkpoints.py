@@ -11,6 +11,7 @@ import numpy as np
 import run as runs
 from errors import UserError
 from model import CharRNN
+from txt_utils import Vocabulary
 from test_suite.helpers import flip_byte, quiet_train, random_ids, set_mtimes, tf, tiny, tiny_model_config, write
 
 
@@ -107,3 +108,18 @@ class TestCheckpointDamage(unittest.TestCase):
         for find in (lambda: runs.newest_run(root), lambda: runs.resolve(None, root)):
             with self.assertRaisesRegex(UserError, r"old/checkpoint is damaged"):
                 find()
+
+
+class RunFilesTest(unittest.TestCase):
+    def test_vocabulary_file_is_readable_utf8_and_a_damaged_one_is_named(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            vocab = Vocabulary.from_text("Héllo, wörld! 你好 🎭\n")
+            runs.write_json(Path(tmp, runs.VOCAB), vocab.to_json())
+            self.assertIn("你", Path(tmp, runs.VOCAB).read_text(encoding="utf-8"))  # UTF-8, not \u escapes
+            runs.write_json(Path(tmp, runs.CONFIG), {"format_version": runs.FORMAT_VERSION})
+            self.assertEqual(runs.load_run_files(tmp)[1], vocab)
+            write(Path(tmp, runs.VOCAB), "{not json")
+            with self.assertRaises(UserError) as cm:
+                runs.load_run_files(tmp)
+            self.assertIn(str(Path(tmp, runs.VOCAB)), str(cm.exception))
+            self.assertEqual(len(str(cm.exception).splitlines()), 1)
