@@ -30,7 +30,7 @@ def format_duration(seconds):
 
 
 def format_speed(chars_per_s):
-    """Six characters wide: '  13.2k', ' 1.2M'."""
+    """Six characters wide: ' 13.2k', '  1.2M'."""
     if chars_per_s is None:
         return "  -.-k"
     if chars_per_s < 999_950:
