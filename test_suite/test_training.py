@@ -113,7 +113,7 @@ class TestTraining(unittest.TestCase):
     def test_loss_falls_on_learnable_text(self):
         quiet_train(tiny(self.tmp, max_steps=150, val_every=15, dropout=0.0, units=32))
         events = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
-        losses = [v for _, v in events["loss"]]
+        losses = [v for _, v in events[training.LOSS]]
         self.assertLess(losses[-1], 0.5 * losses[0])
         self.assertLess(losses[-1], 1.0)  # nats/char: the text is nearly deterministic
 
