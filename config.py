@@ -18,6 +18,7 @@ from errors import UserError
 
 CELLS = ("gru", "lstm", "rnn")
 IMPLEMENTATIONS = ("auto", "fused", "keras")
+VALIDATION_SPLITS = ("auto", "files", "tail", "none")  # how txt_utils.read_corpus holds text out
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: a kernel has units·GATES columns
 DEFAULT_DATA = "shakespeare/*.txt"
 

@@ -15,9 +15,8 @@ import argparse
 import dataclasses
 import sys
 
-from config import CELLS, IMPLEMENTATIONS, TrainConfig, flag
+from config import CELLS, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from errors import UserError, safe_console
-from txt_utils import VALIDATION_SPLITS
 
 DEFAULTS = TrainConfig()
 
