@@ -229,7 +229,7 @@ def state_rows(states, first, rows):
 
 
 def _rows(tensor, first, rows):
-    return tf.slice(tensor, [first, 0], [rows, tensor.shape[1]])  # a static shape: [rows, ...]
+    return tf.slice(tensor, [first, 0], [rows, tensor.shape[1] or -1])  # [rows, ...], static when known
 
 
 def make_distributed_train_step(model, optimizer, variables, states, clip_norm):
@@ -241,11 +241,13 @@ def make_distributed_train_step(model, optimizer, variables, states, clip_norm):
     Build it inside strategy.scope(), with the variables made there; call it outside.
     """
     strategy = tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
+    replicas, batch = strategy.num_replicas_in_sync, states[0].shape[0]
+    if batch % replicas:
+        raise ValueError(f"a batch of {batch} rows does not divide among {replicas} replicas")
+    rows = batch // replicas
 
     def replica_step(x, y):  # x, y: [B, T], the whole batch, on every replica
         context = tf.distribute.get_replica_context()
-        rows = x.shape[0] // replicas
         first = context.replica_id_in_sync_group * rows
         x, y = _rows(x, first, rows), _rows(y, first, rows)  # [B/R, T]
         with tf.GradientTape() as tape:
