@@ -183,8 +183,9 @@ def prepare_run(run, strategy):
 @dataclass
 class WorkerRun(runs.Run):
     """The run as a non-chief worker sees it: it reads the run's files and checkpoint
-    as the chief does, and writes nothing there. Its checkpoints and logs go to a
-    scratch folder removed when it ends, and the run's lock is the chief's."""
+    as the chief does, and writes nothing there. It writes no checkpoint (the chief's
+    hold every replica's rows), its TensorBoard files go to a scratch folder removed
+    when it ends, and the run's lock is the chief's."""
 
     scratch: Path | None = None
 
@@ -192,8 +193,7 @@ class WorkerRun(runs.Run):
         return self.scratch / "train", self.scratch / "validation"
 
     def managers(self, checkpoint):
-        return (checkpoints.Manager(checkpoint, self.scratch, self.config.keep),
-                checkpoints.Manager(checkpoint, self.scratch / runs.BEST, 1))
+        return NoCheckpoints(), NoCheckpoints()
 
     def save_files(self, model_config, vocab, files):
         pass
@@ -203,6 +203,15 @@ class WorkerRun(runs.Run):
         with tempfile.TemporaryDirectory(prefix=f"{self.name}-worker-") as scratch:
             self.scratch = Path(scratch)
             yield self
+
+
+class NoCheckpoints:
+    """A non-chief worker's stand-in for checkpoints.Manager: saves nothing, knows none."""
+
+    latest = None
+
+    def save(self, step):
+        return None
 
 
 def note_replicas(run):

@@ -109,7 +109,8 @@ class Workers:
         self.logs = [Path(tmp, f"{name}-{i}.err") for i in range(2)]
         self.procs = []
         for i, log in enumerate(self.logs):
-            env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                   "TMPDIR": tmp}  # a killed worker leaves its scratch folder in the test's
             with open(log, "w") as err:
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "rnn_train.py", *flags, "--distribute", "multi-worker"], cwd=ROOT, env=env,
