@@ -19,6 +19,7 @@ from errors import UserError
 CELLS = ("gru", "lstm", "rnn")
 IMPLEMENTATIONS = ("auto", "fused", "keras")
 VALIDATION_SPLITS = ("auto", "files", "tail", "none")  # how txt_utils.read_corpus holds text out
+DISTRIBUTE = ("none", "mirrored", "multi-worker")  # one device; this machine's devices; the machines of TF_CONFIG
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: a kernel has units·GATES columns
 DEFAULT_DATA = "shakespeare/*.txt"
 
@@ -106,6 +107,7 @@ class TrainConfig:
     max_nonfinite: int = 10
     allow_corpus_change: bool = False
     implementation: str = "auto"
+    distribute: str = "none"
 
     def model_config(self, vocab_size) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
@@ -130,6 +132,8 @@ class TrainConfig:
             raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
         if not self.lr > 0 or not self.clip_norm > 0:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
+        if self.distribute not in DISTRIBUTE:
+            raise UserError(f"--distribute must be one of {', '.join(DISTRIBUTE)} (got {self.distribute!r})")
         return self
 
 
@@ -137,7 +141,7 @@ class TrainConfig:
 FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
                    "max_vocab", "validation")
 # These belong to the process, not the run: never taken from the saved config.
-PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation")
+PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation", "distribute")
 
 
 def flag(name):

@@ -5,6 +5,7 @@
     python3 rnn_train.py --data 'mytexts/**/*.txt' --layers 2 --units 256
     python3 rnn_train.py --resume                 # continue the newest run where it stopped
     python3 rnn_train.py --resume RUN/best --lr 3e-4   # a new run from RUN's best checkpoint
+    python3 rnn_train.py --distribute mirrored    # on every GPU of this machine (README: several GPUs)
     tensorboard --logdir=log                      # curves and samples
 
 Exit codes: 0 done, 2 bad input (one-line error), 130/143 interrupted by
@@ -15,7 +16,7 @@ import argparse
 import dataclasses
 import sys
 
-from config import CELLS, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
+from config import CELLS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from errors import UserError, safe_console
 
 DEFAULTS = TrainConfig()
@@ -146,6 +147,11 @@ def make_parser():
                    help=default("recurrent kernels: fused (fast on CPU), keras (stock layers, cuDNN on "
                                 "GPU), auto picks keras when a GPU is visible; checkpoints load into "
                                 "either", "implementation"))
+    g.add_argument("--distribute", choices=DISTRIBUTE,
+                   help=default("none: one device, with no tf.distribute cost; mirrored: every GPU of this "
+                                "machine; multi-worker: the machines that TF_CONFIG lists, each started with the "
+                                "same flags (README). The batch's rows are divided among the replicas; a run may "
+                                "resume with another setting", "distribute"))
     return p
 
 
@@ -166,9 +172,11 @@ def main(argv=None):
         cfg, explicit, resume = parse(argv)
         import tf_setup
         tf_setup.training_threads(cfg.implementation)
-        tf_setup.import_tensorflow()
+        with tf_setup.starting_tensorflow():  # imported; no op has run yet
+            import distribute
+            strategy = distribute.make_strategy(cfg.distribute)  # multi-worker sets up collective ops: first
         from training import train
-        return train(cfg, resume=resume, given=explicit)
+        return train(cfg, resume=resume, given=explicit, strategy=strategy)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

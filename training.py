@@ -23,6 +23,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalars
 
 import checkpoints
+import distribute
 import run as runs
 import txt_utils
 from config import SamplingConfig, TrainConfig
@@ -35,21 +36,26 @@ VAL_ROWS, VAL_ROW_CHARS = 64, 1024  # validation: up to 64 rows, each of at leas
 SAMPLE_CHARS = 300
 
 
-def train(cfg: TrainConfig, resume=None, given=()):
-    """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal."""
-    run = runs.open_run(cfg, resume, given)
-    with run.claimed():
-        return _train(run)
+def train(cfg: TrainConfig, resume=None, given=(), strategy=None):
+    """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal.
+
+    strategy: None for one device, or the tf.distribute strategy of distribute.make_strategy."""
+    run = distribute.prepare_run(runs.open_run(cfg, resume, given), strategy)
+    with run.claimed(), distribute.peers_watched(strategy):
+        return _train(run, strategy)
 
 
-def _train(run):
+def _train(run, strategy=None):
     cfg = run.config
     corpus = run.read_corpus()
     nb_batches = txt_utils.require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
     total_steps = cfg.max_steps or cfg.epochs * nb_batches
-    trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run)
+    with distribute.scope(strategy):
+        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run)
     if not announce(run, corpus, trainer, total_steps):
         return 0
+    distribute.note_replicas(run)
+    chief = distribute.is_chief(strategy)  # validation and samples: once, from the chief
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
     logs = Logs(run, corpus, trainer.step)
     console = Console(total_steps, trainer.step, cfg.batch_size * cfg.seqlen)
@@ -65,15 +71,15 @@ def _train(run):
             step = trainer.train_step(x, y, nb_batches)
             console.advance(step, trainer.last_loss)
             if step % cfg.log_every == 0 and console.window.steps:
-                logs.train(step, console.log_window(), float(trainer.optimizer.learning_rate),
+                logs.train(step, console.log_window(), float(trainer.optimizer.learning_rate.numpy()),
                            trainer.flops_per_char)
-            if step % cfg.val_every == 0:
+            if step % cfg.val_every == 0 and chief:
                 validate(trainer, corpus, logs, console)
-            if step % cfg.sample_every == 0:
+            if step % cfg.sample_every == 0 and chief:
                 show_sample(generator, corpus.vocab, logs, console, step)
             if step % cfg.checkpoint_every == 0:
                 trainer.save(trainer.latest, console)
-        if interrupt.signum is None and trainer.step % cfg.val_every and trainer.step > start_step:
+        if interrupt.signum is None and trainer.step % cfg.val_every and trainer.step > start_step and chief:
             validate(trainer, corpus, logs, console)
         if not (trainer.latest.latest or "").endswith(f"-{trainer.step}"):
             trainer.save(trainer.latest, console)
@@ -130,8 +136,10 @@ class Trainer:
         self.progress["best_val_loss"] = tf.Variable(checkpoints.NOT_VALIDATED, dtype=tf.float64)
         self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.progress, self.states)
         self.latest, self.best = run.managers(self.checkpoint)
-        self.compiled_step = make_train_step(self.model, self.optimizer, list(self.named.values()), self.states,
-                                             cfg.clip_norm)
+        # Built under strategy.scope() (training._train), the step runs on every replica.
+        build_step = distribute.make_distributed_train_step if tf.distribute.has_strategy() else make_train_step
+        self.compiled_step = build_step(self.model, self.optimizer, list(self.named.values()), self.states,
+                                        cfg.clip_norm)
         self.validate = make_validate(self.model, cfg.seqlen)
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0
@@ -139,11 +147,11 @@ class Trainer:
 
     @property
     def step(self):
-        return int(self.progress["step"])
+        return int(self.progress["step"].numpy())  # .numpy(): also a mirrored variable (distribute.py)
 
     @property
     def best_val_loss(self):
-        best = float(self.progress["best_val_loss"])
+        best = float(self.progress["best_val_loss"].numpy())
         return None if best >= checkpoints.NOT_VALIDATED else best
 
     def restore(self, prefix):

@@ -73,9 +73,9 @@ def tiny(tmp, **overrides):
     return TrainConfig(**{**base, **overrides})
 
 
-def quiet_train(cfg, resume=None, given=()):
+def quiet_train(cfg, resume=None, given=(), strategy=None):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return training.train(cfg, resume=resume, given=given)
+        return training.train(cfg, resume=resume, given=given, strategy=strategy)
 
 
 def checkpoint_tensors(prefix, section="weights/"):
