@@ -1,11 +1,12 @@
-# `make train` and `make test` set everything up (a local .venv) and run.
+# Each target sets everything up (a local .venv) and runs. A first run: `make quick`
+# (minutes); `make train` is the full default run (hours on a CPU).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup data train play test bench tensorboard clean
+.PHONY: setup data quick train play test bench tensorboard clean
 
 setup: $(STAMP)
 
@@ -16,6 +17,9 @@ $(STAMP): requirements.txt
 
 data: $(STAMP)           ## fetch the Shakespeare corpus into shakespeare/
 	$(PY) txt_utils.py fetch
+
+quick: $(STAMP)          ## a small model that writes words in minutes: rnn_train.py --preset quick
+	$(PY) rnn_train.py --preset quick $(ARGS)
 
 train: $(STAMP)          ## make train ARGS="--layers 2 --units 256"
 	$(PY) rnn_train.py $(ARGS)

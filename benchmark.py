@@ -1,7 +1,7 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
     python3 benchmark.py                  # everything (about 6 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer)
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer distribute)
     python3 benchmark.py train peer --peer-python ~/torch-venv/bin/python
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
@@ -24,6 +24,12 @@
             from launching `rnn_play.py` to its first character, TensorFlow import
             included; and the bound for batch 1: a character must read every
             weight matrix once, so memory bandwidth, not FLOPs, sets its speed.
+- distribute: the cost of --distribute mirrored: training chars/s at (b) on one device
+            and as two replicas on two logical CPU devices of this machine, in
+            one process, windows interleaved, with the load average. The two
+            replicas do the work of the one device's two row groups, plus the
+            all-reduce and the gathered state: the ratio is the overhead of
+            tf.distribute, not a speed-up. Not in the default set.
 
 Throughput on a shared 2-core machine is noisy: each figure is the median of
 several windows after a warm-up, and ratios are best compared within one run.
@@ -40,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from config import IMPLEMENTATIONS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children import TensorFlow through tf_setup
 
 CONFIGS = {  # name: (model kwargs, batch, seqlen)
@@ -47,6 +55,8 @@ CONFIGS = {  # name: (model kwargs, batch, seqlen)
     "b": (dict(cell="gru", layers=2, units=256), 64, 64),
 }
 VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
+SECTIONS = ("text", "corpus", "matmul", "train", "peer", "generate", "distribute")
+DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 
 
 def peak_rss_mb():
@@ -146,6 +156,50 @@ def child_train(args):
     rates = windows(one_step, args.seconds, args.windows)
     return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates),
             "peak_mb": peak_rss_mb()}
+
+
+def child_distribute(args):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import distribute
+    from config import ModelConfig
+    from model import CharRNN
+    from training import make_train_step
+    kwargs, batch, seqlen = CONFIGS["b"]
+    config = ModelConfig(vocab_size=VOCAB, **kwargs)
+    strategy = distribute.make_strategy("mirrored")
+
+    def build(scope, make_step):
+        with scope:
+            model = CharRNN(config, implementation="fused")
+            variables = list(model.named_variables().values())
+            optimizer = keras.optimizers.Adam(1e-3)
+            optimizer.build(variables)
+            states = [tf.Variable(s, trainable=False) for s in model.initial_states(batch)]
+            return make_step(model, optimizer, variables, states, clip_norm=5.0)
+
+    steps = {"one": build(distribute.scope(None), make_train_step),
+             "two": build(strategy.scope(), distribute.make_distributed_train_step)}
+    data = np.random.default_rng(0).integers(0, VOCAB, (16, batch, seqlen + 1), dtype=np.int32)
+    i = iter(range(1 << 60))
+
+    def one_step(step):
+        d = data[next(i) % len(data)]
+        loss, _, _ = step(d[:, :-1], d[:, 1:])
+        float(loss)
+        return batch * seqlen
+
+    for step in steps.values():
+        for _ in range(3):
+            one_step(step)  # trace and warm up
+    rates = {name: [] for name in steps}
+    for _ in range(args.windows):  # interleaved: both see the same load
+        for name, step in steps.items():
+            rates[name] += windows(lambda: one_step(step), args.seconds, 1)
+    return {"replicas": strategy.num_replicas_in_sync, "load": os.getloadavg(),
+            **{name: statistics.median(r) for name, r in rates.items()},
+            **{f"{name}_all": r for name, r in rates.items()}}
 
 
 def train_flops_per_char(name):
@@ -295,25 +349,45 @@ def run_child(kind, python=sys.executable, **kw):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
+def make_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sections", nargs="*", default=["text", "matmul", "train", "generate"],
-                   help="text, corpus (writes a 1 GB file), matmul, train, peer (PyTorch), generate; "
-                        "corpus and peer are not in the default set")
-    p.add_argument("--seconds", type=float, default=10, help="length of each measuring window")
-    p.add_argument("--windows", type=int, default=5, help="windows per figure; the median is reported")
-    p.add_argument("--implementation", default="auto", help="model implementation for the training figures")
-    p.add_argument("--peer-python", default=sys.executable, help="a Python that can import torch, for the peer section")
-    p.add_argument("--config", default="a")
-    p.add_argument("--tmp", default="")
+    p.add_argument("sections", nargs="*", metavar="SECTION",
+                   help=f"what to measure, any of {', '.join(SECTIONS)}; corpus writes a 1 GB file, peer "
+                        f"needs PyTorch and distribute measures tf.distribute's cost, so they run only when named (default: {' '.join(DEFAULT_SECTIONS)})")
+    p.add_argument("--seconds", type=float, default=10, metavar="SECONDS",
+                   help="length of each measuring window: longer windows average out a busy machine "
+                        "(default: %(default)s)")
+    p.add_argument("--windows", type=int, default=5, metavar="N",
+                   help="windows per figure; the median is reported, so one disturbed window does not "
+                        "move it (default: %(default)s)")
+    p.add_argument("--implementation", default="auto", choices=IMPLEMENTATIONS,
+                   help="recurrent kernels for the training figures, as rnn_train.py's flag; the stock "
+                        "Keras layers are always measured too, as the baseline (default: %(default)s)")
+    p.add_argument("--peer-python", default=sys.executable, metavar="PYTHON",
+                   help="a Python that can import torch, for the peer section (default: this Python)")
+    # What the parent passes to each measuring process: not for the command line.
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--config", default="a", choices=CONFIGS, help=argparse.SUPPRESS)
+    p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
+    return p
+
+
+def main():
+    p = make_parser()
     args = p.parse_args()
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    args.sections = args.sections or DEFAULT_SECTIONS
     if args.child:
         import tf_setup
-        if args.child == "train":
+        if args.child in ("train", "distribute"):
             tf_setup.training_threads(args.implementation)  # rnn_train.py's thread settings
         if args.child not in ("text", "corpus", "peer"):  # those run without TensorFlow
-            tf_setup.import_tensorflow()
+            with tf_setup.starting_tensorflow() as tf:
+                if args.child == "distribute":  # two logical CPU devices, before TensorFlow starts
+                    cpu = tf.config.list_physical_devices("CPU")[0]
+                    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         print(json.dumps(globals()[f"child_{args.child}"](args)))
         return
     timing = dict(seconds=args.seconds, windows=args.windows)
@@ -367,6 +441,15 @@ def main():
         print(f"generate: weight-streaming bound {bound:,.0f} chars/s (its {r['weights_mb']:.1f} MB of matrices "
               f"read once per character, {bound * r['weights_mb'] / 1e3:.0f} GB/s); fraction "
               f"{r['chars_s'] / bound:.2f}")
+    if "distribute" in args.sections:
+        r = run_child("distribute", **timing)
+        kwargs, batch, seqlen = CONFIGS["b"]
+        overhead_ms = (1 / r["two"] - 1 / r["one"]) * batch * seqlen * 1e3
+        print(f"distribute (b) GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, batch {batch}: one device "
+              f"{r['one']:,.0f} chars/s, mirrored over {r['replicas']} logical CPU devices {r['two']:,.0f} chars/s "
+              f"(x{r['two'] / r['one']:.2f}, {overhead_ms:+.1f} ms a step); windows one "
+              f"{' '.join(f'{x:,.0f}' for x in r['one_all'])}, two {' '.join(f'{x:,.0f}' for x in r['two_all'])}; "
+              f"load average {' '.join(f'{x:.1f}' for x in r['load'])} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -64,16 +64,18 @@ def training_checkpoint(model, optimizer, progress, states, vocabulary):
     optimizer: Adam's slots and iteration count;
     progress:  step, epoch, batch position, counters (dict of tf.Variable);
     state:     the RNN state carried into the next batch;
-    vocabulary: the fingerprint (Vocabulary.fingerprint) of the vocabulary the
-               rows of the weights stand for, checked against vocab.json on loading.
+    vocabulary: the fingerprint (Vocabulary.fingerprint, hex) of the vocabulary the
+               rows of the weights stand for, checked against vocab.json on loading;
+               kept as int64s, which every tf.distribute strategy can broadcast.
     """
+    sha256 = np.frombuffer(bytes.fromhex(vocabulary), ">i8").astype(np.int64)  # [4]
     return tf.train.Checkpoint(
         weights=tf.train.Checkpoint(**model.named_variables()),
         rng=tf.train.Checkpoint(**model.rng_variables()),
         optimizer=optimizer,
         progress=tf.train.Checkpoint(**progress),
         state=tf.train.Checkpoint(**{f"layer_{i}": s for i, s in enumerate(states)}),
-        vocabulary=tf.train.Checkpoint(sha256=tf.Variable(vocabulary, dtype=tf.string, trainable=False)),
+        vocabulary=tf.train.Checkpoint(sha256=tf.Variable(sha256, trainable=False)),
     )
 
 
@@ -384,7 +386,7 @@ def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=No
     saved = set(reader.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
     if vocabulary is not None and VOCABULARY in saved:
         fingerprint, vocab_file = vocabulary
-        if reader.get_tensor(VOCABULARY).decode("ascii", "replace") != fingerprint:
+        if np.asarray(reader.get_tensor(VOCABULARY), ">i8").tobytes().hex() != fingerprint:
             raise UserError(f"{vocab_file} is not the vocabulary {prefix} was trained with (other characters, "
                             f"or another order); restore the run's vocab.json from a backup")
     sections = tf.train.TrackableView(checkpoint).children(checkpoint)

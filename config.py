@@ -20,6 +20,8 @@ from errors import UserError
 
 CELLS = ("gru", "lstm", "rnn")
 IMPLEMENTATIONS = ("auto", "fused", "keras")
+VALIDATION_SPLITS = ("auto", "files", "tail", "none")  # how txt_utils.read_corpus holds text out
+DISTRIBUTE = ("none", "mirrored", "multi-worker")  # one device; this machine's devices; the machines of TF_CONFIG
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: a kernel has units·GATES columns
 DEFAULT_DATA = "shakespeare/*.txt"
 TRAINING_COPIES = 4  # of the weights while training: the weights, their gradients, Adam's two slots
@@ -126,6 +128,7 @@ class TrainConfig:
     max_nonfinite: int = 10
     allow_corpus_change: bool = False
     implementation: str = "auto"
+    distribute: str = "none"
 
     def model_config(self, vocab_size) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
@@ -138,9 +141,9 @@ class TrainConfig:
             value, kind = getattr(self, f.name), _KINDS.get(f.type)
             if kind is not None and not kind[0](value):
                 raise UserError(f"{flag(f.name)} must be {kind[1]} (got {value!r})")
-        if self.cell not in CELLS or self.implementation not in IMPLEMENTATIONS:
-            raise UserError(f"--cell must be one of {', '.join(CELLS)} and --implementation one of "
-                            f"{', '.join(IMPLEMENTATIONS)} (got {self.cell!r}, {self.implementation!r})")
+        for name, choices in (("cell", CELLS), ("implementation", IMPLEMENTATIONS), ("validation", VALIDATION_SPLITS)):
+            if getattr(self, name) not in choices:
+                raise UserError(f"{flag(name)} must be one of {', '.join(choices)} (got {getattr(self, name)!r})")
         positive = ["layers", "units", "seqlen", "batch_size", "epochs", "val_every", "sample_every",
                     "checkpoint_every", "log_every", "keep", "max_nonfinite"]
         for name in positive:
@@ -158,6 +161,8 @@ class TrainConfig:
             raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
         if not self.lr > 0 or not self.clip_norm > 0:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
+        if self.distribute not in DISTRIBUTE:
+            raise UserError(f"--distribute must be one of {', '.join(DISTRIBUTE)} (got {self.distribute!r})")
         try:  # the vocabulary is not known yet: the smallest one, so no model that fits is refused
             self.model_config(max(self.max_vocab, 2)).check_fits(TRAINING_COPIES)
         except ValueError as e:
@@ -187,7 +192,7 @@ def physical_memory():
 FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
                    "max_vocab", "validation")
 # These belong to the process, not the run: never taken from the saved config.
-PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation")
+PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation", "distribute")
 
 
 def flag(name):

@@ -1,9 +1,10 @@
 """What a training run prints while it works, and when it ends.
 
-On a terminal, one progress bar for the whole run (not one per epoch), with a
-postfix of fixed width, so the layout never jumps and fits 80 columns:
+On a terminal, one progress bar for the whole run (not one per epoch). Every
+field around it has a fixed width, so the bar never jumps; at 80 columns the
+bar itself keeps 14 cells for a run of up to 9,999 steps (the default has 8,170):
 
-    120/1200  10%|██▌          | 01:02<09:18 loss 2.345 val 2.456 13.2k ch/s
+     120/1200  10%|█▍            | 0:01:02<0:09:18 loss 2.345 val 2.456  13.2k ch/s
 
 Piped to a file (nohup, CI, a cluster job), a plain line every --log-every steps:
 
@@ -26,6 +27,15 @@ SMOOTHING = 0.3  # weight of the newest window in the chars/s shown: steady, yet
 def format_duration(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def format_speed(chars_per_s):
+    """Six characters wide: ' 13.2k', '  1.2M'."""
+    if chars_per_s is None:
+        return "  -.-k"
+    if chars_per_s < 999_950:
+        return f"{chars_per_s / 1e3:5.1f}k"
+    return f"{chars_per_s / 1e6:5.1f}M"
 
 
 def nats(loss):
@@ -54,15 +64,17 @@ class Console:
         self.started = time.perf_counter()
         self.speed = None     # smoothed chars/s
         self.windows = 0      # log windows closed so far
-        self.train_loss = None
+        self.train_loss, self.train_loss_steps = None, 0  # the last window's mean loss, over so many steps
         self.val_loss = None
         self.bar = None
 
     def __enter__(self):
+        # tqdm formats everything but the bar from a list postfix as is (no ", " before it),
+        # and `n` padded to the width of the total, so no field changes width.
+        width = len(str(self.total))
         self.bar = tqdm(total=self.total, initial=self.step, file=sys.stderr, dynamic_ncols=True, disable=None,
-                        leave=False, bar_format="{n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| "
-                                                "{elapsed}<{remaining} {postfix}")
-        self.bar.set_postfix_str(self.postfix(), refresh=False)
+                        leave=False, postfix=[self.postfix()],
+                        bar_format=f"{{n:>{width}}}/{{total}} {{percentage:3.0f}}%|{{bar}}| {{postfix[0]}}")
         return self
 
     def __exit__(self, *exc):
@@ -75,8 +87,10 @@ class Console:
 
     @staticmethod
     def write(text):
-        """A line on standard output that does not break the bar."""
+        """A line on standard output that does not break the bar; flushed, so that a log
+        file (nohup, a cluster job) shows it at once, not a buffer later."""
         tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
 
     def advance(self, step, loss):
         """One step done; loss: (loss, accuracy), or None for a skipped step."""
@@ -85,13 +99,16 @@ class Console:
         if loss is not None:
             w = self.window
             w.loss, w.accuracy, w.steps = w.loss + loss[0], w.accuracy + loss[1], w.steps + 1
-        self.bar.update(1)
+        if not self.plain:
+            self.bar.postfix[0] = self.postfix()
+            self.bar.update(1)
 
     def log_window(self):
         """Close the current window: show it, and return it averaged for the logs."""
         now = time.perf_counter()
         w = self.window
-        window = Window(w.loss / w.steps, w.accuracy / w.steps, self.window_chars / (now - self.window_start), w.steps)
+        window = Window(w.loss / w.steps, w.accuracy / w.steps, self.window_chars / max(now - self.window_start, 1e-9),
+                        w.steps)
         self.window, self.window_chars, self.window_start = Window(0.0, 0.0, 0.0, 0), 0, now
         # The first window of a process includes compiling the step: its speed is shown,
         # but the smoothed speed and the estimate of the run's duration start after it.
@@ -100,51 +117,58 @@ class Console:
             self.speed = window.chars_per_s
         else:
             self.speed = SMOOTHING * window.chars_per_s + (1 - SMOOTHING) * self.speed
-        self.train_loss = window.loss
+        self.train_loss, self.train_loss_steps = window.loss, window.steps
         if self.windows == 2:
             self.write(f"about {format_duration(self.seconds_left())} for the {self.total - self.step:,} steps "
                        f"left, at {self.speed:,.0f} chars/s")
         if self.plain:
             self.write(self.line())
         else:
-            self.bar.set_postfix_str(self.postfix(), refresh=False)
+            self.bar.postfix[0] = self.postfix()
         return window
 
     def seconds_left(self):
         return (self.total - self.step) * self.chars_per_step / self.speed if self.speed else 0.0
 
+    def left(self):
+        """The time left as H:MM:SS, once the speed no longer includes compiling the step."""
+        return format_duration(self.seconds_left()) if self.windows >= 2 else "-:--:--"
+
     def postfix(self):
-        """Fixed width, so the bar does not jump when the numbers arrive."""
+        """What follows the bar, at a fixed width: elapsed<left, losses, smoothed speed."""
+        elapsed = format_duration(time.perf_counter() - self.started)
         loss = f"{self.train_loss:.3f}" if self.train_loss is not None else "-.---"
         val = f"{self.val_loss:.3f}" if self.val_loss is not None else "-.---"
-        speed = f"{self.speed / 1000:5.1f}k" if self.speed is not None else "  -.-k"
-        return f"loss {loss} val {val} {speed} ch/s"
+        return f"{elapsed}<{self.left()} loss {loss} val {val} {format_speed(self.speed)} ch/s"
 
     def line(self):
         val = f"  val {self.val_loss:.3f}" if self.val_loss is not None else ""
         return (f"step {self.step}/{self.total}  loss {self.train_loss:.3f}{val}  {self.speed:,.0f} chars/s  "
                 f"elapsed {format_duration(time.perf_counter() - self.started)}  "
-                f"left {format_duration(self.seconds_left())}")
+                f"left {self.left()}")
 
     def validated(self, step, loss, accuracy, best):
+        """A line of at most 80 characters for each validation."""
         self.val_loss = loss
-        self.write(f"step {step:>7}  validation: loss {loss:.4f} nats, {loss / math.log(2):.4f} bits/char, "
-                   f"accuracy {accuracy:.2%}{'  (best)' if best else ''}")
+        self.write(f"step {step:>7}  validation {loss:.4f} nats, {loss / math.log(2):.3f} bits/char, "
+                   f"{accuracy:.1%} right{'  best' if best else ''}")
         if not self.plain:
-            self.bar.set_postfix_str(self.postfix(), refresh=False)
+            self.bar.postfix[0] = self.postfix()
 
     def summary(self, trainer, run, total_steps):
         """What the run reached and what to run next."""
         elapsed = time.perf_counter() - self.started
         speed = (self.step - self.start_step) * self.chars_per_step / max(elapsed, 1e-9)
         lines = [f"done: step {self.step} of {total_steps} in {format_duration(elapsed)}, {speed:,.0f} chars/s"]
-        train_loss = self.train_loss if self.train_loss is not None else (trainer.last_loss or [None])[0]
-        if train_loss is not None:
-            lines.append(f"  training loss    {nats(train_loss)} (the last steps)")
+        if self.train_loss is not None:
+            steps = f"{self.train_loss_steps} steps" if self.train_loss_steps > 1 else "step"
+            lines.append(f"  training loss    {nats(self.train_loss)}, mean of the last {steps}")
+        elif trainer.last_loss is not None:
+            lines.append(f"  training loss    {nats(trainer.last_loss[0])}, the last step")
         best = trainer.best_val_loss
         if best is not None and trainer.best.latest:
-            lines.append(f"  best validation  {nats(best)} at step {trainer.best.latest.rsplit('-', 1)[-1]}: "
-                         f"{trainer.best.latest}")
+            lines.append(f"  best validation  {nats(best)} at step {trainer.best.latest.rsplit('-', 1)[-1]}")
+            lines.append(f"  best checkpoint  {trainer.best.latest}")
         lines.append(f"  generate text    python3 rnn_play.py {run.name}" + self._checkpoint_dir_flag(run))
         lines.append(f"  see the curves   tensorboard --logdir={run.config.log_dir}")
         print("\n".join(lines), file=sys.stderr)

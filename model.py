@@ -158,6 +158,11 @@ class Dropout(keras.layers.Dropout):
         dropped = round(self.rate * 65536)  # of 65536 values of the 16 bits
         n = tf.size(inputs)
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), 2**31 - 1), tf.int32)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Under tf.distribute every replica advances its copy of the generator's state
+            # alike (distribute.py); the replica's id gives it masks of its own.
+            seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group, alg="philox")
         bits = tf.random.stateless_uniform([(n + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
         bits = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])[:n]
         keep = tf.reshape(bits, tf.shape(inputs)) >= dropped

@@ -23,31 +23,46 @@ FLUSH_SECONDS = 0.05
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description="Generate text from a trained character model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The command line; each help text ends with its default, written out where it means something."""
+    p = argparse.ArgumentParser(description="Generate text from a trained character model.")
     p.add_argument("checkpoint", nargs="?", default=None, metavar="RUN_OR_CHECKPOINT",
-                   help="run name, run directory or checkpoint prefix (default: the newest checkpoint)")
-    p.add_argument("-n", "--length", type=int, default=1000,
-                   help="characters to generate after the prime; 0 streams until Ctrl-C")
-    p.add_argument("--prime", default="", help="text to warm the state up on; echoed first")
-    p.add_argument("--prime-file", metavar="PATH", help="read the prime from a UTF-8 file; - reads standard input")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="below 1 plays safe, above 1 takes risks; 1 samples the model as trained")
+                   help="run name, run folder or checkpoint prefix such as RUN/ckpt-3000 or RUN/best "
+                        "(default: the newest checkpoint under --checkpoint-dir)")
+    p.add_argument("-n", "--length", type=int, default=1000, metavar="N",
+                   help="characters to generate after the prime; 0 streams until Ctrl-C (default: %(default)s)")
+    p.add_argument("--prime", default="", metavar="TEXT",
+                   help="text to warm the state up on, so the sample continues it; echoed first "
+                        "(default: none, the model starts from a zero state)")
+    p.add_argument("--prime-file", metavar="PATH",
+                   help="read the prime from a UTF-8 file, for a prime longer than a command line; "
+                        "- reads standard input")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="below 1 plays safe, above 1 takes risks; 1 samples the model as trained "
+                        "(default: %(default)s)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
-                   help="sample only among the K most likely characters (the original project's topn)")
+                   help="sample only among the K most likely characters (the original project's topn): "
+                        "cuts the unlikely tail that turns words into typos (default: no limit)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="sample only among the most likely characters whose probability adds up to P")
-    p.add_argument("--argmax", action="store_true", help="always take the most likely character (greedy)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="same seed and checkpoint give the same text in every run (default: random)")
+                   help="sample only among the most likely characters whose probabilities add up to P: "
+                        "like --top-k, but the cut follows how sure the model is (default: 1, no limit)")
+    p.add_argument("--argmax", action="store_true",
+                   help="always take the most likely character (greedy): the same text every time, "
+                        "which soon repeats itself")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="the same seed and checkpoint give the same text in every run, to compare "
+                        "settings or share a sample (default: random, printed)")
     p.add_argument("--samples", type=int, default=1, metavar="N",
-                   help="generate N independent samples as one batch, printed one after the other")
-    p.add_argument("--checkpoint-dir", default="checkpoints", help="where to look for runs")
+                   help="generate N independent samples as one batch, for about the time of one; "
+                        "printed one after the other (default: %(default)s)")
+    p.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR",
+                   help="where rnn_train.py wrote its runs (default: %(default)s)")
     p.add_argument("--list", action="store_true",
-                   help="list the runs under --checkpoint-dir (newest first: model, step, best validation loss) and exit")
+                   help="list the runs under --checkpoint-dir (newest first: model, step, best "
+                        "validation loss) and exit")
     p.add_argument("--export", metavar="DIR",
                    help="instead of generating, write a TensorFlow SavedModel to the new folder DIR, "
-                        "with a text-in, text-out `generate` signature (top-k/top-p/argmax fixed "
+                        "which generates without this project (TensorFlow Serving, any TensorFlow "
+                        "program): a text-in, text-out `generate` signature (top-k/top-p/argmax fixed "
                         "from these flags) and a bare `step` signature; see export.py")
     return p
 
@@ -106,7 +121,7 @@ def play(args, sampling):
     unknown = vocab.unknown_chars(prime)
     if unknown:
         print(f"warning: the prime has characters this model never saw, read as unknown: "
-              f"{''.join(unknown)!r}", file=sys.stderr)
+              f"{printable(unknown, sys.stderr.encoding)}", file=sys.stderr)
     generator = Generator(model, vocab, sampling)
     if args.samples == 1:
         write(prime)
@@ -127,6 +142,20 @@ def play(args, sampling):
         for i, row in enumerate(rows):
             write(f"--- sample {i + 1} ---\n{prime}{''.join(row)}\n")
     return 0
+
+
+def printable(chars, encoding):
+    """Characters named for a message: each quoted, or as its code point (U+00DC)
+    where the console's encoding cannot show it."""
+    names = []
+    for c in chars:
+        name = repr(c)
+        try:
+            name.encode(encoding or "utf-8")
+        except (UnicodeEncodeError, LookupError):
+            name = f"U+{ord(c):04X}"
+        names.append(name)
+    return ", ".join(names)
 
 
 def write(text):

@@ -1,9 +1,11 @@
 """Train a character-level RNN language model.
 
-    python3 rnn_train.py                          # 3x512 GRU on the works of Shakespeare
+    python3 rnn_train.py --preset quick           # a first run: a small model writes words in minutes
+    python3 rnn_train.py                          # 3x512 GRU on the works of Shakespeare (hours on a CPU)
     python3 rnn_train.py --data 'mytexts/**/*.txt' --layers 2 --units 256
     python3 rnn_train.py --resume                 # continue the newest run where it stopped
     python3 rnn_train.py --resume RUN/best --lr 3e-4   # a new run from RUN's best checkpoint
+    python3 rnn_train.py --distribute mirrored    # on every GPU of this machine (README: several GPUs)
     tensorboard --logdir=log                      # curves and samples
 
 Exit codes: 0 done, 2 bad input (one-line error), 130/143 interrupted by
@@ -14,20 +16,35 @@ import argparse
 import dataclasses
 import sys
 
-from config import CELLS, IMPLEMENTATIONS, TrainConfig
+from config import CELLS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from errors import UserError, safe_console
-from txt_utils import VALIDATION_SPLITS
 
 DEFAULTS = TrainConfig()
 
+# Named sets of flags. A preset is the same as typing its flags: flags given with it
+# win, and the run's config.json holds the resolved values, not the preset's name.
+PRESETS = {  # name: (what it is for, its flags)
+    "quick": ("a first run, to see a model learn to write in about two minutes on a laptop CPU (the "
+              "defaults train for hours there)",
+              dict(layers=2, units=256, seqlen=64, batch_size=64, lr=0.003, dropout=0.0, max_steps=300,
+                   val_every=100, sample_every=100)),
+}
 
-def default(text, name):
-    """A help text followed by the flag's default, when it has one worth showing."""
+
+def preset_help():
+    return "a set of flags by name; flags given with it win. " + "; ".join(
+        f"{name}: {purpose}: " + " ".join(f"{flag(k)} {v}" for k, v in flags.items())
+        for name, (purpose, flags) in PRESETS.items())
+
+
+def default(text, name, meaning=""):
+    """A help text followed by the flag's default, when it has one worth showing;
+    meaning says what a default such as 0 stands for."""
     value = getattr(DEFAULTS, name)
     if value is None or value is False or value in ("", []):
-        return text
+        return text.replace("%", "%%")
     shown = " ".join(value) if isinstance(value, list) else value
-    return f"{text} (default: {shown})".replace("%", "%%")
+    return f"{text} (default: {shown}{', ' + meaning if meaning else ''})".replace("%", "%%")
 
 
 def make_parser():
@@ -37,6 +54,7 @@ def make_parser():
     p = argparse.ArgumentParser(
         description="Train a character-level GRU/LSTM/RNN language model on text files.",
         argument_default=argparse.SUPPRESS)
+    p.add_argument("--preset", choices=PRESETS, help=preset_help())
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", metavar="GLOB",
                    help=default("text files to train on; quote globs, ** recurses. The default corpus is "
@@ -47,8 +65,8 @@ def make_parser():
                                 "the text; 'auto' takes the files when there are more than 5, else the tail",
                                 "validation"))
     g.add_argument("--max-vocab", type=int, metavar="N",
-                   help=default("keep the N most frequent characters, the rest become 'unknown' "
-                                "(0 = keep all)", "max_vocab"))
+                   help=default("keep the N most frequent characters, the rest become 'unknown': stray "
+                                "symbols of a large corpus then cost no readout rows", "max_vocab", "keep all"))
     g = p.add_argument_group("model (the original project's defaults)")
     g.add_argument("--cell", choices=CELLS,
                    help=default("recurrent cell: GRU as in the original; an LSTM step costs 4/3 of a GRU "
@@ -60,8 +78,9 @@ def make_parser():
                    help=default("state size of each layer: the model's memory; the cost of a step grows "
                                 "with its square", "units"))
     g.add_argument("--embedding", type=int, metavar="N",
-                   help=default("learned character embedding size; 0 feeds characters one-hot, which "
-                                "costs nothing for a small alphabet", "embedding"))
+                   help=default("learned character embedding size, for a large alphabet (Chinese, "
+                                "Japanese); one-hot input costs nothing for a small one", "embedding",
+                                "one-hot"))
     g.add_argument("--dropout", type=float, metavar="RATE",
                    help=default("dropout rate between layers and before the readout; guards a large "
                                 "model against memorising the text", "dropout"))
@@ -73,47 +92,55 @@ def make_parser():
                    help=default("rows per batch, each a different place in the text; more rows average "
                                 "the gradient over more text and keep the cores busy", "batch_size"))
     g.add_argument("--lr", type=float, metavar="RATE",
-                   help=default("Adam learning rate; the original's, safe for these model sizes", "lr"))
+                   help=default("Adam learning rate: larger learns faster at first but can diverge; the "
+                                "original's value, safe for these model sizes", "lr"))
     g.add_argument("--clip-norm", type=float, metavar="NORM",
-                   help=default("clip gradients to this global norm; tames exploding gradients",
-                                "clip_norm"))
+                   help=default("clip gradients to this global norm, so one exploding gradient cannot "
+                                "wreck the weights", "clip_norm"))
     g.add_argument("--epochs", type=int, metavar="N",
                    help=default("passes over the training text; a large model starts to overfit after "
                                 "a few", "epochs"))
     g.add_argument("--max-steps", type=int, metavar="N",
                    help=default("total training steps of the run, counted from its start, so a resumed "
-                                "run stops where an uninterrupted one would; overrides --epochs "
-                                "(0 = use --epochs)", "max_steps"))
+                                "run stops where an uninterrupted one would; overrides --epochs",
+                                "max_steps", "use --epochs"))
     g.add_argument("--seed", type=int, metavar="N",
                    help=default("seeds weights and dropout; the same seed gives the same run on the CPU",
                                 "seed"))
     g.add_argument("--max-nonfinite", type=int, metavar="N",
                    help=default("stop after N non-finite steps in a row (each is skipped, weights "
-                                "unchanged)", "max_nonfinite"))
+                                "unchanged): a few are noise, many mean the run has diverged",
+                                "max_nonfinite"))
     g = p.add_argument_group("run, checkpoints and logs")
     g.add_argument("--run", metavar="NAME",
-                   help="name of a new run (default: cell, size and start time, e.g. gru3x512-20260101-120000)")
+                   help="name of a new run, for --resume and rnn_play.py (default: cell, size and start "
+                        "time, e.g. gru3x512-20260101-120000)")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
                    help="continue run NAME with its saved configuration; alone, the newest run. A checkpoint "
                         "prefix or a run's best/ folder starts a new run from that checkpoint, named by --run "
                         "or RUN-from-STEP; the first run is left as it is")
     g.add_argument("--allow-corpus-change", action="store_true",
-                   help="let --resume continue although the training files changed")
+                   help="let --resume continue although the training files changed (text added or "
+                        "cleaned); new characters are read as unknown, the run's vocabulary stays")
     g.add_argument("--checkpoint-dir", metavar="DIR",
-                   help=default("where runs keep checkpoints", "checkpoint_dir"))
+                   help=default("where runs keep their folders of checkpoints; rnn_play.py looks there "
+                                "too", "checkpoint_dir"))
     g.add_argument("--log-dir", metavar="DIR",
-                   help=default("TensorBoard logs: tensorboard --logdir=log", "log_dir"))
+                   help=default("TensorBoard logs, a folder per run: tensorboard --logdir=DIR shows "
+                                "all runs side by side", "log_dir"))
     g.add_argument("--val-every", type=int, metavar="N",
-                   help=default("validate every N batches, on the first --val-chars characters of the "
+                   help=default("validate every N batches, to see overfitting and keep the best "
+                                "checkpoint; each validation reads the first --val-chars characters of the "
                                 "held-out text", "val_every"))
     g.add_argument("--val-chars", type=int, metavar="N",
-                   help=default("characters of held-out text each validation reads (0 = all): the same "
-                                "text every time, at a cost that does not grow with the corpus", "val_chars"))
+                   help=default("held-out characters each validation reads, the same ones every time, so "
+                                "that its cost does not grow with the corpus; 0 reads them all", "val_chars"))
     g.add_argument("--sample-every", type=int, metavar="N",
-                   help=default("print and log a generated sample every N batches", "sample_every"))
+                   help=default("print and log a generated sample every N batches: the plainest sign "
+                                "of what the model has learnt", "sample_every"))
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help=default("write a checkpoint every N batches (and always at the end and on "
-                                "Ctrl-C)", "checkpoint_every"))
+                                "Ctrl-C), so a crash loses at most N batches", "checkpoint_every"))
     g.add_argument("--log-every", type=int, metavar="N",
                    help=default("write training curves every N batches, averaged over them: smoother "
                                 "curves, fewer writes", "log_every"))
@@ -124,6 +151,11 @@ def make_parser():
                    help=default("recurrent kernels: fused (fast on CPU), keras (stock layers, cuDNN on "
                                 "GPU), auto picks keras when a GPU is visible; checkpoints load into "
                                 "either", "implementation"))
+    g.add_argument("--distribute", choices=DISTRIBUTE,
+                   help=default("none: one device, with no tf.distribute cost; mirrored: every GPU of this "
+                                "machine; multi-worker: the machines that TF_CONFIG lists, each started with the "
+                                "same flags (README). The batch's rows are divided among the replicas; a run may "
+                                "resume with another setting", "distribute"))
     return p
 
 
@@ -131,6 +163,8 @@ def parse(argv):
     """(TrainConfig, the fields given on the command line, the --resume value)."""
     given = vars(make_parser().parse_args(argv))
     resume = given.pop("resume", None)
+    if "preset" in given:
+        given = {**PRESETS[given.pop("preset")][1], **given}
     cfg = dataclasses.replace(DEFAULTS, **given).check()
     return cfg, set(given), resume
 
@@ -142,9 +176,11 @@ def main(argv=None):
         cfg, explicit, resume = parse(argv)
         import tf_setup
         tf_setup.training_threads(cfg.implementation)
-        tf_setup.import_tensorflow()
+        with tf_setup.starting_tensorflow():  # imported; no op has run yet
+            import distribute
+            strategy = distribute.make_strategy(cfg.distribute)  # multi-worker sets up collective ops: first
         from training import train
-        return train(cfg, resume=resume, given=explicit)
+        return train(cfg, resume=resume, given=explicit, strategy=strategy)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

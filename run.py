@@ -51,7 +51,8 @@ class Run:
 
     source: the run whose checkpoint this one starts from (the run itself when it
     is resumed, another run when forked from its checkpoint), or None for a new
-    run; prefix: that checkpoint; vocab and manifest: the source's saved files.
+    run; prefix: that checkpoint; vocab and manifest: the source's saved files;
+    replicas: how many replicas train it (distribute.py), saved in config.json.
     """
 
     dir: Path
@@ -61,6 +62,7 @@ class Run:
     prefix: str | None = None
     vocab: Vocabulary | None = None
     manifest: dict | None = None
+    replicas: int = 1
 
     @property
     def name(self):
@@ -125,7 +127,7 @@ class Run:
     def save_files(self, model_config: ModelConfig, vocab, files):
         """Write the JSON files that travel beside the checkpoints; files: the corpus's FileSpans."""
         config = {"format_version": FORMAT_VERSION, "model": model_config.to_json(),
-                  "training": dataclasses.asdict(self.config)}
+                  "training": dataclasses.asdict(self.config), "replicas": self.replicas}
         write_json(self.dir / CONFIG, config)
         write_json(self.dir / VOCAB, vocab.to_json())
         write_json(self.dir / CORPUS, _manifest(self.config, files))
@@ -415,7 +417,8 @@ def list_runs(checkpoint_dir):
         except (UserError, tf.errors.OpError, ValueError) as e:
             lines.append(f"{run.name:<28} cannot be read: {checkpoints.first_line(e)[:200]}")
             continue
-        best = f"best validation {best / np.log(2):.3f} bits/char" if best < checkpoints.NOT_VALIDATED else "not validated"
+        best = (f"best validation {best:.3f} nats ({best / np.log(2):.3f} bits/char)"
+                if best < checkpoints.NOT_VALIDATED else "not validated")
         lines.append(f"{run.name:<28} {_describe(model):<14} step {step:<9,} {best}")
     return lines
 

@@ -5,8 +5,10 @@ bad flags answer at once instead of after the seconds TensorFlow takes to load.
 
     training_threads(implementation)   thread defaults for training (before the import)
     import_tensorflow()                import TensorFlow without its start-up chatter
+    starting_tensorflow()              the same, with a `with` body that runs before TensorFlow's first op
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -37,8 +39,20 @@ def import_tensorflow():
     TF_CPP_MIN_LOG_LEVEL is read, so stderr points at /dev/null while TensorFlow
     loads and finds its devices. Python errors still surface: they are raised, and
     printed after stderr is restored. Returns the tensorflow module."""
+    with starting_tensorflow() as tf:
+        return tf
+
+
+@contextlib.contextmanager
+def starting_tensorflow():
+    """import_tensorflow() whose `with` body runs after the import and before
+    TensorFlow runs its first op, stderr still quiet. What must configure
+    TensorFlow's runtime goes there: a MultiWorkerMirroredStrategy sets up
+    collective ops, which TensorFlow accepts only before it starts. Yields the
+    tensorflow module; once TensorFlow is imported, the body simply runs."""
     if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
+        yield sys.modules["tensorflow"]
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     # Ctrl-C during the seconds TensorFlow takes to load ends the process quietly (exit 130).
@@ -50,6 +64,7 @@ def import_tensorflow():
         import tensorflow as tf
         tf.config.list_physical_devices()  # device discovery logs its own warnings
         tf.get_logger().setLevel("ERROR")
+        yield tf
         # The first int32 transpose logs a false "oneDNN supports DT_INT32 only on
         # platforms with AVX-512" error line, once per process: spend it here.
         tf.transpose(tf.zeros([1, 1], tf.int32))
@@ -58,4 +73,3 @@ def import_tensorflow():
         os.close(saved)
         os.close(devnull)
         signal.signal(signal.SIGINT, previous)
-    return tf

@@ -19,8 +19,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalars
 
 import checkpoints
+import distribute
 import run as runs
 import txt_utils
 from config import SamplingConfig, TrainConfig
@@ -33,21 +36,26 @@ VAL_ROWS, VAL_ROW_CHARS = 64, 1024  # validation: up to 64 rows, each of at leas
 SAMPLE_CHARS = 300
 
 
-def train(cfg: TrainConfig, resume=None, given=()):
-    """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal."""
-    run = runs.open_run(cfg, resume, given)
-    with run.claimed():
-        return _train(run)
+def train(cfg: TrainConfig, resume=None, given=(), strategy=None):
+    """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal.
+
+    strategy: None for one device, or the tf.distribute strategy of distribute.make_strategy."""
+    run = distribute.prepare_run(runs.open_run(cfg, resume, given), strategy)
+    with run.claimed(), distribute.peers_watched(strategy):
+        return _train(run, strategy)
 
 
-def _train(run):
+def _train(run, strategy=None):
     cfg = run.config
     corpus = run.read_corpus()
     nb_batches = txt_utils.require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
     total_steps = cfg.max_steps or cfg.epochs * nb_batches
-    trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run, corpus.vocab)
+    with distribute.scope(strategy):
+        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run, corpus.vocab)
     if not announce(run, corpus, trainer, total_steps):
         return 0
+    distribute.note_replicas(run)
+    chief = distribute.is_chief(strategy)  # validation and samples: once, from the chief
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
     logs = Logs(run, corpus, trainer.step)
     console = Console(total_steps, trainer.step, cfg.batch_size * cfg.seqlen)
@@ -63,15 +71,15 @@ def _train(run):
             step = trainer.train_step(x, y, nb_batches)
             console.advance(step, trainer.last_loss)
             if step % cfg.log_every == 0 and console.window.steps:
-                logs.train(step, console.log_window(), float(trainer.optimizer.learning_rate),
+                logs.train(step, console.log_window(), float(trainer.optimizer.learning_rate.numpy()),
                            trainer.flops_per_char)
-            if step % cfg.val_every == 0:
+            if step % cfg.val_every == 0 and chief:
                 validate(trainer, corpus, logs, console, interrupt)
-            if step % cfg.sample_every == 0:
+            if step % cfg.sample_every == 0 and chief:
                 show_sample(generator, corpus.vocab, logs, console, step)
             if step % cfg.checkpoint_every == 0:
                 trainer.save(trainer.latest, console)
-        if interrupt.signum is None and trainer.step % cfg.val_every and trainer.step > start_step:
+        if interrupt.signum is None and trainer.step % cfg.val_every and trainer.step > start_step and chief:
             validate(trainer, corpus, logs, console)
         if not (trainer.latest.latest or "").endswith(f"-{trainer.step}"):
             trainer.save(trainer.latest, console)
@@ -131,8 +139,10 @@ class Trainer:
                                                           self.vocab_fingerprint)
         size = checkpoints.size_of([*self.named.values(), *self.optimizer.variables, *self.states])
         self.latest, self.best = run.managers(self.checkpoint, size)
-        self.compiled_step = make_train_step(self.model, self.optimizer, list(self.named.values()), self.states,
-                                             cfg.clip_norm)
+        # Built under strategy.scope() (training._train), the step runs on every replica.
+        build_step = distribute.make_distributed_train_step if tf.distribute.has_strategy() else make_train_step
+        self.compiled_step = build_step(self.model, self.optimizer, list(self.named.values()), self.states,
+                                        cfg.clip_norm)
         self.validate = make_validate(self.model, cfg.seqlen, cfg.val_chars)
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0
@@ -140,11 +150,11 @@ class Trainer:
 
     @property
     def step(self):
-        return int(self.progress["step"])
+        return int(self.progress["step"].numpy())  # .numpy(): also a mirrored variable (distribute.py)
 
     @property
     def best_val_loss(self):
-        best = float(self.progress["best_val_loss"])
+        best = float(self.progress["best_val_loss"].numpy())
         return None if best >= checkpoints.NOT_VALIDATED else best
 
     def restore(self, prefix, vocab_file):
@@ -307,6 +317,18 @@ def make_validate(model, seqlen, max_chars=0):
 
 # ---------------------------------------------------------------- logs and signals
 
+# TensorBoard shows a card per tag, grouped by the part before the '/', groups in
+# alphabetical order: the numbers put the loss first and the speed after the learning curves.
+LOSS, BITS, ACCURACY = "1_loss/loss", "1_loss/loss_in_bits_per_char", "2_accuracy/accuracy"
+CHARS_PER_S, GFLOPS, LEARNING_RATE = "3_speed/chars_per_s", "3_speed/flop_rate_gflops", "4_optimizer/learning_rate"
+CHARTS = {  # the Custom Scalars tab, in this order: {category: [(chart title, tag)]}
+    "learning": [("loss in nats, training and validation", LOSS), ("bits per character", BITS),
+                 ("accuracy: next character right", ACCURACY)],
+    "speed": [("characters per second", CHARS_PER_S), ("GFLOP/s of the training step", GFLOPS)],
+    "optimizer": [("learning rate", LEARNING_RATE)],
+}
+
+
 class Logs:
     """TensorBoard summaries: train/ and validation/ side by side, so their curves overlay."""
 
@@ -316,13 +338,14 @@ class Logs:
         self.valid_writer = tf.summary.create_file_writer(str(valid_dir))
         with self.train_writer.as_default(step=step):
             tf.summary.text("config", config_markdown(run, corpus))
+            write_layout()
 
     def train(self, step, window, learning_rate, flops_per_char):
         with self.train_writer.as_default(step=step):
             write_metrics(window.loss, window.accuracy)
-            tf.summary.scalar("learning_rate", learning_rate)
-            tf.summary.scalar("chars_per_s", window.chars_per_s)
-            tf.summary.scalar("flop_rate_gflops", window.chars_per_s * flops_per_char / 1e9)
+            tf.summary.scalar(LEARNING_RATE, learning_rate)
+            tf.summary.scalar(CHARS_PER_S, window.chars_per_s)
+            tf.summary.scalar(GFLOPS, window.chars_per_s * flops_per_char / 1e9)
 
     def validation(self, step, loss, accuracy):
         with self.valid_writer.as_default(step=step):
@@ -338,9 +361,20 @@ class Logs:
 
 
 def write_metrics(loss, accuracy):
-    tf.summary.scalar("loss", loss)
-    tf.summary.scalar("bits_per_char", loss / math.log(2))
-    tf.summary.scalar("accuracy", accuracy)
+    tf.summary.scalar(LOSS, loss)
+    tf.summary.scalar(BITS, loss / math.log(2))
+    tf.summary.scalar(ACCURACY, accuracy)
+
+
+def write_layout():
+    """The Custom Scalars tab's charts (TensorBoard merges the same layout from every run)."""
+    layout = layout_pb2.Layout(category=[
+        layout_pb2.Category(title=title, chart=[
+            layout_pb2.Chart(title=chart, multiline=layout_pb2.MultilineChartContent(tag=[f"^{tag}$"]))
+            for chart, tag in charts])
+        for title, charts in CHARTS.items()])
+    tf.summary.write(custom_scalars.CONFIG_SUMMARY_TAG, tf.constant(layout.SerializeToString()),
+                     metadata=custom_scalars.create_summary_metadata())
 
 
 def config_markdown(run, corpus):

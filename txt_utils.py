@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from config import VALIDATION_SPLITS
 from errors import UserError
 
 log = logging.getLogger("charrnn")
@@ -176,7 +177,6 @@ class FileSpan:
     sha256: str
 
 
-VALIDATION_SPLITS = ("auto", "files", "tail", "none")  # see read_corpus
 
 
 @dataclass

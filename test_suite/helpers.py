@@ -77,9 +77,9 @@ def tiny(tmp, **overrides):
     return TrainConfig(**{**base, **overrides})
 
 
-def quiet_train(cfg, resume=None, given=()):
+def quiet_train(cfg, resume=None, given=(), strategy=None):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return training.train(cfg, resume=resume, given=given)
+        return training.train(cfg, resume=resume, given=given, strategy=strategy)
 
 
 def train_stderr(cfg, resume=None, given=()):
@@ -102,6 +102,15 @@ def read_scalars(folder):
     acc.Reload()
     return {tag: [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
             for tag in acc.Tags()["tensors"] if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def read_layout(folder):
+    """The Custom Scalars layout written in folder's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    acc = EventAccumulator(folder, size_guidance={"tensors": 0})
+    acc.Reload()
+    return layout_pb2.Layout.FromString(tf.make_ndarray(acc.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto).item())
 
 
 def read_texts(folder):

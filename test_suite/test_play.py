@@ -1,7 +1,9 @@
 """Generation from the command line (rnn_play.py), export, and what a console shows."""
 
 import io
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import numpy as np
 
 import run as runs
 import export
+import rnn_play
 from config import SamplingConfig
 from test_suite.helpers import RunCopyTest, play, quiet_train, set_mtimes, tf, tiny, write
 
@@ -103,7 +106,9 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0, err)
         lines = out.splitlines()
         self.assertEqual([line.split()[0] for line in lines], ["second", "first", "broken"])
-        self.assertRegex(lines[0], r"gru 2x16 +step 30 +best validation \d\.\d{3} bits/char")
+        best = re.search(r"gru 2x16 +step 30 +best validation (\d\.\d{3}) nats \((\d\.\d{3}) bits/char\)$", lines[0])
+        self.assertIsNotNone(best, lines[0])  # nats first, as everywhere else
+        self.assertAlmostEqual(float(best.group(2)), float(best.group(1)) / math.log(2), delta=0.002)
         self.assertRegex(lines[1], r"step 10 ")
         self.assertRegex(lines[2], r"cannot be read: .*broken/checkpoint is damaged")
 
@@ -125,7 +130,7 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertTrue(out.startswith("the Zéat"))
         self.assertEqual(len(out), len("the Zéat") + 50)
-        self.assertRegex(err, r"warning: .*'Zé'")
+        self.assertRegex(err, r"warning: .*read as unknown: 'Z', 'é'\n")
 
     def test_prime_file(self):
         path = os.path.join(self.tmp, "prime.txt")
@@ -193,10 +198,17 @@ class TestConsole(unittest.TestCase):
             self.assertIn("?", train.stdout)  # the samples' non-ASCII characters
             play = subprocess.run(
                 [sys.executable, "rnn_play.py", "u", "--checkpoint-dir", os.path.join(tmp, "ck"),
-                 "--prime", "naïve ☃", "-n", "50"],
+                 "--prime", "naïve ☃ Ü€", "-n", "50"],
                 capture_output=True, text=True, encoding="ascii", errors="strict", env=env, timeout=300)
             self.assertEqual(play.returncode, 0, play.stderr)
-            self.assertTrue(play.stdout.startswith("na?ve ?"), play.stdout)
+            self.assertTrue(play.stdout.startswith("na?ve ? ??"), play.stdout)
+            # The characters the model never saw, named by code point rather than as '??'.
+            self.assertIn("read as unknown: U+00DC, U+20AC\n", play.stderr)
+
+    def test_characters_a_console_cannot_show_are_named_by_code_point(self):
+        self.assertEqual(rnn_play.printable(["Z", "é", "\x07", "😀"], "ascii"), "'Z', U+00E9, '\\x07', U+1F600")
+        self.assertEqual(rnn_play.printable(["Z", "é"], "utf-8"), "'Z', 'é'")
+        self.assertEqual(rnn_play.printable(["é", "€"], "cp1252"), "'é', '€'")
 
 
 class LiveRunTest(RunCopyTest):

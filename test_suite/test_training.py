@@ -3,7 +3,9 @@
 import contextlib
 import dataclasses
 import io
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +20,11 @@ import numpy as np
 import checkpoints as ckpts
 import run as runs
 import training
+from config import flag
 from errors import UserError
 from model import CharRNN
 from test_suite.helpers import (V, checkpoint_tensors, copy_weights, play, mean_loss, quiet_train, random_ids,
-                                read_scalars, read_texts, tf, tiny, tiny_model_config, write)
+                                read_layout, read_scalars, read_texts, tf, tiny, tiny_model_config, write)
 
 
 class TrainStepTest(unittest.TestCase):
@@ -110,7 +113,7 @@ class TestTraining(unittest.TestCase):
     def test_loss_falls_on_learnable_text(self):
         quiet_train(tiny(self.tmp, max_steps=150, val_every=15, dropout=0.0, units=32))
         events = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
-        losses = [v for _, v in events["loss"]]
+        losses = [v for _, v in events[training.LOSS]]
         self.assertLess(losses[-1], 0.5 * losses[0])
         self.assertLess(losses[-1], 1.0)  # nats/char: the text is nearly deterministic
 
@@ -284,11 +287,23 @@ class TestTraining(unittest.TestCase):
         quiet_train(tiny(self.tmp, max_steps=20))
         train = read_scalars(os.path.join(self.tmp, "log", "r", "train"))
         valid = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
-        for tag in ("loss", "bits_per_char", "accuracy", "learning_rate", "chars_per_s"):
-            self.assertIn(tag, train)
-        for tag in ("loss", "bits_per_char", "accuracy"):
-            self.assertIn(tag, valid)
-        self.assertEqual([s for s, _ in valid["loss"]], [10, 20])
+        # TensorBoard orders its cards by tag: the loss first, then accuracy, speed, the optimizer.
+        self.assertEqual(sorted(train), ["1_loss/loss", "1_loss/loss_in_bits_per_char", "2_accuracy/accuracy",
+                                         "3_speed/chars_per_s", "3_speed/flop_rate_gflops",
+                                         "4_optimizer/learning_rate"])
+        self.assertEqual(sorted(valid), ["1_loss/loss", "1_loss/loss_in_bits_per_char", "2_accuracy/accuracy"])
+        self.assertEqual([s for s, _ in valid["1_loss/loss"]], [10, 20])
+        for (_, nats), (_, bits) in zip(valid["1_loss/loss"], valid["1_loss/loss_in_bits_per_char"]):
+            self.assertAlmostEqual(bits, nats / np.log(2), places=5)
+        # The Custom Scalars tab: the loss chart first, one chart per logged metric.
+        layout = read_layout(os.path.join(self.tmp, "log", "r", "train"))
+        first = layout.category[0].chart[0]
+        self.assertEqual((layout.category[0].title, first.title),
+                         ("learning", "loss in nats, training and validation"))
+        self.assertEqual(list(first.multiline.tag), ["^1_loss/loss$"])
+        charted = [re.fullmatch(chart.multiline.tag[0][1:-1], tag) is not None
+                   for tag in train for category in layout.category for chart in category.chart]
+        self.assertEqual(sum(charted), len(train))
         texts = read_texts(os.path.join(self.tmp, "log", "r", "train"))
         self.assertIn("sample", texts)
         config = texts["config"][0]
@@ -346,6 +361,20 @@ class TestSignals(unittest.TestCase):
                 np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def help_entries(text):
+    """{'--flag METAVAR': its help text} from argparse's --help output, printed wide enough
+    that each help text is one line, beside its flag or on the next line."""
+    entries, invocation = {}, None
+    for line in text.splitlines():
+        if re.match(r"^  [-\w]", line):
+            invocation, _, rest = line.strip().partition("  ")
+            if rest.strip():
+                entries[invocation], invocation = rest.strip(), None
+        elif invocation and line.startswith("    "):
+            entries[invocation], invocation = line.strip(), None
+    return entries
+
+
 class TestWhatTheUserSees(unittest.TestCase):
     def test_piped_output_has_training_lines_and_a_summary(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -363,11 +392,89 @@ class TestWhatTheUserSees(unittest.TestCase):
                                         r"elapsed \d:\d\d:\d\d  left \d:\d\d:\d\d$")
             self.assertRegex(r.stdout, r"about \d:\d\d:\d\d for the 10 steps left")  # after the warm-up window
             self.assertRegex(r.stderr, r"done: step 20 of 20 in \d:\d\d:\d\d, [\d,]+ chars/s")
-            self.assertRegex(r.stderr, r"training loss +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\)")
-            self.assertRegex(r.stderr, r"best validation +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\) at step "
-                                       r"(10|20): \S+/p/best/ckpt-(10|20)")
+            self.assertRegex(r.stderr, r"training loss +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\), mean of the "
+                                       r"last 5 steps")
+            best = re.search(r"best validation +\d+\.\d{4} nats \(\d+\.\d{3} bits/char\) at step (10|20)\n"
+                             r" +best checkpoint +\S+/p/best/ckpt-(10|20)\n", r.stderr)
+            self.assertIsNotNone(best, r.stderr)
+            self.assertEqual(best.group(1), best.group(2))
+            validations = [line for line in r.stdout.splitlines() if "validation" in line]
+            self.assertEqual(len(validations), 2)
+            for line in validations:  # fits an 80-column terminal
+                self.assertRegex(line, r"^step +(10|20)  validation \d\.\d{4} nats, \d\.\d{3} bits/char, "
+                                       r"\d+\.\d% right(  best)?$")
+                self.assertLessEqual(len(line), 80)
             self.assertIn(f"python3 rnn_play.py p --checkpoint-dir {ck}", r.stderr)
             self.assertIn(f"tensorboard --logdir={log}", r.stderr)
+
+    def test_piped_lines_arrive_while_the_run_goes_on(self):
+        """A log file shows each line at once: stopped as soon as its first line arrives, a run has
+        written only a few more, not the ~100 lines of a block-buffered stdout."""
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [sys.executable, "rnn_train.py", "--data", *tiny(tmp).data, "--layers", "1", "--units", "16",
+                    "--seqlen", "8", "--batch-size", "4", "--max-steps", "1000000", "--log-every", "1",
+                    "--val-every", "1000000", "--sample-every", "1000000", "--checkpoint-dir",
+                    os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"), "--run", "p"]
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                first = proc.stdout.readline()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                rest, err = proc.stdout.read(), proc.stderr.read()
+                proc.wait(timeout=120)
+            self.assertRegex(first, r"^step 1/1000000  loss \d+\.\d{3}  [\d,]+ chars/s  elapsed \d:\d\d:\d\d  "
+                                    r"left -:--:--$")  # no estimate yet from a window that compiled the step
+            self.assertEqual(proc.returncode, 143, err)
+            stopped = int(re.search(r"interrupted by signal 15 at step (\d+)", err).group(1))
+            self.assertLess(stopped, 40)
+            self.assertLess(len(rest.splitlines()), 40)
+
+    def test_help_texts_say_why_and_show_each_default_once(self):
+        metavars = {"N", "RATE", "NORM", "DIR", "NAME", "GLOB", "PATH", "TEXT", "T", "K", "P", "SECONDS",
+                    "PYTHON", "SECTION", "RUN_OR_CHECKPOINT"}
+        for script in ("rnn_train.py", "rnn_play.py", "benchmark.py"):
+            with self.subTest(script=script):
+                r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60,
+                                   env={**os.environ, "COLUMNS": "1000"})  # one line per flag
+                self.assertEqual(r.returncode, 0, r.stderr)
+                flags = help_entries(r.stdout)
+                self.assertGreater(len(flags), 5)
+                for invocation, text in flags.items():
+                    self.assertGreaterEqual(len(text.split()), 5, f"{invocation}: {text!r} says too little")
+                    self.assertLessEqual(text.count("(default:"), 1, text)
+                    for nothing in ("(default: None)", "(default: False)", "(default: )", "(default: [])"):
+                        self.assertNotIn(nothing, text)
+                    for word in re.findall(r"\b[A-Z][A-Z_]*\b", invocation):
+                        self.assertIn(word, metavars, f"{script} {invocation}")
+        play_help = help_entries(subprocess.run([sys.executable, "rnn_play.py", "--help"], capture_output=True,
+                                                text=True, env={**os.environ, "COLUMNS": "1000"}).stdout)
+        self.assertTrue(play_help["--top-k K"].endswith("(default: no limit)"))
+        bench_help = help_entries(subprocess.run([sys.executable, "benchmark.py", "--help"], capture_output=True,
+                                                 text=True, env={**os.environ, "COLUMNS": "1000"}).stdout)
+        self.assertIn("(default: 10)", bench_help["--seconds SECONDS"])
+        self.assertFalse({"--config", "--tmp", "--child"} & {i.split()[0] for i in bench_help})  # internal
+
+    def test_a_preset_is_the_flags_it_stands_for(self):
+        import rnn_train
+        for name, (_, flags) in rnn_train.PRESETS.items():
+            cfg, given, _ = rnn_train.parse(["--preset", name])
+            typed = rnn_train.parse([arg for k, v in flags.items() for arg in (flag(k), str(v))])
+            self.assertEqual((cfg, given), typed[:2])
+        cfg, given, _ = rnn_train.parse(["--units", "128", "--preset", "quick", "--max-steps", "5"])
+        self.assertEqual((cfg.layers, cfg.units, cfg.max_steps), (2, 128, 5))  # flags given with it win
+        with tempfile.TemporaryDirectory() as tmp:  # the run saves the values, not the preset's name
+            ck = os.path.join(tmp, "ck")
+            r = subprocess.run([sys.executable, "rnn_train.py", "--preset", "quick", "--data", *tiny(tmp).data,
+                                "--units", "16", "--max-steps", "2", "--checkpoint-dir", ck,
+                                "--log-dir", os.path.join(tmp, "log"), "--run", "q"],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(ck, "q", "config.json")) as f:
+                saved = json.load(f)["training"]
+            self.assertNotIn("preset", saved)
+            self.assertEqual({k: saved[k] for k in ("layers", "units", "seqlen", "batch_size", "lr", "max_steps")},
+                             dict(layers=2, units=16, seqlen=64, batch_size=64, lr=0.003, max_steps=2))
 
     def test_help_and_bad_flags_answer_before_tensorflow_loads(self):
         code = ("import sys, rnn_train, rnn_play; rnn_train.parse(['--layers', '2']); "

@@ -1,0 +1,308 @@
+"""Training on several devices or machines with tf.distribute, the RNN state carried per row.
+
+    make_strategy(kind)              None for "none"; a MirroredStrategy over this machine's GPUs
+                                     (or its CPU devices); a MultiWorkerMirroredStrategy over the
+                                     machines of TF_CONFIG, made before TensorFlow's first op
+    read_tf_config(text)             TF_CONFIG checked: (cluster, task type, task index)
+    scope / is_chief / peers_watched strategy.scope() or nothing; who writes; a lost peer as one line
+    prepare_run(run, strategy)       the batch must divide among the replicas; a non-chief worker
+                                     gets a WorkerRun: it reads the run, writes only to a scratch folder
+    note_replicas(run)               a line when a checkpoint resumes with another replica count
+    make_distributed_train_step      training.make_train_step over the replicas, same contract
+
+How a step divides the work. Every replica receives the whole global batch
+[B, T] and takes its own rows: replica r of R reads rows [r·B/R, (r+1)·B/R) of
+the batch and of the carried state. The state stays what it is on one device, one
+[B, S] variable per layer (mirrored: every device holds all rows); after a step
+the replicas' new rows are gathered in replica order and every copy takes all of
+them. So row i of the text continues row i of the state whatever the replica
+count, a checkpoint holds the same tensors as a single-device run's (it plays in
+rnn_play.py on one CPU), and a run resumed with another replica count simply
+cuts the same state into other slices.
+
+The loss of a replica is the mean over its rows. Its gradients are summed over
+the replicas in one all-reduce and divided by R, which is the gradient of the
+mean over the global batch (every replica has B/R rows), then clipped by their
+global norm, as on one device. Keras 3's optimizer, when `apply` runs in a
+replica context, sums the gradients across replicas itself, and cannot be told
+not to. So `apply` runs after strategy.run, outside strategy.scope(), on the
+reduced gradient of this process's first replica (every replica holds the same):
+there Keras reduces nothing and writes the update into every device's copy of
+each variable. (In cross-replica context inside the scope, Keras would make a
+merge_call, which only a replica context can: the step refuses to run there.)
+
+Dropout draws its masks from a seed generator whose state is a mirrored
+variable: every replica advances its own copy alike, and folds its replica id
+into the seed (model.Dropout), so the replicas drop different units and the
+state saved in a checkpoint is the same on all.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+import checkpoints
+import run as runs
+from errors import UserError
+
+TASK_TYPES = ("chief", "worker")  # what MultiWorkerMirroredStrategy trains with
+TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}\'')
+
+
+# ---------------------------------------------------------------- the strategy
+
+def make_strategy(kind):
+    """The tf.distribute strategy of --distribute `kind`, or None for "none".
+
+    "mirrored": every GPU of this machine, or its CPU devices when it has no GPU
+    (one, unless logical devices were configured). "multi-worker": the machines
+    of TF_CONFIG; TensorFlow must not have run an op yet (tf_setup.starting_tensorflow).
+    """
+    if kind == "none":
+        return None
+    if kind == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    read_tf_config(os.environ.get("TF_CONFIG"))
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as e:  # "Collective ops must be configured at program startup"
+        raise UserError(f"--distribute multi-worker: {e}; create the strategy before TensorFlow runs "
+                        f"an op, as rnn_train.py does") from None
+
+
+def read_tf_config(text):
+    """Check TF_CONFIG for multi-worker training; returns (cluster, task type, task index).
+
+    TensorFlow reads the variable itself; this reads it first so that a mistake is
+    a one-line error naming it, not a failure deep inside the strategy.
+    """
+    if not text:
+        raise UserError(f"--distribute multi-worker needs TF_CONFIG, the cluster and this machine's place "
+                        f"in it, e.g. {TF_CONFIG_EXAMPLE} (README: several machines)")
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"TF_CONFIG is not valid JSON ({e}); e.g. {TF_CONFIG_EXAMPLE}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"TF_CONFIG must be a JSON object with \"cluster\" and \"task\"; e.g. {TF_CONFIG_EXAMPLE}")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise UserError(f"TF_CONFIG has no \"cluster\" (task type -> list of host:port); e.g. {TF_CONFIG_EXAMPLE}")
+    for task_type, addresses in cluster.items():
+        if task_type not in TASK_TYPES:
+            raise UserError(f"TF_CONFIG cluster has {task_type!r} tasks; multi-worker training takes "
+                            f"{' and '.join(TASK_TYPES)} tasks only")
+        if not isinstance(addresses, list) or not addresses or not all(map(_is_address, addresses)):
+            raise UserError(f"TF_CONFIG cluster {task_type!r} must be a list of host:port strings "
+                            f"(got {json.dumps(addresses)})")
+    if len(cluster.get("chief", [])) > 1:
+        raise UserError(f"TF_CONFIG cluster has {len(cluster['chief'])} chiefs; it takes at most one")
+    if "worker" not in cluster:
+        raise UserError("TF_CONFIG cluster has no \"worker\" list")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise UserError(f"TF_CONFIG has no \"task\" ({{\"type\": ..., \"index\": ...}}: this machine's place in "
+                        f"the cluster); e.g. {TF_CONFIG_EXAMPLE}")
+    task_type, index = task["type"], task["index"]
+    if task_type not in cluster:
+        raise UserError(f"TF_CONFIG task type {task_type!r} is not in the cluster ({', '.join(cluster)})")
+    count = len(cluster[task_type])
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise UserError(f"TF_CONFIG task index {index!r} must be an integer, 0 to {count - 1}")
+    if not 0 <= index < count:
+        raise UserError(f"TF_CONFIG task index {index} is out of range: the cluster has {count} {task_type} "
+                        f"task{'s' * (count > 1)}, indexed 0 to {count - 1}")
+    return cluster, task_type, index
+
+
+def _is_address(address):
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def scope(strategy):
+    """strategy.scope(), where variables are created on every replica; nothing without one."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def peers_watched(strategy):
+    """Turn an all-reduce that failed because another process of the run stopped or died
+    into a one-line error: the others cannot go on without it."""
+    if strategy is None:
+        yield
+        return
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if "aborted by" in line] or [checkpoints.first_line(e)]
+        raise UserError(f"another process of the run stopped or failed ({lines[0]}); start every one of them "
+                        f"again with --resume") from None
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: always without a strategy; with one,
+    only the chief of a multi-worker cluster (the "chief" task, else worker 0)."""
+    return strategy is None or strategy.extended.should_checkpoint
+
+
+# ---------------------------------------------------------------- the run of each process
+
+def prepare_run(run, strategy):
+    """The Run this process trains: `run` itself without a strategy.
+
+    With one, the global batch must divide among the replicas; the chief's run
+    records the replica count in config.json; a non-chief worker gets a WorkerRun.
+    """
+    if strategy is None:
+        return run
+    replicas = strategy.num_replicas_in_sync
+    batch = run.config.batch_size
+    if batch % replicas:
+        raise UserError(f"--batch-size {batch} does not divide among the {replicas} replicas of --distribute "
+                        f"{run.config.distribute}; use a multiple of {replicas}, such as "
+                        f"{max(replicas, batch // replicas * replicas)}")
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)} | {"replicas": replicas}
+    chief = is_chief(strategy)
+    devices = ", ".join(d.rsplit("device:", 1)[-1] for d in strategy.extended.worker_devices)
+    role = "" if run.config.distribute != "multi-worker" else \
+        "; this worker is the chief" if chief else "; this worker writes nothing, the chief writes the run"
+    print(f"--distribute {run.config.distribute}: {replicas} replica{'s' * (replicas > 1)}, {batch // replicas} rows "
+          f"of the batch each, here on {devices}{role}", file=sys.stderr)
+    return runs.Run(**fields) if chief else WorkerRun(**fields)
+
+
+@dataclass
+class WorkerRun(runs.Run):
+    """The run as a non-chief worker sees it: it reads the run's files and checkpoint
+    as the chief does, and writes nothing there. It writes no checkpoint (the chief's
+    hold every replica's rows), its TensorBoard files go to a scratch folder removed
+    when it ends, and the run's lock is the chief's."""
+
+    scratch: Path | None = None
+
+    def log_dirs(self):
+        return self.scratch / "train", self.scratch / "validation"
+
+    def managers(self, checkpoint, size=None):
+        return NoCheckpoints(), NoCheckpoints()
+
+    def save_files(self, model_config, vocab, files):
+        pass
+
+    @contextlib.contextmanager
+    def claimed(self):
+        with tempfile.TemporaryDirectory(prefix=f"{self.name}-worker-") as scratch:
+            self.scratch = Path(scratch)
+            yield self
+
+
+class NoCheckpoints:
+    """A non-chief worker's stand-in for checkpoints.Manager: saves nothing, knows none."""
+
+    latest = None
+
+    def save(self, step):
+        return None
+
+
+def note_replicas(run):
+    """Say so when a resumed checkpoint was trained with another number of replicas.
+
+    The count is the one config.json recorded when the source run last started.
+    Nothing is lost: every row keeps its state, only the rows per replica change.
+    """
+    if run.source is None:
+        return
+    before = runs.read_json(Path(run.source) / runs.CONFIG).get("replicas", 1)
+    if before != run.replicas:
+        print(f"resuming with {run.replicas} replica{'s' * (run.replicas > 1)} a checkpoint trained with {before}: "
+              f"the carried state is re-split by rows, {run.config.batch_size // run.replicas} per replica (each "
+              f"row keeps its state, the global batch is unchanged); the steps round differently from here than "
+              f"with {before} (reduction order, dropout masks)", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- the training step
+
+def state_rows(states, first, rows):
+    """A replica's rows [first, first + rows) of each carried state [B, S]."""
+    return [_rows(s, first, rows) for s in states]
+
+
+def _rows(tensor, first, rows):
+    return tf.slice(tensor, [first, 0], [rows, tensor.shape[1] or -1])  # [rows, ...], static when known
+
+
+def make_distributed_train_step(model, optimizer, variables, states, clip_norm):
+    """training.make_train_step over the replicas of the strategy in scope.
+
+    The same contract: step(x, y) on a global batch [B, T] returns (loss, accuracy,
+    finite), the loss and accuracy over the whole batch, and a step whose loss,
+    gradient or updated weights are not finite changes nothing: no weight, no
+    optimizer slot, no state.
+    Build it inside strategy.scope(), with the variables made there; call it outside.
+    """
+    strategy = tf.distribute.get_strategy()
+    replicas, batch = strategy.num_replicas_in_sync, states[0].shape[0]
+    if batch % replicas:
+        raise ValueError(f"a batch of {batch} rows does not divide among {replicas} replicas")
+    rows = batch // replicas
+    if not optimizer.built:
+        optimizer.build(variables)
+    kept = list(variables) + list(optimizer.variables)  # what a step may change, states aside
+
+    def replica_step(x, y):  # x, y: [B, T], the whole batch, on every replica
+        context = tf.distribute.get_replica_context()
+        first = context.replica_id_in_sync_group * rows
+        x, y = _rows(x, first, rows), _rows(y, first, rows)  # [B/R, T]
+        with tf.GradientTape() as tape:
+            logits, new_states = model(x, state_rows(states, first, rows), training=True)  # [B/R, T, V]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]  # dense, as on one device
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
+        # One all-reduce for everything: the means over the global batch.
+        loss, accuracy, *grads = [t / replicas for t in
+                                  context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, accuracy, *grads])]
+        grads, norm = tf.clip_by_global_norm(grads, clip_norm)
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+        new_states = context.all_gather(new_states, axis=0)  # [B, S] each: every replica's rows, in order
+        return loss, accuracy, finite, grads, new_states
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y):  # x, y: [B, T] int
+        if tf.distribute.in_cross_replica_context():
+            raise RuntimeError("call the distributed training step outside strategy.scope()")
+        loss, accuracy, finite, grads, new_states = strategy.run(replica_step, args=(x, y))
+
+        def local(value):  # this process's first replica's; every replica holds the same after the all-reduce
+            return strategy.experimental_local_results(value)[0]
+
+        def apply():
+            before = [tf.identity(v) for v in kept]
+            optimizer.apply([local(g) for g in grads], variables)  # reduced already: applied to every copy as is
+            applied = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+
+            def keep():
+                for s, new in zip(states, new_states):
+                    s.assign(new)  # each device's copy from its own replica's gathered rows
+                return tf.constant(True)
+
+            def undo():  # as training.make_train_step: an update that overflowed a weight is undone
+                for v, old in zip(kept, before):
+                    v.assign(old)
+                return tf.constant(False)
+
+            return tf.cond(applied, keep, undo)
+
+        finite = tf.cond(local(finite), apply, lambda: tf.constant(False))
+        return local(loss), local(accuracy), finite
+
+    return train_step
