@@ -2,7 +2,6 @@
 that survive kills, power loss, full disks and hostile folders."""
 
 import contextlib
-import dataclasses
 import errno
 import os
 import shutil
