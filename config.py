@@ -105,6 +105,7 @@ class TrainConfig:
     max_nonfinite: int = 10
     allow_corpus_change: bool = False
     implementation: str = "auto"
+    precision: str = "auto"
 
     def model_config(self, vocab_size) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
@@ -136,7 +137,7 @@ class TrainConfig:
 FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
                    "max_vocab", "validation")
 # These belong to the process, not the run: never taken from the saved config.
-PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation")
+PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation", "precision")
 
 
 def flag(name):

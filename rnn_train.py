@@ -16,6 +16,7 @@ import sys
 
 from config import CELLS, IMPLEMENTATIONS, TrainConfig
 from errors import UserError, safe_console
+from precision import PRECISIONS
 from txt_utils import VALIDATION_SPLITS
 
 DEFAULTS = TrainConfig()
@@ -121,6 +122,11 @@ def make_parser():
                    help=default("recurrent kernels: fused (fast on CPU), keras (stock layers, cuDNN on "
                                 "GPU), auto picks keras when a GPU is visible; checkpoints load into "
                                 "either", "implementation"))
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help=default("dtype of the matmuls; bf16 and fp16 (GPU only, with loss scaling) keep the "
+                                "weights, the state and the loss in fp32. auto picks bf16 where the CPU "
+                                "(amx_bf16, avx512_bf16) or the GPU (compute capability 8.0+) multiplies bf16 "
+                                "natively, else fp32; checkpoints are the same in every precision", "precision"))
     return p
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 import checkpoints as ckpts
+import precision
 import txt_utils
 from config import DEFAULT_DATA, FIXED_ON_RESUME, PER_PROCESS, SamplingConfig, TrainConfig, flag
 from errors import UserError
@@ -163,20 +164,24 @@ def read_corpus(cfg, vocab=None):
 
 # ---------------------------------------------------------------- compiled steps
 
-def make_train_step(model, optimizer, variables, states, clip_norm):
+def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=None):
     """One compiled training step on a batch; the carried state lives in `states`.
 
     A step whose loss or gradient is not finite changes nothing: no weight, no
     optimizer slot, no state. It returns (loss, accuracy, finite).
+    loss_scale: a precision.LossScale for fp16, else None.
     """
     @tf.function(reduce_retracing=True)
     def train_step(x, y):  # x, y: [B, T] int
         with tf.GradientTape() as tape:
             logits, new_states = model(x, [s.value() for s in states], training=True)  # [B, T, V]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            scaled = loss * loss_scale.scale if loss_scale else loss
         # Dense gradients: Keras's Adam squares an IndexedSlices gradient (an
         # embedding's) row by row before summing repeated ids, which is not Adam.
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+        if loss_scale:
+            grads = [g / loss_scale.scale for g in grads]
         grads, norm = tf.clip_by_global_norm(grads, clip_norm)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
 
@@ -187,6 +192,8 @@ def make_train_step(model, optimizer, variables, states, clip_norm):
             return tf.constant(True)
 
         tf.cond(finite, apply, lambda: tf.constant(False))
+        if loss_scale:
+            loss_scale.update(finite)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
         return loss, accuracy, finite
 
@@ -304,7 +311,10 @@ def _train(cfg, run_dir, log_dir, source):
 
     mconf = cfg.model_config(len(vocab))
     keras.utils.set_random_seed(cfg.seed)
-    model = CharRNN(mconf, implementation=cfg.implementation)
+    chosen = precision.for_this_machine(cfg.precision)
+    if chosen.warning:
+        print(chosen.warning, file=sys.stderr)
+    model = CharRNN(mconf, implementation=cfg.implementation, precision=chosen.precision)
     model(tf.zeros([1, 1], tf.int32))  # build every variable before restoring
     named = model.named_variables()
     variables = list(named.values())
@@ -326,7 +336,7 @@ def _train(cfg, run_dir, log_dir, source):
             raise UserError(f"--resume {prefix} is at step {int(progress['step'])}, already past the "
                             f"{total_steps} steps of the run; raise --max-steps or --epochs")
         what, origin = ("new run", prefix) if forked else ("resuming", Path(prefix).name)
-        print(f"{what} {run_dir} from {origin} (step {int(progress['step'])})", file=sys.stderr)
+        print(f"{what} {run_dir} from {origin} (step {int(progress['step'])}), {chosen.describe()}", file=sys.stderr)
         if int(progress["step"]) >= total_steps:
             print(f"run {run_dir.name} is already at step {int(progress['step'])} of {total_steps}: nothing to "
                   f"train; raise --max-steps or --epochs to go on", file=sys.stderr)
@@ -334,10 +344,11 @@ def _train(cfg, run_dir, log_dir, source):
     else:
         print(f"new run {run_dir}: {len(train_codes):,} training and {len(valid_codes):,} validation chars "
               f"({corpus.held_out()}) from {len(corpus.files)} file{'s' * (len(corpus.files) > 1)}, "
-              f"vocabulary {len(vocab)}", file=sys.stderr)
+              f"vocabulary {len(vocab)}, {chosen.describe()}", file=sys.stderr)
     ckpts.save_run_files(run_dir, config_json, vocab, corpus_manifest(cfg, corpus))
 
-    train_step = make_train_step(model, optimizer, variables, states, cfg.clip_norm)
+    loss_scale = precision.LossScale() if chosen.precision == "fp16" else None
+    train_step = make_train_step(model, optimizer, variables, states, cfg.clip_norm, loss_scale)
     validate = make_validate(model, cfg.seqlen)
     generator = Generator(model, vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
     train_writer = tf.summary.create_file_writer(str(log_dir / "train"))
