@@ -1,24 +1,35 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
-    python3 benchmark.py                  # everything (about 6 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer distribute)
+    python3 benchmark.py                  # everything (about 8 minutes on 2 cores)
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer quality distribute)
     python3 benchmark.py train peer --peer-python ~/torch-venv/bin/python
+    python3 benchmark.py train --precision fp32    # the training figures in fp32 only
+    python3 benchmark.py quality --data input.txt  # validation loss after training in fp32 and in bf16
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
 - corpus:   reading a 1 GB ASCII file with read_corpus (two streamed passes):
             time, and the peak memory of the process (run it alone; it writes
             the file to a temporary folder).
-- matmul:   the machine's fp32 matrix-multiply rate (best of numpy and TensorFlow).
+- matmul:   the machine's fp32 matrix-multiply rate (best of numpy and TensorFlow)
+            and TensorFlow's bf16 rate, at 4096^3 and at the model's shapes
+            (the hoisted input projection, the recurrent matmuls), in one process.
 - train:    training chars/s of the real training step (Adam, clipping, carried
             state) for (a) GRU 3x512, seq 30, batch 200 and (b) GRU 2x256, seq 64,
-            batch 64, as a fraction of the FLOP bound = matmul rate / (3 x forward
-            FLOPs per char), and the peak memory of that process; with the default
-            implementation and, as a baseline, the stock Keras layers in the same
-            loop, each with rnn_train.py's thread settings for it.
+            batch 64, in each --precision (interleaved in one process, so their
+            ratio is not at the mercy of a busy machine), as a fraction of the FLOP
+            bound = that precision's matmul rate / (3 x forward FLOPs per char), and
+            the peak memory of that process; with the default implementation and,
+            as a baseline, the stock Keras layers in fp32 in the same loop, each
+            with rnn_train.py's thread settings for it.
 - peer:     the same training figures for PyTorch's nn.GRU (one-hot input, dropout,
-            Adam, clipping, carried state), the reference peer, when the Python
-            given by --peer-python (default: this one) can import torch. Not in the
-            default set; run it with train to compare in one run.
+            Adam, clipping, carried state), the reference peer, in fp32 and under
+            torch.autocast("cpu", torch.bfloat16) (interleaved in one process), when
+            the Python given by --peer-python (default: this one) can import torch.
+            Not in the default set; run it with train to compare in one run.
+- quality:  trains GRU 2x256, seq 64, batch 64, lr 2e-3 for --steps steps on
+            --data (its last 10% held out) in fp32 and in bf16, and prints both
+            validation losses (each model read in fp32; the bf16 one also in bf16)
+            and their difference. Not in the default set (about 15 minutes on 2 cores).
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
             as a baseline, from one tf.function call per character; the time
             from launching `rnn_play.py` to its first character, TensorFlow import
@@ -55,7 +66,7 @@ CONFIGS = {  # name: (model kwargs, batch, seqlen)
     "b": (dict(cell="gru", layers=2, units=256), 64, 64),
 }
 VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
-SECTIONS = ("text", "corpus", "matmul", "train", "peer", "generate", "distribute")
+SECTIONS = ("text", "corpus", "matmul", "train", "peer", "generate", "quality", "distribute")
 DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 
 
@@ -114,6 +125,9 @@ def write_ascii_file(path, megabytes):
             f.write(block)
 
 
+MATMUL_SHAPES = ((200, 512, 1536), (6000, 512, 1536), (100, 512, 512))  # [M, K] x [K, N] at (a)
+
+
 def child_matmul(args):
     import numpy as np
     import tensorflow as tf
@@ -121,9 +135,25 @@ def child_matmul(args):
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     flops = 2 * n ** 3
     np_rate = max(flops / timed(lambda: a @ a) for _ in range(7))  # the best of several: a bound
-    ta = tf.constant(a)
-    tf_rate = max(flops / timed(lambda: tf.matmul(ta, ta).numpy()) for _ in range(7))
-    return {"numpy_gflops": np_rate / 1e9, "tf_gflops": tf_rate / 1e9}
+    rates = {"numpy_gflops": np_rate / 1e9}
+    for name, dtype in (("tf", tf.float32), ("tf_bf16", tf.bfloat16)):
+        ta = tf.cast(a, dtype)
+        rates[f"{name}_gflops"] = max(flops / timed(lambda: tf.matmul(ta, ta).numpy()) for _ in range(7)) / 1e9
+    # The model's shapes, fp32 and bf16 in turn: the median of several timed batches each.
+    for m, k, n in MATMUL_SHAPES:
+        x, w = tf.random.normal([m, k]), tf.random.normal([k, n])
+        reps = max(3, int(1e9 / (2 * m * k * n)))
+        pairs = {dtype: (tf.cast(x, dtype), tf.cast(w, dtype)) for dtype in (tf.float32, tf.bfloat16)}
+        times = {dtype: [] for dtype in pairs}
+        for _ in range(7):
+            for dtype, (xd, wd) in pairs.items():
+                start = time.perf_counter()
+                for _ in range(reps):
+                    y = tf.matmul(xd, wd)
+                y.numpy()
+                times[dtype].append((time.perf_counter() - start) / reps)
+        rates[f"{m}x{k}x{n}"] = [2 * m * k * n / statistics.median(times[d]) / 1e9 for d in pairs]
+    return rates
 
 
 def child_train(args):
@@ -135,27 +165,37 @@ def child_train(args):
     from training import make_train_step
     kwargs, batch, seqlen = CONFIGS[args.config]
     config = ModelConfig(vocab_size=VOCAB, **kwargs)
-    model = CharRNN(config, implementation=args.implementation)
-    variables = list(model.named_variables().values())
-    optimizer = keras.optimizers.Adam(1e-3)
-    optimizer.build(variables)
-    states = [tf.Variable(s, trainable=False) for s in model.initial_states(batch)]
-    step = make_train_step(model, optimizer, variables, states, clip_norm=5.0)
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, VOCAB, (16, batch, seqlen + 1), dtype=np.int32)
-    i = iter(range(1 << 60))
+    data = np.random.default_rng(0).integers(0, VOCAB, (16, batch, seqlen + 1), dtype=np.int32)
 
-    def one_step():
-        d = data[next(i) % len(data)]
-        loss, _, _ = step(d[:, :-1], d[:, 1:])
-        float(loss)
-        return batch * seqlen
+    def make_step(precision):
+        model = CharRNN(config, implementation=args.implementation, precision=precision)
+        variables = list(model.named_variables().values())
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(variables)
+        states = [tf.Variable(s, trainable=False) for s in model.initial_states(batch)]
+        step = make_train_step(model, optimizer, variables, states, clip_norm=5.0)
+        i = iter(range(1 << 60))
 
-    for _ in range(3):
-        one_step()  # trace and warm up
-    rates = windows(one_step, args.seconds, args.windows)
-    return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "peak_mb": peak_rss_mb()}
+        def one_step():
+            d = data[next(i) % len(data)]
+            loss, _, _ = step(d[:, :-1], d[:, 1:])
+            float(loss)
+            return batch * seqlen
+
+        for _ in range(3):
+            one_step()  # trace and warm up
+        return one_step
+
+    return {**interleaved({p: make_step(p) for p in args.precision.split(",")}, args), "peak_mb": peak_rss_mb()}
+
+
+def interleaved(steps, args):
+    """{name: figures} of several step functions, measured window by window in turn."""
+    rates = {name: [] for name in steps}
+    for _ in range(args.windows):
+        for name, step in steps.items():
+            rates[name] += windows(step, args.seconds, 1)
+    return {name: {"chars_s": statistics.median(r), "min": min(r), "max": max(r)} for name, r in rates.items()}
 
 
 def child_distribute(args):
@@ -209,11 +249,13 @@ def train_flops_per_char(name):
 
 
 def child_peer(args):
+    import contextlib
     import torch
     import torch.nn.functional as F
     kwargs, batch, seqlen = CONFIGS[args.config]
     layers, units = kwargs["layers"], kwargs["units"]
     torch.manual_seed(0)
+    data = torch.randint(0, VOCAB, (16, seqlen + 1, batch))
 
     class Peer(torch.nn.Module):
         def __init__(self):
@@ -225,28 +267,63 @@ def child_peer(args):
             y, h = self.gru(F.one_hot(ids, VOCAB).float(), h)
             return self.readout(self.dropout(y)), h
 
-    model = Peer()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    data = torch.randint(0, VOCAB, (16, seqlen + 1, batch))
-    state = [torch.zeros(layers, batch, units), 0]
+    def make_step(precision):
+        model = Peer()
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        state = [torch.zeros(layers, batch, units), 0]
 
-    def one_step():
-        d = data[state[1] % len(data)]
-        logits, h = model(d[:-1], state[0])
-        state[0], state[1] = h.detach(), state[1] + 1
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), d[1:].reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        float(loss)
-        return batch * seqlen
+        def one_step():
+            d = data[state[1] % len(data)]
+            with (torch.autocast("cpu", torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
+                logits, h = model(d[:-1], state[0])
+                loss = F.cross_entropy(logits.reshape(-1, VOCAB), d[1:].reshape(-1))
+            state[0], state[1] = h.detach().float(), state[1] + 1  # the carried state stays fp32
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            float(loss)
+            return batch * seqlen
 
-    for _ in range(3):
-        one_step()
-    rates = windows(one_step, args.seconds, args.windows)
-    return {"chars_s": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "version": torch.__version__, "threads": torch.get_num_threads(), "peak_mb": peak_rss_mb()}
+        for _ in range(3):
+            one_step()
+        return one_step
+
+    steps = {p: make_step(p) for p in args.precision.split(",") if p in ("fp32", "bf16")}
+    return {**interleaved(steps, args), "version": torch.__version__, "threads": torch.get_num_threads(),
+            "peak_mb": peak_rss_mb()}
+
+
+QUALITY = dict(cell="gru", layers=2, units=256, embedding=0, seqlen=64, batch_size=64, lr=2e-3)
+
+
+def child_quality(args):
+    """Train QUALITY on --data in one precision; the validation loss of the result."""
+    import contextlib
+    import io
+    import checkpoints as ckpts
+    import training
+    from config import TrainConfig
+    from model import CharRNN
+    low = args.precision
+    cfg = TrainConfig(data=[args.data], validation="tail", max_steps=args.steps, val_every=args.steps,
+                      sample_every=args.steps + 1, checkpoint_every=args.steps, log_every=args.steps,
+                      checkpoint_dir=os.path.join(args.tmp, "ck"), log_dir=os.path.join(args.tmp, "log"),
+                      run=low, precision=low, **QUALITY)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        training.train(cfg)
+    seconds = time.perf_counter() - start
+    # The final weights, read in fp32 (as rnn_play.py reads them) and in the run's precision.
+    model, vocab, _, _ = ckpts.load_for_generation(low, cfg.checkpoint_dir)
+    valid = training.read_corpus(cfg, vocab=vocab).valid
+    losses = {"fp32": training.make_validate(model, cfg.seqlen)(valid)[0]}
+    if low != "fp32":
+        twin = CharRNN(model.config, "fused", precision=low)
+        for name, variable in twin.named_variables().items():
+            variable.assign(model.named_variables()[name])
+        losses[low] = training.make_validate(twin, cfg.seqlen)(valid)[0]
+    return {"losses": losses, "seconds": seconds, "chars": len(valid)}
 
 
 def child_generate(args):
@@ -365,6 +442,13 @@ def make_parser():
                         "Keras layers are always measured too, as the baseline (default: %(default)s)")
     p.add_argument("--peer-python", default=sys.executable, metavar="PYTHON",
                    help="a Python that can import torch, for the peer section (default: this Python)")
+    p.add_argument("--precision", default="fp32,bf16", metavar="LIST",
+                   help="precisions of the training figures, comma-separated, measured in turn in one process "
+                        "(default: %(default)s)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="the text of the quality section (default: the Shakespeare corpus)")
+    p.add_argument("--steps", type=int, default=1500, metavar="N",
+                   help="training steps of each quality run: enough to compare fp32 and bf16 (default: %(default)s)")
     # What the parent passes to each measuring process: not for the command line.
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--config", default="a", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -379,9 +463,11 @@ def main():
     if unknown:
         p.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     args.sections = args.sections or DEFAULT_SECTIONS
+    if not set(args.precision.split(",")) <= {"fp32", "bf16"}:
+        p.error(f"--precision takes fp32 and bf16, comma-separated (got {args.precision}); fp16 is for GPUs")
     if args.child:
         import tf_setup
-        if args.child in ("train", "distribute"):
+        if args.child in ("train", "quality", "distribute"):
             tf_setup.training_threads(args.implementation)  # rnn_train.py's thread settings
         if args.child not in ("text", "corpus", "peer"):  # those run without TensorFlow
             with tf_setup.starting_tensorflow() as tf:
@@ -403,32 +489,50 @@ def main():
         print(f"corpus: read_corpus of a {r['chars'] / 1e9:.2f} GB ASCII file in {r['seconds']:.1f} s; "
               f"its codes take {r['bytes'] / 1e6:,.0f} MB, the process peaked at {r['peak_mb']:,.0f} MB "
               f"(TensorFlow not loaded)")
-    matmul = None
+    matmul = {}  # GFLOP/s by precision: the FLOP bounds
     if {"matmul", "train", "peer"} & set(args.sections):
         m = run_child("matmul")
-        matmul = max(m["numpy_gflops"], m["tf_gflops"])
-        print(f"matmul: fp32 4096^3 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s")
+        matmul = {"fp32": max(m["numpy_gflops"], m["tf_gflops"]), "bf16": m["tf_bf16_gflops"]}
+        print(f"matmul: 4096^3 fp32 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s; "
+              f"bf16 tensorflow {m['tf_bf16_gflops']:.0f} GFLOP/s (x{m['tf_bf16_gflops'] / m['tf_gflops']:.2f})")
+        print("matmul: tensorflow fp32 / bf16 GFLOP/s at the model's shapes: " + ", ".join(
+            f"[{mm},{k}]x[{k},{n}] {m[f'{mm}x{k}x{n}'][0]:.0f} / {m[f'{mm}x{k}x{n}'][1]:.0f}"
+            for mm, k, n in MATMUL_SHAPES))
+    precisions = args.precision.split(",")
     if "train" in args.sections:
-        implementations = [args.implementation] + (["keras"] if args.implementation != "keras" else [])
         for name, (kwargs, batch, seqlen) in CONFIGS.items():
-            for implementation in implementations:
-                r = run_child("train", config=name, implementation=implementation, **timing)
-                bound = matmul * 1e9 / train_flops_per_char(name)
-                print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
-                      f"batch {batch}, {implementation}: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
-                      f"max {r['max']:,.0f}); FLOP bound {bound:,.0f} chars/s; fraction "
-                      f"{r['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
+            runs = [(args.implementation, args.precision)] + ([("keras", "fp32")] if args.implementation != "keras" else [])
+            for implementation, precision in runs:
+                r = run_child("train", config=name, implementation=implementation, precision=precision, **timing)
+                for p in precision.split(","):
+                    bound = matmul[p] * 1e9 / train_flops_per_char(name)
+                    f = r[p]
+                    print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
+                          f"batch {batch}, {implementation} {p}: {f['chars_s']:,.0f} chars/s (min {f['min']:,.0f}, "
+                          f"max {f['max']:,.0f}); {p} FLOP bound {bound:,.0f} chars/s; fraction "
+                          f"{f['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
+                if len(precisions) > 1 and implementation == args.implementation:
+                    print(f"train ({name}) {implementation}: " + ", ".join(
+                        f"{p} x{r[p]['chars_s'] / r[precisions[0]]['chars_s']:.2f}" for p in precisions[1:])
+                        + f" the speed of {precisions[0]} (interleaved in one process)")
     if "peer" in args.sections:
         probe = subprocess.run([args.peer_python, "-c", "import torch"], capture_output=True)
         if probe.returncode:
             print(f"peer: skipped, {args.peer_python} cannot import torch (pass --peer-python)")
         configs = {} if probe.returncode else CONFIGS
         for name, (kwargs, batch, seqlen) in configs.items():
-            r = run_child("peer", python=args.peer_python, config=name, **timing)
-            bound = matmul * 1e9 / train_flops_per_char(name)
-            print(f"peer ({name}) PyTorch {r['version']} nn.GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
-                  f"batch {batch}, {r['threads']} threads: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
-                  f"max {r['max']:,.0f}); fraction {r['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
+            r = run_child("peer", python=args.peer_python, config=name, precision=args.precision, **timing)
+            for p in (p for p in precisions if p in r):
+                bound = matmul[p] * 1e9 / train_flops_per_char(name)
+                f = r[p]
+                autocast = " (torch.autocast)" if p == "bf16" else ""
+                print(f"peer ({name}) PyTorch {r['version']} nn.GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
+                      f"batch {batch}, {r['threads']} threads, {p}{autocast}: {f['chars_s']:,.0f} chars/s (min "
+                      f"{f['min']:,.0f}, max {f['max']:,.0f}); fraction {f['chars_s'] / bound:.2f}; peak memory "
+                      f"{r['peak_mb']:,.0f} MB")
+            if "fp32" in r and "bf16" in r:
+                print(f"peer ({name}): bf16 x{r['bf16']['chars_s'] / r['fp32']['chars_s']:.2f} the speed of fp32 "
+                      f"(interleaved in one process)")
     if "generate" in args.sections:
         with tempfile.TemporaryDirectory() as tmp:
             r = run_child("generate", tmp=tmp, **timing)
@@ -450,6 +554,20 @@ def main():
               f"(x{r['two'] / r['one']:.2f}, {overhead_ms:+.1f} ms a step); windows one "
               f"{' '.join(f'{x:,.0f}' for x in r['one_all'])}, two {' '.join(f'{x:,.0f}' for x in r['two_all'])}; "
               f"load average {' '.join(f'{x:.1f}' for x in r['load'])} on {os.cpu_count()} CPUs")
+    if "quality" in args.sections:
+        from config import DEFAULT_DATA
+        data = os.path.abspath(os.path.expanduser(args.data)) if args.data else DEFAULT_DATA
+        losses = {}
+        for p in ("fp32", "bf16"):
+            with tempfile.TemporaryDirectory() as tmp:
+                r = run_child("quality", data=data, steps=args.steps, precision=p, tmp=tmp)
+            losses[p] = r["losses"]
+            read = ", ".join(f"read in {q} {loss:.4f}" for q, loss in r["losses"].items())
+            print(f"quality: GRU 2x256, seq 64, batch 64, lr 2e-3, {args.steps} steps trained in {p} "
+                  f"({r['seconds']:.0f} s): validation loss {read} nats/char ({r['chars']:,} chars)")
+        difference = losses["bf16"]["fp32"] - losses["fp32"]["fp32"]
+        print(f"quality: bf16 - fp32 = {difference:+.4f} nats/char (both read in fp32; the goal is |difference| "
+              f"<= 0.02)")
 
 
 if __name__ == "__main__":

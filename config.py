@@ -129,6 +129,7 @@ class TrainConfig:
     allow_corpus_change: bool = False
     implementation: str = "auto"
     distribute: str = "none"
+    precision: str = "auto"
 
     def model_config(self, vocab_size) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
@@ -192,7 +193,7 @@ def physical_memory():
 FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
                    "max_vocab", "validation")
 # These belong to the process, not the run: never taken from the saved config.
-PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation", "distribute")
+PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation", "distribute", "precision")
 
 
 def flag(name):

@@ -12,7 +12,12 @@ intermediate. `FusedRecurrent` instead
   backward pass written by hand that does one matmul per step and the weight
   gradients as large matmuls after the loop, as cuDNN does;
 - keeps `_gru_step`'s one [B, U] x [U, 3U] matmul per step for generation, which
-  runs under XLA, where the per-gate blocks were much slower.
+  runs under XLA, where the per-gate blocks were much slower;
+- can run its matmuls in a low precision (bfloat16 or float16, see precision.py):
+  the operands are cast down, each product is cast back to float32 at once, and
+  everything else (biases, gates, the state, the weights and their
+  gradients as the optimizer sees them) stays float32. With float32 no cast is
+  added: `tf.cast` to a tensor's own dtype returns the tensor itself.
 DEVELOPERS.md has the measurements behind each choice; benchmark.py measures them.
 
 The contract. The weights are Keras's, in Keras's layout (kernel [I, G·U],
@@ -26,7 +31,9 @@ correct when these tests pass:
   gradients, one-hot and embedding input, through the final state too;
 - test_suite/test_training.py `test_the_training_step_gives_adam_dense_gradients`:
   the product's training step moves the weights as Adam on the stock model's
-  dense gradients does.
+  dense gradients does;
+- test_suite/test_precision.py: in bfloat16 and float16, the outputs and gradients
+  stay within the low precision's rounding of float32's.
 
 Adding a cell: add its gate count to `config.GATES`, a `_<cell>_step(xw_t, state,
 recurrent_kernel)` in Keras's gate order below, its branch in
@@ -38,6 +45,7 @@ import keras
 import tensorflow as tf
 
 from config import GATES
+from precision import DTYPES
 
 
 class FusedRecurrent(keras.layers.Layer):
@@ -51,11 +59,14 @@ class FusedRecurrent(keras.layers.Layer):
     RNN, the loop is unrolled or a tf.scan, with autodiff through it.
     """
 
-    def __init__(self, cell: str, units: int, one_hot: bool, initializers: dict, **kwargs):
-        """initializers: kernel_initializer and recurrent_initializer, as for Keras's layers."""
+    def __init__(self, cell: str, units: int, one_hot: bool, initializers: dict, precision="fp32", **kwargs):
+        """initializers: kernel_initializer and recurrent_initializer, as for Keras's layers.
+        precision: "fp32", "bf16" or "fp16", the dtype of the matmuls; the weights and
+        the outputs stay float32."""
         super().__init__(**kwargs)
         self.cell_type, self.units, self.one_hot = cell, units, one_hot
         self.initializers = initializers
+        self.matmul_dtype = tf.as_dtype(DTYPES[precision])
 
     def build(self, input_shape):
         G, U = GATES[self.cell_type] * self.units, self.units
@@ -77,22 +88,24 @@ class FusedRecurrent(keras.layers.Layer):
             # Training only: under XLA (the generation loop) the per-gate blocks ran
             # much slower than `_gru_step`'s one matmul per step (DEVELOPERS.md).
             # Tensors, not variables: the gradients reach the variables through their reads.
-            hs = _gru_recurrence(self._gru_inputs(x), state, tf.convert_to_tensor(self.recurrent_kernel), self.bias[1])
+            hs = _gru_recurrence(self._gru_inputs(x), state, tf.convert_to_tensor(self.recurrent_kernel), self.bias[1],
+                                 self.matmul_dtype)
             return hs, hs[-1]
         U = self.units
         if self.one_hot:
             xw = tf.gather(self.kernel, x)  # [T, B, G]: one_hot(x) @ kernel without the matmul
         else:
-            xw = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), self.kernel)  # [T·B, G]
+            xw = _matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(self.kernel, self.matmul_dtype))  # [T·B, G]
             xw = tf.reshape(xw, tf.concat([tf.shape(x)[:2], [-1]], 0))  # [T, B, G]
+        recurrent_kernel = tf.cast(self.recurrent_kernel, self.matmul_dtype)  # cast once, outside the loop
         if self.cell_type == "gru":
-            hs = _scan(_gru_step, xw + self.bias[0], state, self.recurrent_kernel, self.bias[1])
+            hs = _scan(_gru_step, xw + self.bias[0], state, recurrent_kernel, self.bias[1])
             return hs, hs[-1]
         xw = xw + self.bias
         if self.cell_type == "lstm":
-            hcs = _scan(_lstm_step, xw, state, self.recurrent_kernel)  # [T, B, 2U]: h and c
+            hcs = _scan(_lstm_step, xw, state, recurrent_kernel)  # [T, B, 2U]: h and c
             return hcs[:, :, :U], hcs[-1]
-        hs = _scan(_rnn_step, xw, state, self.recurrent_kernel)
+        hs = _scan(_rnn_step, xw, state, recurrent_kernel)
         return hs, hs[-1]
 
     def _gru_inputs(self, x):
@@ -104,12 +117,22 @@ class FusedRecurrent(keras.layers.Layer):
         if self.one_hot:  # rows of kernel + bias: one_hot(x) @ kernel + bias without the matmul
             table = self.kernel + self.bias[0]  # [V, 3U]
             return [tf.gather(table[:, b], x) for b in blocks]
-        flat = tf.reshape(x, [-1, x.shape[-1]])  # [T·B, I]
-        return [tf.reshape(tf.nn.bias_add(tf.matmul(flat, self.kernel[:, b]), self.bias[0, b]), [x.shape[0], -1, U]) for b in blocks]
+        flat = tf.cast(tf.reshape(x, [-1, x.shape[-1]]), self.matmul_dtype)  # [T·B, I]
+        kernel = tf.cast(self.kernel, self.matmul_dtype)
+        return [tf.reshape(tf.nn.bias_add(_matmul(flat, kernel[:, b], tf.float32), self.bias[0, b]), [x.shape[0], -1, U])
+                for b in blocks]
+
+
+def _matmul(a, b, dtype=None, **kwargs):
+    """a @ b in b's dtype (a is cast to it), returned in `dtype` (default: a's).
+
+    With operands already float32 this is tf.matmul: the casts return their input."""
+    return tf.cast(tf.matmul(tf.cast(a, b.dtype), b, **kwargs), dtype or a.dtype)
 
 
 # One time step of each cell, in Keras's gate order and semantics.
-# xw_t [B, G] is the input projection plus input bias; state [B, S].
+# xw_t [B, G] is the input projection plus input bias; state [B, S], float32;
+# recurrent_kernel already in the matmul dtype (cast once per sequence).
 
 def _gru_step(xw_t, h, recurrent_kernel, recurrent_bias):
     """Keras GRU, reset_after=True (the cuDNN variant): gates z, r, h.
@@ -117,7 +140,7 @@ def _gru_step(xw_t, h, recurrent_kernel, recurrent_bias):
     Used outside training and when T is unknown; `_gru_recurrence` computes the same.
     """
     U = h.shape[-1]
-    rh = tf.matmul(h, recurrent_kernel) + recurrent_bias  # [B, 3U]
+    rh = _matmul(h, recurrent_kernel) + recurrent_bias  # [B, 3U]
     zr = tf.sigmoid(xw_t[:, : 2 * U] + rh[:, : 2 * U])  # [B, 2U]
     z, r = zr[:, :U], zr[:, U:]
     hh = tf.tanh(xw_t[:, 2 * U :] + r * rh[:, 2 * U :])  # candidate, [B, U]
@@ -127,7 +150,7 @@ def _gru_step(xw_t, h, recurrent_kernel, recurrent_bias):
 def _lstm_step(xw_t, hc, recurrent_kernel):
     """Keras LSTM: gates i, f, c, o; state is h and c concatenated."""
     h, c = tf.split(hc, 2, axis=-1)
-    i, f, g, o = tf.split(xw_t + tf.matmul(h, recurrent_kernel), 4, axis=-1)
+    i, f, g, o = tf.split(xw_t + _matmul(h, recurrent_kernel), 4, axis=-1)
     c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
     h = tf.sigmoid(o) * tf.tanh(c)
     return tf.concat([h, c], axis=-1)
@@ -135,7 +158,7 @@ def _lstm_step(xw_t, hc, recurrent_kernel):
 
 def _rnn_step(xw_t, h, recurrent_kernel):
     """Keras SimpleRNN: h_t = tanh(x_t W + b + h_{t-1} U)."""
-    return tf.tanh(xw_t + tf.matmul(h, recurrent_kernel))
+    return tf.tanh(xw_t + _matmul(h, recurrent_kernel))
 
 
 def _scan(step, xw, state, *weights):
@@ -149,12 +172,13 @@ def _scan(step, xw, state, *weights):
     return tf.stack(outputs)  # [T, B, S]
 
 
-def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias):
+def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias, matmul_dtype=tf.float32):
     """Unrolled GRU recurrence with a hand-written backward pass.
 
     xs: the input projections plus input bias of the gates z, r and the candidate,
     three [T, B, U] tensors; h0: [B, U]; recurrent_kernel [U, 3U] and
-    recurrent_bias [3U] in Keras's layout. Returns hs [T, B, U].
+    recurrent_bias [3U] in Keras's layout. Returns hs [T, B, U]. All float32;
+    the matmuls below run in matmul_dtype, their products cast back to float32.
 
     Forward, per step: one [U, U] block of the recurrent kernel per gate, so every
     per-step tensor is contiguous (no slices of a [B, 3U] tensor in the loop):
@@ -171,17 +195,21 @@ def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias):
     - after the loop, the weight gradients as large matmuls over all T·B rows:
         dK = H_prevᵀ dRH,  db = 1ᵀ dRH  (a column sum; as a matmul it is faster
       than reduce_sum), and [dZ, dR, dXH] flow on to the input projection.
+    In a low matmul_dtype the element-wise work, the carry and the bias gradient
+    stay float32; dRH and H_prev are cast down for the matmuls only.
     """
 
     @tf.custom_gradient
     def recurrence(xz, xr, xh, h0, recurrent_kernel, recurrent_bias):
         U = h0.shape[-1]
-        (k_z, k_r, k_h), (b_z, b_r, b_h) = tf.split(recurrent_kernel, 3, axis=1), tf.split(recurrent_bias, 3)
+        kernel = tf.cast(recurrent_kernel, matmul_dtype)  # [U, 3U]; the same tensor in float32
+        (k_z, k_r, k_h), (b_z, b_r, b_h) = tf.split(kernel, 3, axis=1), tf.split(recurrent_bias, 3)
         h, steps, hs = h0, [], []  # steps: per step (h_prev, z, r, rh, hh)
         for xz_t, xr_t, xh_t in zip(tf.unstack(xz), tf.unstack(xr), tf.unstack(xh)):
-            z = tf.sigmoid(xz_t + (tf.matmul(h, k_z) + b_z))  # [B, U]
-            r = tf.sigmoid(xr_t + (tf.matmul(h, k_r) + b_r))
-            rh = tf.matmul(h, k_h) + b_h
+            h_mm = tf.cast(h, matmul_dtype)  # cast once for the three matmuls
+            z = tf.sigmoid(xz_t + (_matmul(h_mm, k_z, h.dtype) + b_z))  # [B, U]
+            r = tf.sigmoid(xr_t + (_matmul(h_mm, k_r, h.dtype) + b_r))
+            rh = _matmul(h_mm, k_h, h.dtype) + b_h
             hh = tf.tanh(xh_t + r * rh)  # candidate
             steps.append((h, z, r, rh, hh))
             h = hh + z * (h - hh)  # = z h + (1 - z) hh
@@ -196,12 +224,12 @@ def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias):
                 dxh = dh * (1 - z) * (1 - hh * hh)
                 dr = dxh * rh * (r - r * r)
                 drh = tf.concat([dz, dr, dxh * r], axis=1)  # [B, 3U]
-                carry = dh * z + tf.matmul(drh, recurrent_kernel, transpose_b=True)
+                carry = dh * z + _matmul(drh, kernel, transpose_b=True)
                 d_steps.append((dz, dr, dxh, drh))
             d_z, d_r, d_xh, d_rh = (tf.stack(d[::-1]) for d in zip(*d_steps))  # [T, B, U] or [T, B, 3U]
             h_prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [-1, U])  # [T·B, U]
             d_rh = tf.reshape(d_rh, [-1, 3 * U])
-            d_kernel = tf.matmul(h_prev, d_rh, transpose_a=True)  # [U, 3U]
+            d_kernel = _matmul(h_prev, tf.cast(d_rh, matmul_dtype), transpose_a=True)  # [U, 3U]
             d_bias = tf.matmul(tf.ones([1, tf.shape(d_rh)[0]]), d_rh)[0]  # [3U]
             return d_z, d_r, d_xh, carry, d_kernel, d_bias
 

@@ -13,6 +13,11 @@ Two interchangeable implementations hold the same weights in Keras's layout:
   its own dropout masks), which TensorFlow computes at the same time;
   tf_setup.training_threads() gives each op half the cores to match.
 A model trained with one loads into the other through `named_variables()`.
+
+Either can compute in a low precision (`precision` "bf16" or "fp16", chosen by
+precision.py): the variables stay float32, so checkpoints do not depend on it;
+the fused layers and the readout cast the operands of their matmuls down and the
+products back up, and the stock layers follow Keras's mixed dtype policy.
 """
 
 import keras
@@ -21,6 +26,7 @@ import tensorflow as tf
 
 from config import IMPLEMENTATIONS, ModelConfig
 from fused import FusedRecurrent
+from precision import DTYPES, KERAS_POLICIES
 
 ROW_GROUPS, MIN_GROUP_ROWS = 2, 32  # the fused path splits a batch of 64+ rows in 2 groups
 
@@ -34,20 +40,26 @@ class CharRNN(keras.Model):
     """Stacked GRU/LSTM/RNN over characters, with the states in and out explicitly.
 
     call(ids [B, T] int, states) -> (logits [B, T, V] float32, new states), where
-    states is a list with one float32 [B, S] tensor per layer (S from state_sizes()).
+    states is a list with one float32 [B, S] tensor per layer (S from state_sizes()),
+    whatever the precision.
     """
 
-    def __init__(self, config: ModelConfig, implementation: str = "auto", initialize: bool = True, **kwargs):
+    def __init__(self, config: ModelConfig, implementation: str = "auto", initialize: bool = True,
+                 precision: str = "fp32", **kwargs):
         """initialize=False fills the weights with zeros, for a model whose weights are
         restored at once: it saves the orthogonal initializers' time before the first
-        generated character."""
+        generated character.
+        precision: "fp32", "bf16" or "fp16", already resolved (precision.resolve)."""
         super().__init__(**kwargs)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        if precision not in DTYPES:
+            raise ValueError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
         if implementation == "auto":
             implementation = "keras" if tf.config.list_physical_devices("GPU") else "fused"
         self.config = config
         self.implementation = implementation
+        self.precision = precision
         c = config
         seeds = iter(_seeds(c.seed, 3 * c.layers + 3))
 
@@ -65,10 +77,11 @@ class CharRNN(keras.Model):
             one_hot = layer == 0 and not c.embedding
             seed = (next(seeds), next(seeds))  # drawn either way: the dropout seeds come after
             init = _cell_initializers(seed if initialize else None)
-            self.rnns.append(layer_class(c.cell, c.units, one_hot, init))
+            self.rnns.append(layer_class(c.cell, c.units, one_hot, init, precision=precision))
         # dropouts[l] acts on the output of layer l: the input of layer l+1, or of the readout.
         self.dropouts = [Dropout(c.dropout, seed=next(seeds)) for _ in range(c.layers)]
-        self.readout = keras.layers.Dense(c.vocab_size, kernel_initializer=seeded(keras.initializers.GlorotUniform(seed=next(seeds))))
+        self.readout = Readout(c.vocab_size, DTYPES[precision],
+                               kernel_initializer=seeded(keras.initializers.GlorotUniform(seed=next(seeds))))
 
         # Create every variable now, so a checkpoint can be restored before any call.
         input_size = c.embedding or c.vocab_size
@@ -146,6 +159,22 @@ class CharRNN(keras.Model):
         }
 
 
+class Readout(keras.layers.Dense):
+    """The logits: Keras's Dense, whose matmul may run in a low precision; the bias
+    add and the logits stay float32, for the softmax and the loss."""
+
+    def __init__(self, units, matmul_dtype="float32", **kwargs):
+        super().__init__(units, **kwargs)
+        self.matmul_dtype = tf.as_dtype(matmul_dtype)
+
+    def call(self, inputs):
+        if self.matmul_dtype == tf.float32:
+            return super().call(inputs)
+        flat = tf.cast(tf.reshape(inputs, [-1, inputs.shape[-1]]), self.matmul_dtype)  # [N, U]
+        logits = tf.cast(tf.matmul(flat, tf.cast(self.kernel, self.matmul_dtype)), tf.float32)  # [N, V]
+        return tf.reshape(tf.nn.bias_add(logits, self.bias), tf.concat([tf.shape(inputs)[:-1], [self.units]], 0))
+
+
 class Dropout(keras.layers.Dropout):
     """Keras's Dropout with a cheaper mask: 16 random bits decide each element (the
     rate is rounded to a multiple of 1/65536), so it draws half the random numbers
@@ -181,13 +210,20 @@ def _cell_initializers(seed: tuple[int, int] | None) -> dict:
 
 
 class KerasRecurrent(keras.layers.Layer):
-    """A stock Keras recurrent layer, batch-major, taking and returning one state tensor."""
+    """A stock Keras recurrent layer, batch-major, taking and returning one state tensor.
 
-    def __init__(self, cell: str, units: int, one_hot: bool, initializers: dict, **kwargs):
+    In a low precision it runs under Keras's mixed dtype policy: float32 weights,
+    everything inside the layer (gates, and the state from step to step) in the
+    low precision; its outputs and final state come back as float32.
+    """
+
+    def __init__(self, cell: str, units: int, one_hot: bool, initializers: dict, precision="fp32", **kwargs):
         super().__init__(**kwargs)
         self.cell_type, self.units, self.one_hot = cell, units, one_hot
         layer_class = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM, "rnn": keras.layers.SimpleRNN}[cell]
         options = dict(reset_after=True) if cell == "gru" else {}
+        if KERAS_POLICIES[precision]:
+            options["dtype"] = KERAS_POLICIES[precision]
         self.layer = layer_class(units, return_sequences=True, return_state=True, **options, **initializers)
 
     def build(self, input_shape):
@@ -204,6 +240,6 @@ class KerasRecurrent(keras.layers.Layer):
             x = tf.one_hot(x, self.layer.cell.kernel.shape[0])  # [B, T, V]: the stock layer needs real inputs
         if self.cell_type == "lstm":
             outputs, h, c = self.layer(x, initial_state=tf.split(state, 2, axis=-1), training=training)
-            return outputs, tf.concat([h, c], axis=-1)
+            return tf.cast(outputs, tf.float32), tf.cast(tf.concat([h, c], axis=-1), tf.float32)
         outputs, h = self.layer(x, initial_state=[state], training=training)
-        return outputs, h
+        return tf.cast(outputs, tf.float32), tf.cast(h, tf.float32)

@@ -18,6 +18,7 @@ import sys
 
 from config import CELLS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from errors import UserError, safe_console
+from precision import PRECISIONS
 
 DEFAULTS = TrainConfig()
 
@@ -156,6 +157,11 @@ def make_parser():
                                 "machine; multi-worker: the machines that TF_CONFIG lists, each started with the "
                                 "same flags (README). The batch's rows are divided among the replicas; a run may "
                                 "resume with another setting", "distribute"))
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help=default("dtype of the matmuls; bf16 and fp16 (GPU only, with loss scaling) keep the "
+                                "weights, the state and the loss in fp32. auto picks bf16 where the CPU "
+                                "(amx_bf16, avx512_bf16) or the GPU (compute capability 8.0+) multiplies bf16 "
+                                "natively, else fp32; checkpoints are the same in every precision", "precision"))
     return p
 
 

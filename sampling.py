@@ -62,15 +62,18 @@ class Generator:
     The same compiled loop warms the state up on a prime: while a prime lasts,
     its next character is forced instead of sampled.
 
-    The loop runs the fused implementation of the model. The stock Keras layers
-    use cuDNN's kernel on a GPU, which XLA cannot compile (tensorflow#99385), so
-    a model built with them generates through a fused twin holding a copy of its
-    weights, refreshed at the start of every stream().
+    The loop runs the fused implementation of the model, in fp32. The stock Keras
+    layers use cuDNN's kernel on a GPU, which XLA cannot compile (tensorflow#99385),
+    and a model training in bf16 or fp16 would gain nothing here (XLA on the CPU
+    turns a bf16 matvec back into an fp32 one; DEVELOPERS.md), so such a model
+    generates through a fused fp32 twin holding a copy of its weights, refreshed at
+    the start of every stream(): a sample logged during training is the text
+    rnn_play.py writes from that step's checkpoint.
     """
 
     def __init__(self, model, vocab, config: SamplingConfig, chunk=256, jit=True):
         self.source = model
-        if model.implementation != "fused":
+        if model.implementation != "fused" or model.precision != "fp32":
             model = CharRNN(model.config, "fused", initialize=False)
         self.model, self.vocab, self.config, self.chunk = model, vocab, config.check(), chunk
         # compiled_chunk(states, token, forced, n_forced, position, seed, temperature)

@@ -24,6 +24,7 @@ from tensorboard.plugins.custom_scalar import metadata as custom_scalars
 
 import checkpoints
 import distribute
+import precision
 import run as runs
 import txt_utils
 from config import SamplingConfig, TrainConfig
@@ -97,8 +98,8 @@ def announce(run, corpus, trainer, total_steps):
     if run.source is None:
         files = len(corpus.files)
         print(f"new run {run.dir}: {len(corpus.train):,} training and {len(corpus.valid):,} validation chars "
-              f"({corpus.held_out()}) from {files} file{'s' * (files > 1)}, vocabulary {len(corpus.vocab)}",
-              file=sys.stderr)
+              f"({corpus.held_out()}) from {files} file{'s' * (files > 1)}, vocabulary {len(corpus.vocab)}, "
+              f"{trainer.choice.describe()}", file=sys.stderr)
         return True
     trainer.restore(run.prefix, run.vocab_file)
     step = trainer.step
@@ -106,7 +107,7 @@ def announce(run, corpus, trainer, total_steps):
         raise UserError(f"--resume {run.prefix} is at step {step}, already past the {total_steps} steps of "
                         f"the run; raise --max-steps or --epochs")
     what, origin = ("new run", run.prefix) if run.forked else ("resuming", Path(run.prefix).name)
-    print(f"{what} {run.dir} from {origin} (step {step})", file=sys.stderr)
+    print(f"{what} {run.dir} from {origin} (step {step}), {trainer.choice.describe()}", file=sys.stderr)
     if step >= total_steps:
         print(f"run {run.name} is already at step {step} of {total_steps}: nothing to train; raise "
               f"--max-steps or --epochs to go on", file=sys.stderr)
@@ -127,7 +128,10 @@ class Trainer:
     def __init__(self, model_config, cfg, run, vocab):
         self.cfg = cfg
         keras.utils.set_random_seed(cfg.seed)
-        self.model = CharRNN(model_config, implementation=cfg.implementation)
+        self.choice = precision.for_this_machine(cfg.precision)  # the matmuls' dtype, and why
+        if self.choice.warning:
+            print(self.choice.warning, file=sys.stderr)
+        self.model = CharRNN(model_config, implementation=cfg.implementation, precision=self.choice.precision)
         self.named = self.model.named_variables()  # every variable is built: it can be restored
         self.optimizer = keras.optimizers.Adam(cfg.lr)
         self.optimizer.build(list(self.named.values()))
@@ -140,9 +144,17 @@ class Trainer:
         size = checkpoints.size_of([*self.named.values(), *self.optimizer.variables, *self.states])
         self.latest, self.best = run.managers(self.checkpoint, size)
         # Built under strategy.scope() (training._train), the step runs on every replica.
-        build_step = distribute.make_distributed_train_step if tf.distribute.has_strategy() else make_train_step
-        self.compiled_step = build_step(self.model, self.optimizer, list(self.named.values()), self.states,
-                                        cfg.clip_norm)
+        variables = list(self.named.values())
+        if tf.distribute.has_strategy():
+            if self.choice.precision == "fp16":
+                raise UserError("--precision fp16 with --distribute is not supported (its loss scaling runs on "
+                                "one device); use --precision bf16 or fp32")
+            self.compiled_step = distribute.make_distributed_train_step(self.model, self.optimizer, variables,
+                                                                        self.states, cfg.clip_norm)
+        else:
+            loss_scale = precision.LossScale() if self.choice.precision == "fp16" else None
+            self.compiled_step = make_train_step(self.model, self.optimizer, variables, self.states, cfg.clip_norm,
+                                                 loss_scale)
         self.validate = make_validate(self.model, cfg.seqlen, cfg.val_chars)
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0
@@ -230,11 +242,12 @@ def show_sample(generator, vocab, logs, console, step):
 
 # ---------------------------------------------------------------- compiled steps
 
-def make_train_step(model, optimizer, variables, states, clip_norm):
+def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=None):
     """One compiled training step on a batch; the carried state lives in `states`.
 
     A step whose loss, gradient or updated weights are not finite changes nothing:
     no weight, no optimizer slot, no state. It returns (loss, accuracy, finite).
+    loss_scale: a precision.LossScale for fp16, else None.
     """
     if not optimizer.built:
         optimizer.build(variables)
@@ -245,9 +258,12 @@ def make_train_step(model, optimizer, variables, states, clip_norm):
         with tf.GradientTape() as tape:
             logits, new_states = model(x, [s.value() for s in states], training=True)  # [B, T, V]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            scaled = loss * loss_scale.scale if loss_scale else loss
         # Dense gradients: Keras's Adam squares an IndexedSlices gradient (an
         # embedding's) row by row before summing repeated ids, which is not Adam.
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+        if loss_scale:
+            grads = [g / loss_scale.scale for g in grads]
         grads, norm = tf.clip_by_global_norm(grads, clip_norm)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
 
@@ -270,6 +286,8 @@ def make_train_step(model, optimizer, variables, states, clip_norm):
             return tf.cond(applied, keep, undo)
 
         finite = tf.cond(finite, apply, lambda: tf.constant(False))
+        if loss_scale:
+            loss_scale.update(finite)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
         return loss, accuracy, finite
 

@@ -73,7 +73,8 @@ def tiny(tmp, **overrides):
         make_corpus(corpus)
     base = dict(data=[os.path.join(corpus, "*.txt")], layers=2, units=16, seqlen=8, batch_size=4,
                 dropout=0.2, lr=0.01, max_steps=20, val_every=10, sample_every=10, checkpoint_every=10,
-                checkpoint_dir=os.path.join(tmp, "ck"), log_dir=os.path.join(tmp, "log"), run="r")
+                checkpoint_dir=os.path.join(tmp, "ck"), log_dir=os.path.join(tmp, "log"), run="r",
+                precision="fp32")  # the same arithmetic on every CPU; test_precision.py tests the others
     return TrainConfig(**{**base, **overrides})
 
 

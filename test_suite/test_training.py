@@ -337,7 +337,8 @@ class TestSignals(unittest.TestCase):
             args = [sys.executable, "rnn_train.py", "--data", *cfg.data, "--layers", "2", "--units", "16",
                     "--seqlen", "8", "--batch-size", "4", "--lr", "0.01", "--max-steps", "400",
                     "--checkpoint-every", "25", "--val-every", "100", "--sample-every", "1000",
-                    "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"), "--run", "k"]
+                    "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"), "--run", "k",
+                    "--precision", cfg.precision]
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             index = os.path.join(tmp, "ck", "k", "checkpoint")
             deadline = time.time() + 120
@@ -351,7 +352,8 @@ class TestSignals(unittest.TestCase):
             stopped = int(ckpts.latest(os.path.dirname(index)).rsplit("-", 1)[1])
             self.assertLess(stopped, 400, "the run ended before the signal; the test proved nothing")
             resumed = subprocess.run([sys.executable, "rnn_train.py", "--resume", "k", "--checkpoint-dir",
-                                      os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")],
+                                      os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"),
+                                      "--precision", cfg.precision],
                                      capture_output=True, text=True, timeout=300)
             self.assertEqual(resumed.returncode, 0, resumed.stderr)
             quiet_train(dataclasses.replace(cfg, run="whole"))
