@@ -177,7 +177,7 @@ class RunTest(unittest.TestCase):
 
     def test_a_bf16_run_resumes_in_fp32_and_back_and_plays(self):
         quiet_train(self._tiny(precision="bf16", max_steps=6))
-        quiet_train(self._tiny(precision="fp32", max_steps=12), resume="r", explicit={"max_steps", "precision"})
+        quiet_train(self._tiny(precision="fp32", max_steps=12), resume="r", given={"max_steps", "precision"})
         run = os.path.join(self.tmp, "ck", "r")
         in_bf16, in_fp32 = (checkpoint_tensors(os.path.join(run, f"ckpt-{step}"), "") for step in (6, 12))
         self.assertEqual(sorted(in_bf16), sorted(in_fp32))  # the same objects, the same dtypes
@@ -187,8 +187,8 @@ class RunTest(unittest.TestCase):
         floats = {value.dtype for name, value in in_bf16.items()
                   if name.startswith(("weights/", "optimizer/", "state/")) and value.dtype.kind == "f"}
         self.assertEqual(floats, {np.dtype(np.float32)})  # the weights, Adam's slots, the carried state
-        quiet_train(self._tiny(precision="bf16", max_steps=18), resume="r", explicit={"max_steps", "precision"})
-        self.assertTrue(ckpts.latest_checkpoint(run).endswith("ckpt-18"))
+        quiet_train(self._tiny(precision="bf16", max_steps=18), resume="r", given={"max_steps", "precision"})
+        self.assertTrue(ckpts.latest(run).endswith("ckpt-18"))
         code, out, err = play("r", "--checkpoint-dir", os.path.join(self.tmp, "ck"), "-n", "40", "--seed", "1")
         self.assertEqual(code, 0, err)
         self.assertEqual(len(out), 40)
@@ -196,9 +196,9 @@ class RunTest(unittest.TestCase):
     def test_resume_in_bf16_is_exact(self):
         quiet_train(self._tiny(run="whole", precision="bf16", max_steps=8))
         quiet_train(self._tiny(run="split", precision="bf16", max_steps=4))
-        quiet_train(self._tiny(precision="bf16", max_steps=8), resume="split", explicit={"max_steps"})
-        whole = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "whole"))
-        split = ckpts.latest_checkpoint(os.path.join(self.tmp, "ck", "split"))
+        quiet_train(self._tiny(precision="bf16", max_steps=8), resume="split", given={"max_steps"})
+        whole = ckpts.latest(os.path.join(self.tmp, "ck", "whole"))
+        split = ckpts.latest(os.path.join(self.tmp, "ck", "split"))
         for section in ("weights/", "optimizer/", "rng/", "state/"):
             a, b = checkpoint_tensors(whole, section), checkpoint_tensors(split, section)
             self.assertTrue(a, section)
