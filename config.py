@@ -14,6 +14,7 @@ arguments before the seconds TensorFlow takes to load.
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from errors import UserError
@@ -25,6 +26,9 @@ DISTRIBUTE = ("none", "mirrored", "multi-worker")  # one device; this machine's 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: a kernel has units·GATES columns
 DEFAULT_DATA = "shakespeare/*.txt"
 TRAINING_COPIES = 4  # of the weights while training: the weights, their gradients, Adam's two slots
+DECAYS = ("none", "cosine", "linear")  # --decay: the learning rate after the warm-up
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?:in)?)?(?:{_NUMBER}s?)?")
 
 
 def _is_int(value):
@@ -46,6 +50,7 @@ class ModelConfig:
     embedding: int = 0  # 0: one-hot input (a row gather); >0: learned embedding size
     dropout: float = 0.2  # rate between layers and before the readout
     seed: int = 0  # seeds the initializers and the dropout masks
+    weight_drop: float = 0.0  # rate of the recurrent kernels' dropout mask, one mask per batch
 
     def __post_init__(self):
         for name, low in (("vocab_size", 1), ("layers", 1), ("units", 1), ("embedding", 0), ("seed", 0)):
@@ -54,8 +59,9 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= {low}, got {value!r}")
         if self.cell not in CELLS:
             raise ValueError(f"ModelConfig.cell must be one of {CELLS}, got {self.cell!r}")
-        if not _is_rate(self.dropout):
-            raise ValueError(f"ModelConfig.dropout must be a rate in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "weight_drop"):
+            if not _is_rate(getattr(self, name)):
+                raise ValueError(f"ModelConfig.{name} must be a rate in [0, 1), got {getattr(self, name)!r}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,12 +115,18 @@ class TrainConfig:
     units: int = 512
     embedding: int = 0
     dropout: float = 0.2
+    weight_drop: float = 0.0
     seqlen: int = 30
     batch_size: int = 200
     lr: float = 0.001
+    warmup_steps: int = 0
+    decay: str = "none"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
     clip_norm: float = 5.0
     epochs: int = 10
     max_steps: int = 0
+    max_time: str = ""
     seed: int = 0
     run: str = ""
     checkpoint_dir: str = "checkpoints"
@@ -133,7 +145,13 @@ class TrainConfig:
 
     def model_config(self, vocab_size) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, cell=self.cell, layers=self.layers, units=self.units,
-                           embedding=self.embedding, dropout=self.dropout, seed=self.seed)
+                           embedding=self.embedding, dropout=self.dropout, seed=self.seed,
+                           weight_drop=self.weight_drop)
+
+    @property
+    def max_seconds(self) -> float | None:
+        """--max-time in seconds, or None when the run has no time limit."""
+        return parse_duration(self.max_time) if self.max_time else None
 
     def check(self) -> "TrainConfig":
         """Reject values that would only fail later, naming the flag. The values may come
@@ -150,7 +168,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be >= 1 (got {getattr(self, name)})")
-        for name in ["max_steps", "max_vocab", "embedding", "val_chars"]:
+        for name in ["max_steps", "max_vocab", "embedding", "val_chars", "warmup_steps"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0 (got {getattr(self, name)})")
         if self.max_vocab == 1:
@@ -158,8 +176,9 @@ class TrainConfig:
                             "at least one character)")
         if not 0 <= self.seed < 2 ** 32:
             raise UserError(f"--seed must be in [0, 2**32) (got {self.seed})")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        for name in ("dropout", "weight_drop"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be in [0, 1) (got {getattr(self, name)})")
         if not self.lr > 0 or not self.clip_norm > 0:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
         if self.distribute not in DISTRIBUTE:
@@ -168,6 +187,17 @@ class TrainConfig:
             self.model_config(max(self.max_vocab, 2)).check_fits(TRAINING_COPIES)
         except ValueError as e:
             raise UserError(f"--layers {self.layers} --units {self.units}: {e}; choose a smaller model") from None
+        if self.decay not in DECAYS:
+            raise UserError(f"--decay must be one of {', '.join(DECAYS)} (got {self.decay!r})")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if not 0 <= self.weight_decay < 1:
+            raise UserError(f"--weight-decay must be in [0, 1) (got {self.weight_decay})")
+        if self.max_time:
+            parse_duration(self.max_time)
+        if self.max_time and self.distribute != "none":
+            raise UserError("--max-time with --distribute is not supported yet (each worker would plan its "
+                            "own steps); use --max-steps")
         return self
 
 
@@ -190,10 +220,22 @@ def physical_memory():
 
 
 # A resumed run must keep these: they define the model, the text and the batches.
-FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "seqlen", "batch_size", "seed",
-                   "max_vocab", "validation")
+FIXED_ON_RESUME = ("cell", "layers", "units", "embedding", "dropout", "weight_drop", "seqlen", "batch_size",
+                   "seed", "max_vocab", "validation")
 # These belong to the process, not the run: never taken from the saved config.
 PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "implementation", "distribute", "precision")
+
+
+def parse_duration(text) -> float:
+    """--max-time's value in seconds: 90s, 10m, 1h30m, 2h, or a plain number of seconds."""
+    match = _DURATION.fullmatch(str(text).strip())
+    if not match or not any(match.groups()):
+        raise UserError(f"--max-time {text!r} is not a duration; write it as 90s, 10m, 1h30m or 2h")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if not total > 0:
+        raise UserError(f"--max-time {text!r} must be longer than 0 seconds")
+    return total
 
 
 def flag(name):

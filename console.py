@@ -57,6 +57,7 @@ class Console:
     """The run's progress bar or plain lines, validation lines, and the final summary."""
 
     def __init__(self, total_steps, start_step, chars_per_step):
+        """total_steps: None while unknown (a --max-time run before its plan); see set_total."""
         self.total, self.step, self.start_step = total_steps, start_step, start_step
         self.chars_per_step = chars_per_step
         self.window = Window(0.0, 0.0, 0.0, 0)
@@ -71,11 +72,15 @@ class Console:
     def __enter__(self):
         # tqdm formats everything but the bar from a list postfix as is (no ", " before it),
         # and `n` padded to the width of the total, so no field changes width.
-        width = len(str(self.total))
         self.bar = tqdm(total=self.total, initial=self.step, file=sys.stderr, dynamic_ncols=True, disable=None,
-                        leave=False, postfix=[self.postfix()],
-                        bar_format=f"{{n:>{width}}}/{{total}} {{percentage:3.0f}}%|{{bar}}| {{postfix[0]}}")
+                        leave=False, postfix=[self.postfix()], bar_format=self.bar_format())
         return self
+
+    def bar_format(self):
+        if self.total is None:  # a --max-time run before its plan: steps so far
+            return "{n} steps | {postfix[0]}"
+        width = len(str(self.total))
+        return f"{{n:>{width}}}/{{total}} {{percentage:3.0f}}%|{{bar}}| {{postfix[0]}}"
 
     def __exit__(self, *exc):
         self.bar.close()
@@ -118,7 +123,7 @@ class Console:
         else:
             self.speed = SMOOTHING * window.chars_per_s + (1 - SMOOTHING) * self.speed
         self.train_loss, self.train_loss_steps = window.loss, window.steps
-        if self.windows == 2:
+        if self.windows == 2 and self.total is not None:
             self.write(f"about {format_duration(self.seconds_left())} for the {self.total - self.step:,} steps "
                        f"left, at {self.speed:,.0f} chars/s")
         if self.plain:
@@ -127,12 +132,22 @@ class Console:
             self.bar.postfix[0] = self.postfix()
         return window
 
+    def set_total(self, total_steps):
+        """The run's length, once known."""
+        self.total = self.bar.total = total_steps
+        self.bar.bar_format = self.bar_format()
+        self.bar.refresh()
+
     def seconds_left(self):
+        if self.total is None:
+            return None
         return (self.total - self.step) * self.chars_per_step / self.speed if self.speed else 0.0
 
     def left(self):
-        """The time left as H:MM:SS, once the speed no longer includes compiling the step."""
-        return format_duration(self.seconds_left()) if self.windows >= 2 else "-:--:--"
+        """The time left as H:MM:SS, once the speed no longer includes compiling the step
+        and the run's length is known."""
+        left = self.seconds_left()
+        return format_duration(left) if self.windows >= 2 and left is not None else "-:--:--"
 
     def postfix(self):
         """What follows the bar, at a fixed width: elapsed<left, losses, smoothed speed."""
@@ -143,7 +158,7 @@ class Console:
 
     def line(self):
         val = f"  val {self.val_loss:.3f}" if self.val_loss is not None else ""
-        return (f"step {self.step}/{self.total}  loss {self.train_loss:.3f}{val}  {self.speed:,.0f} chars/s  "
+        return (f"step {self.step}/{self.total or '?'}  loss {self.train_loss:.3f}{val}  {self.speed:,.0f} chars/s  "
                 f"elapsed {format_duration(time.perf_counter() - self.started)}  "
                 f"left {self.left()}")
 

@@ -18,7 +18,15 @@ Either can compute in a low precision (`precision` "bf16" or "fp16", chosen by
 precision.py): the variables stay float32, so checkpoints do not depend on it;
 the fused layers and the readout cast the operands of their matmuls down and the
 products back up, and the stock layers follow Keras's mixed dtype policy.
+
+Weight-drop (`ModelConfig.weight_drop`, as in AWD-LSTM) regularises the recurrence
+itself: in training, each layer reads its recurrent kernel through a dropout mask
+drawn once per batch, the same for every row and time step. Both implementations
+read the masked kernel in place of the variable (a Keras stateless scope), so they
+drop the same weights and agree in training too.
 """
+
+import contextlib
 
 import keras
 import numpy as np
@@ -61,7 +69,7 @@ class CharRNN(keras.Model):
         self.implementation = implementation
         self.precision = precision
         c = config
-        seeds = iter(_seeds(c.seed, 3 * c.layers + 3))
+        seeds = iter(_seeds(c.seed, 4 * c.layers + 3))
 
         def seeded(initializer):
             return initializer if initialize else keras.initializers.Zeros()
@@ -82,6 +90,8 @@ class CharRNN(keras.Model):
         self.dropouts = [Dropout(c.dropout, seed=next(seeds)) for _ in range(c.layers)]
         self.readout = Readout(c.vocab_size, DTYPES[precision],
                                kernel_initializer=seeded(keras.initializers.GlorotUniform(seed=next(seeds))))
+        # weight_drops[l] masks the recurrent kernel of layer l (seeds drawn last: the others stay as they were).
+        self.weight_drops = [Dropout(c.weight_drop, seed=next(seeds)) for _ in range(c.layers)]
 
         # Create every variable now, so a checkpoint can be restored before any call.
         input_size = c.embedding or c.vocab_size
@@ -103,13 +113,14 @@ class CharRNN(keras.Model):
     def call(self, ids, states=None, training=False):
         if states is None:
             states = self.initial_states(tf.shape(ids)[0])
+        kernels = self.recurrent_kernels(training)  # one weight-drop mask per batch, for every row group
         groups = self._row_groups(ids.shape[0])
         if not groups:
-            return self._call_rows(ids, states, training)
+            return self._call_rows(ids, states, training, kernels)
         # Independent groups of rows, each through the whole model: TF runs them
         # side by side on different cores, with no copies between the layers.
         results = [
-            self._call_rows(ids_g, list(states_g), training)
+            self._call_rows(ids_g, list(states_g), training, kernels)
             for ids_g, *states_g in zip(tf.split(ids, groups), *(tf.split(s, groups) for s in states))
         ]
         logits = tf.concat([logits_g for logits_g, _ in results], axis=0)
@@ -123,14 +134,24 @@ class CharRNN(keras.Model):
             return None
         return [batch // count + (i < batch % count) for i in range(count)]
 
-    def _call_rows(self, ids, states, training):
+    def recurrent_kernels(self, training):
+        """The recurrent kernel each layer reads in this call: with weight-drop in
+        training, the kernel times a fresh dropout mask (scaled by 1/(1 - rate)), drawn
+        once for the whole batch; otherwise None, the variable as it is."""
+        if not (training and self.config.weight_drop):
+            return [None] * len(self.rnns)
+        return [drop(tf.convert_to_tensor(rnn.recurrent_kernel), training=True)
+                for rnn, drop in zip(self.rnns, self.weight_drops)]
+
+    def _call_rows(self, ids, states, training, kernels):
         time_major = self.implementation == "fused"
         x = tf.transpose(ids) if time_major else ids  # [T, B] or [B, T]
         if self.embedding is not None:
             x = self.embedding(x)  # [..., E]
         new_states = []
-        for rnn, dropout, state in zip(self.rnns, self.dropouts, states):
-            x, state = rnn(x, state, training=training)  # [..., U], [B, S]
+        for rnn, dropout, state, kernel in zip(self.rnns, self.dropouts, states, kernels):
+            with _reading(rnn.recurrent_kernel, kernel):
+                x, state = rnn(x, state, training=training)  # [..., U], [B, S]
             x = dropout(x, training=training)
             new_states.append(state)
         logits = self.readout(x)  # [..., V]
@@ -151,10 +172,11 @@ class CharRNN(keras.Model):
         return {name: v.value for name, v in named.items()}
 
     def rng_variables(self) -> dict[str, tf.Variable]:
-        """The dropout random-generator states, needed to resume a run exactly."""
+        """The dropout and weight-drop random-generator states, needed to resume a run exactly."""
         return {
-            f"dropout_{layer}/seed_state": d.seed_generator.state.value
-            for layer, d in enumerate(self.dropouts)
+            f"{kind}_{layer}/seed_state": d.seed_generator.state.value
+            for kind, drops in (("dropout", self.dropouts), ("weight_drop", self.weight_drops))
+            for layer, d in enumerate(drops)
             if getattr(d, "seed_generator", None) is not None
         }
 
@@ -173,6 +195,16 @@ class Readout(keras.layers.Dense):
         flat = tf.cast(tf.reshape(inputs, [-1, inputs.shape[-1]]), self.matmul_dtype)  # [N, U]
         logits = tf.cast(tf.matmul(flat, tf.cast(self.kernel, self.matmul_dtype)), tf.float32)  # [N, V]
         return tf.reshape(tf.nn.bias_add(logits, self.bias), tf.concat([tf.shape(inputs)[:-1], [self.units]], 0))
+
+
+def _reading(variable, value):
+    """A context in which every read of `variable` gives `value` (None: the variable
+    itself). The stock layers read their weights themselves, so the masked kernel
+    reaches them this way; the gradient flows through value to the variable. Nothing
+    inside may update a variable: a stateless scope would only record the update."""
+    if value is None:
+        return contextlib.nullcontext()
+    return keras.StatelessScope(state_mapping=[(variable, value)])
 
 
 class Dropout(keras.layers.Dropout):

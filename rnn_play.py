@@ -5,6 +5,7 @@
     python3 rnn_play.py RUN --prime "ROMEO:" --temperature 0.7 --seed 1
     python3 rnn_play.py checkpoints/RUN/best/ckpt-1500 --samples 4
     python3 rnn_play.py RUN --export exported/   # a SavedModel that generates on its own
+    python3 rnn_play.py RUN --eval held-out.txt  # loss, bits/char and accuracy on a text
     python3 rnn_play.py --list                    # the runs, newest first
 
 The model is rebuilt from the run's saved configuration and vocabulary, so no
@@ -12,9 +13,11 @@ flag has to match what was trained. Exit codes: 0 done, 2 bad input.
 """
 
 import argparse
+import math
 import os
 import sys
 import time
+from pathlib import Path
 
 from config import SamplingConfig
 from errors import UserError, safe_console
@@ -64,6 +67,11 @@ def make_parser():
                         "which generates without this project (TensorFlow Serving, any TensorFlow "
                         "program): a text-in, text-out `generate` signature (top-k/top-p/argmax fixed "
                         "from these flags) and a bare `step` signature; see export.py")
+    p.add_argument("--eval", metavar="FILE",
+                   help="instead of generating, score the model on the text of FILE (or a glob of files): "
+                        "loss in nats, bits/char and accuracy over every character, read as training "
+                        "validates (long rows from a zero state, the state carried); characters outside "
+                        "the run's vocabulary count as its unknown symbol")
     return p
 
 
@@ -92,6 +100,8 @@ def check(args):
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
     if args.samples > 1 and args.length == 0:
         raise UserError("--samples N needs a finite --length: samples are printed one after the other")
+    if args.eval is not None and args.export is not None:
+        raise UserError("--eval and --export are both given; pass one of them")
     if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
         raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -112,6 +122,8 @@ def play(args, sampling):
         return 0
     prime = read_prime(args)
     model, vocab, run_dir, prefix = runs.load_for_generation(args.checkpoint, args.checkpoint_dir)
+    if args.eval is not None:
+        return evaluate(args.eval, model, vocab, run_dir, prefix)
     if args.export is not None:
         import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)
@@ -156,6 +168,28 @@ def printable(chars, encoding):
             name = f"U+{ord(c):04X}"
         names.append(name)
     return ", ".join(names)
+
+
+def evaluate(path, model, vocab, run_dir, prefix):
+    """Print the model's loss, bits/char and accuracy on the text of path, scored as the
+    run's validation scores its held-out text (training.make_validate, the run's --seqlen)."""
+    import numpy as np
+    import run as runs
+    import txt_utils
+    from training import make_validate
+
+    seqlen = runs.load_run_files(run_dir)[0].get("training", {}).get("seqlen")
+    if not isinstance(seqlen, int) or seqlen < 1:
+        raise UserError(f"{Path(run_dir) / runs.CONFIG} has no valid training seqlen; restore it from a backup")
+    codes = txt_utils.read_corpus([path], vocab=vocab, validation="none").codes
+    if len(codes) < 2:
+        raise UserError(f"--eval {path}: the text must hold at least 2 characters (the first is not predicted)")
+    loss, accuracy = make_validate(model, seqlen)(codes)
+    unknown = int(np.count_nonzero(codes == vocab.unk_index))
+    print(f"scored {path} with {prefix}: {len(codes) - 1:,} characters predicted, {unknown:,} of the text's "
+          f"{len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)
+    write(f"loss {loss:.4f} nats/char  {loss / math.log(2):.4f} bits/char  accuracy {accuracy:.2%}\n")
+    return 0
 
 
 def write(text):

@@ -16,7 +16,8 @@ import argparse
 import dataclasses
 import sys
 
-from config import CELLS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
+import schedule
+from config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from errors import UserError, safe_console
 from precision import PRECISIONS
 
@@ -85,6 +86,10 @@ def make_parser():
     g.add_argument("--dropout", type=float, metavar="RATE",
                    help=default("dropout rate between layers and before the readout; guards a large "
                                 "model against memorising the text", "dropout"))
+    g.add_argument("--weight-drop", type=float, metavar="RATE",
+                   help=default("weight-drop (AWD-LSTM): drop this share of each recurrent kernel's weights, "
+                                "one mask per batch, so the recurrence itself is regularised; 0 keeps the "
+                                "original model", "weight_drop"))
     g = p.add_argument_group("optimisation")
     g.add_argument("--seqlen", type=int, metavar="N",
                    help=default("characters per row of a batch: how far back gradients flow (truncated "
@@ -93,8 +98,23 @@ def make_parser():
                    help=default("rows per batch, each a different place in the text; more rows average "
                                 "the gradient over more text and keep the cores busy", "batch_size"))
     g.add_argument("--lr", type=float, metavar="RATE",
-                   help=default("Adam learning rate: larger learns faster at first but can diverge; the "
-                                "original's value, safe for these model sizes", "lr"))
+                   help=default("Adam learning rate (the peak, with --warmup-steps or --decay): larger learns "
+                                "faster at first but can diverge; the original's value, safe for these model sizes", "lr"))
+    g.add_argument("--warmup-steps", type=int, metavar="N",
+                   help=default("raise the learning rate linearly to --lr over the first N steps; lets a "
+                                "higher --lr start without diverging (0 = start at --lr, as the original)",
+                                "warmup_steps"))
+    g.add_argument("--decay", choices=DECAYS,
+                   help=default("after the warm-up, lower the learning rate to --min-lr-ratio x --lr by "
+                                "the run's last step (--max-steps, --epochs or the --max-time plan); a "
+                                "lower rate at the end gives a lower final loss; none keeps --lr, as the "
+                                "original", "decay"))
+    g.add_argument("--min-lr-ratio", type=float, metavar="R",
+                   help=default("the learning rate --decay ends at, as a share of --lr", "min_lr_ratio"))
+    g.add_argument("--weight-decay", type=float, metavar="W",
+                   help=default("decoupled weight decay (AdamW): each step shrinks the weight matrices by "
+                                "lr x W, biases and embedding excepted; 0 = plain Adam, as the original",
+                                "weight_decay"))
     g.add_argument("--clip-norm", type=float, metavar="NORM",
                    help=default("clip gradients to this global norm, so one exploding gradient cannot "
                                 "wreck the weights", "clip_norm"))
@@ -105,6 +125,11 @@ def make_parser():
                    help=default("total training steps of the run, counted from its start, so a resumed "
                                 "run stops where an uninterrupted one would; overrides --epochs",
                                 "max_steps", "use --epochs"))
+    g.add_argument("--max-time", metavar="DURATION",
+                   help="train for this much wall time, e.g. 90s, 10m, 1h30m, validations included, "
+                        "then write a checkpoint; overrides --epochs. After a short calibration the "
+                        "steps that fit are planned and saved with the run: the learning-rate schedule "
+                        "spans them, and --resume continues the same plan (default: no limit)")
     g.add_argument("--seed", type=int, metavar="N",
                    help=default("seeds weights and dropout; the same seed gives the same run on the CPU",
                                 "seed"))
@@ -176,6 +201,7 @@ def parse(argv):
 
 
 def main(argv=None):
+    started = schedule.now()  # --max-time counts the start-up (TensorFlow's import) too
     argv = sys.argv[1:] if argv is None else argv
     safe_console()
     try:
@@ -186,7 +212,7 @@ def main(argv=None):
             import distribute
             strategy = distribute.make_strategy(cfg.distribute)  # multi-worker sets up collective ops: first
         from training import train
-        return train(cfg, resume=resume, given=explicit, strategy=strategy)
+        return train(cfg, resume=resume, given=explicit, strategy=strategy, started=started)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

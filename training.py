@@ -26,60 +26,67 @@ import checkpoints
 import distribute
 import precision
 import run as runs
+import schedule
 import txt_utils
 from config import SamplingConfig, TrainConfig
-from console import Console
+from console import Console, format_duration
 from errors import UserError
 from model import CharRNN
 from sampling import Generator
 
 VAL_ROWS, VAL_ROW_CHARS = 64, 1024  # validation: up to 64 rows, each of at least 1,024 chars when the text allows
 SAMPLE_CHARS = 300
+CLOCK = ("seconds", "planned_steps", "planned_for")  # the progress counters of the run's time and plan
 
 
-def train(cfg: TrainConfig, resume=None, given=(), strategy=None):
+def train(cfg: TrainConfig, resume=None, given=(), strategy=None, started=None):
     """Train (or resume) a run. Returns the process exit code: 0, or 130/143 after a signal.
 
-    strategy: None for one device, or the tf.distribute strategy of distribute.make_strategy."""
+    strategy: None for one device, or the tf.distribute strategy of distribute.make_strategy.
+    started: when the command started (schedule.now()), for --max-time; default now."""
     run = distribute.prepare_run(runs.open_run(cfg, resume, given), strategy)
     with run.claimed(), distribute.peers_watched(strategy):
-        return _train(run, strategy)
+        return _train(run, strategy, schedule.now() if started is None else started)
 
 
-def _train(run, strategy=None):
+def _train(run, strategy, started):
     cfg = run.config
     corpus = run.read_corpus()
     nb_batches = txt_utils.require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
-    total_steps = cfg.max_steps or cfg.epochs * nb_batches
     with distribute.scope(strategy):
-        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run, corpus.vocab)
-    if not announce(run, corpus, trainer, total_steps):
+        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run, corpus.vocab, nb_batches, started)
+    if not announce(run, corpus, trainer):
         return 0
     distribute.note_replicas(run)
     chief = distribute.is_chief(strategy)  # validation and samples: once, from the chief
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
     logs = Logs(run, corpus, trainer.step)
-    console = Console(total_steps, trainer.step, cfg.batch_size * cfg.seqlen)
+    console = Console(trainer.total_steps, trainer.step, cfg.batch_size * cfg.seqlen)
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
-    sequencer = txt_utils.rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen,
-                                                  math.ceil(total_steps / nb_batches),
+    epochs = math.ceil(trainer.total_steps / nb_batches) if trainer.total_steps else sys.maxsize  # None: until the deadline
+    sequencer = txt_utils.rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen, epochs,
                                                   *divmod(trainer.step, nb_batches))
-    start_step = trainer.step
+    start_step, budget = trainer.step, trainer.budget
     with Interrupt() as interrupt, console:
         for x, y, _ in sequencer:
-            if trainer.step >= total_steps or interrupt.signum is not None:
+            if trainer.finished() or interrupt.signum is not None or budget.over():
                 break
-            step = trainer.train_step(x, y, nb_batches)
+            step = trainer.train_step(x, y)
+            budget.stepped(step, start_step)
             console.advance(step, trainer.last_loss)
             if step % cfg.log_every == 0 and console.window.steps:
                 logs.train(step, console.log_window(), float(trainer.optimizer.learning_rate.numpy()),
                            trainer.flops_per_char)
             if step % cfg.val_every == 0 and chief:
                 validate(trainer, corpus, logs, console, interrupt)
+            if budget.ready_to_plan():
+                plan(trainer, corpus, logs, console)
             if step % cfg.sample_every == 0 and chief:
                 show_sample(generator, corpus.vocab, logs, console, step)
             if step % cfg.checkpoint_every == 0:
                 trainer.save(trainer.latest, console)
+        if budget.over() and not trainer.finished():
+            Console.write(f"--max-time {cfg.max_time} reached at step {trainer.step}")
         if interrupt.signum is None and trainer.step % cfg.val_every and trainer.step > start_step and chief:
             validate(trainer, corpus, logs, console)
         if not (trainer.latest.latest or "").endswith(f"-{trainer.step}"):
@@ -89,11 +96,11 @@ def _train(run, strategy=None):
         console.interrupted(interrupt.signum, trainer, run)
         return 128 + interrupt.signum
     if trainer.step > start_step:
-        console.summary(trainer, run, total_steps)
+        console.summary(trainer, run, trainer.total_steps or trainer.step)
     return 0
 
 
-def announce(run, corpus, trainer, total_steps):
+def announce(run, corpus, trainer):
     """Restore a resumed run and say what starts; False when there is nothing to train."""
     if run.source is None:
         files = len(corpus.files)
@@ -102,17 +109,37 @@ def announce(run, corpus, trainer, total_steps):
               f"{trainer.choice.describe()}", file=sys.stderr)
         return True
     trainer.restore(run.prefix, run.vocab_file)
-    step = trainer.step
-    if step >= total_steps and run.forked:
+    step, total_steps = trainer.step, trainer.total_steps
+    longer = "--max-time or --max-steps" if run.config.max_time else "--max-steps or --epochs"
+    if trainer.finished() and run.forked:
         raise UserError(f"--resume {run.prefix} is at step {step}, already past the {total_steps} steps of "
-                        f"the run; raise --max-steps or --epochs")
+                        f"the run; raise {longer}")
     what, origin = ("new run", run.prefix) if run.forked else ("resuming", Path(run.prefix).name)
     print(f"{what} {run.dir} from {origin} (step {step}), {trainer.choice.describe()}", file=sys.stderr)
-    if step >= total_steps:
+    if trainer.finished():
         print(f"run {run.name} is already at step {step} of {total_steps}: nothing to train; raise "
-              f"--max-steps or --epochs to go on", file=sys.stderr)
+              f"{longer} to go on", file=sys.stderr)
+        return False
+    if trainer.budget.over():
+        print(f"run {run.name} has spent its --max-time {run.config.max_time} "
+              f"({format_duration(trainer.budget.spent())}): nothing to train; raise --max-time to go on",
+              file=sys.stderr)
         return False
     return True
+
+
+def plan(trainer, corpus, logs, console):
+    """Fix a --max-time run's length in steps, after its calibration window. The
+    validations to come are timed first, if no validation has been yet (the first one
+    of a process also traces, so it may take two)."""
+    budget = trainer.budget
+    while budget.validation_seconds is None and len(corpus.valid):
+        validate(trainer, corpus, logs, console)
+    total, per_step = trainer.plan()
+    console.set_total(total)
+    Console.write(f"--max-time {trainer.cfg.max_time}: {total:,} steps planned ({per_step:.3f} s a step"
+                  + (f", {budget.validation_seconds:.1f} s a validation" if budget.validation_seconds else "")
+                  + "); the learning-rate schedule spans them")
 
 
 # ---------------------------------------------------------------- what a step changes
@@ -125,19 +152,22 @@ class Trainer:
     nothing and is counted; after max_nonfinite in a row the run stops.
     """
 
-    def __init__(self, model_config, cfg, run, vocab):
-        self.cfg = cfg
+    def __init__(self, model_config, cfg, run, vocab, nb_batches, started):
+        self.cfg, self.nb_batches, self.started = cfg, nb_batches, started
         keras.utils.set_random_seed(cfg.seed)
         self.choice = precision.for_this_machine(cfg.precision)  # the matmuls' dtype, and why
         if self.choice.warning:
             print(self.choice.warning, file=sys.stderr)
         self.model = CharRNN(model_config, implementation=cfg.implementation, precision=self.choice.precision)
         self.named = self.model.named_variables()  # every variable is built: it can be restored
-        self.optimizer = keras.optimizers.Adam(cfg.lr)
-        self.optimizer.build(list(self.named.values()))
+        self.optimizer = make_optimizer(cfg, self.named)
         self.states = [tf.Variable(s, trainable=False) for s in self.model.initial_states(cfg.batch_size)]
-        self.progress = {name: tf.Variable(0, dtype=tf.int64) for name in ("step", "epoch", "batch", "nonfinite")}
+        self.progress = {name: tf.Variable(0, dtype=tf.int64)
+                         for name in ("step", "epoch", "batch", "nonfinite", "planned_steps")}
         self.progress["best_val_loss"] = tf.Variable(checkpoints.NOT_VALIDATED, dtype=tf.float64)
+        # The run's clock: seconds spent over all its processes, and the --max-time a plan was made for.
+        self.progress["seconds"] = tf.Variable(0.0, dtype=tf.float64)
+        self.progress["planned_for"] = tf.Variable(0.0, dtype=tf.float64)
         self.vocab_fingerprint = vocab.fingerprint()
         self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.progress, self.states,
                                                           self.vocab_fingerprint)
@@ -159,6 +189,7 @@ class Trainer:
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0
         self.last_loss = None
+        self.budget = schedule.Budget(cfg.max_seconds, started=started)
 
     @property
     def step(self):
@@ -169,17 +200,49 @@ class Trainer:
         best = float(self.progress["best_val_loss"].numpy())
         return None if best >= checkpoints.NOT_VALIDATED else best
 
-    def restore(self, prefix, vocab_file):
-        checkpoints.restore(self.checkpoint, prefix, what="run", vocabulary=(self.vocab_fingerprint, vocab_file))
-        self.optimizer.learning_rate.assign(self.cfg.lr)  # a new --lr applies from here on
+    @property
+    def total_steps(self):
+        """The run's length in steps: --max-steps or --epochs, or a --max-time run's plan
+        (capped by --max-steps); None for a --max-time run before its plan."""
+        cfg = self.cfg
+        fixed = cfg.max_steps or (0 if cfg.max_time else cfg.epochs * self.nb_batches)
+        planned = self.budget.planned
+        return min(planned, fixed or planned) if planned else fixed or None
 
-    def train_step(self, x, y, nb_batches):
-        """One step on batch (x, y) [B, T]; returns the new step number."""
+    def finished(self):
+        return self.total_steps is not None and self.step >= self.total_steps
+
+    def restore(self, prefix, vocab_file):
+        vocabulary = (self.vocab_fingerprint, vocab_file)
+        try:
+            checkpoints.restore(self.checkpoint, prefix, what="run", vocabulary=vocabulary)
+        except UserError:
+            # A checkpoint from before the run's clock was saved restores without it (zeros).
+            older = {name: v for name, v in self.progress.items() if name not in CLOCK}
+            checkpoints.restore(checkpoints.training_checkpoint(self.model, self.optimizer, older, self.states,
+                                                                self.vocab_fingerprint),
+                                prefix, what="run", vocabulary=vocabulary)
+        # A plan holds for the --max-time it was made for; another --max-time plans again.
+        same = float(self.progress["planned_for"].numpy()) == (self.cfg.max_seconds or 0.0)
+        self.budget = schedule.Budget(self.cfg.max_seconds, float(self.progress["seconds"].numpy()),
+                                      int(self.progress["planned_steps"].numpy()) if same else 0, self.started)
+
+    def plan(self):
+        """Fix the length of a --max-time run from the time left (schedule.Budget.plan), and
+        save it with the run. Returns (total steps, seconds per step)."""
+        planned, per_step = self.budget.plan(self.step, self.cfg.val_every)
+        self.progress["planned_steps"].assign(planned)
+        self.progress["planned_for"].assign(self.cfg.max_seconds)
+        return self.total_steps, per_step
+
+    def train_step(self, x, y):
+        """One step on batch (x, y) [B, T], at the schedule's learning rate; returns the new step number."""
+        self.optimizer.learning_rate.assign(schedule.learning_rate(self.cfg, self.step + 1, self.total_steps))
         loss, accuracy, finite = self.compiled_step(x.astype(np.int32), y.astype(np.int32))
         step = self.step + 1
         self.progress["step"].assign(step)
-        self.progress["epoch"].assign(step // nb_batches)
-        self.progress["batch"].assign(step % nb_batches)
+        self.progress["epoch"].assign(step // self.nb_batches)
+        self.progress["batch"].assign(step % self.nb_batches)
         if bool(finite):
             self.nonfinite_in_a_row = 0
             self.last_loss = (float(loss), float(accuracy))
@@ -207,6 +270,7 @@ class Trainer:
         newest checkpoint stays the last one known to train well."""
         if self.nonfinite_in_a_row:
             return None
+        self.progress["seconds"].assign(self.budget.spent())
         for name, v in list(self.named.items()) + [(f"state {i}", s) for i, s in enumerate(self.states)]:
             if not np.all(np.isfinite(v.numpy())):
                 Console.write(f"step {self.step}: {name} is not finite; checkpoint not written, "
@@ -219,9 +283,11 @@ def validate(trainer, corpus, logs, console, interrupt=None):
     """Score the held-out text, log it, and keep the best checkpoint. A signal
     (interrupt) stops it between chunks: nothing is logged then."""
     stop = (lambda: interrupt.signum is not None) if interrupt else (lambda: False)
+    started = schedule.now()
     result = trainer.validate(corpus.valid, stop) if len(corpus.valid) else None
     if result is None:
         return
+    trainer.budget.validated(schedule.now() - started)
     loss, accuracy = result
     step = trainer.step
     logs.validation(step, loss, accuracy)
@@ -238,6 +304,25 @@ def show_sample(generator, vocab, logs, console, step):
     text = vocab.decode(ids)
     Console.write(f"--- sample at step {step} ---\n{text}\n---")
     logs.sample(step, text)
+
+
+def make_optimizer(cfg, named):
+    """Adam, or with --weight-decay AdamW: each step also shrinks the weight matrices by
+    lr x weight_decay, apart from the gradient (decoupled). Biases and a learned
+    embedding are not decayed: pulling them toward zero only biases the model.
+    named: the model's variables by name (model.named_variables())."""
+    if cfg.weight_decay:
+        optimizer = keras.optimizers.AdamW(cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer.exclude_from_weight_decay(var_list=[v for name, v in named.items() if not decayed(name)])
+    else:
+        optimizer = keras.optimizers.Adam(cfg.lr)
+    optimizer.build(list(named.values()))
+    return optimizer
+
+
+def decayed(name):
+    """Whether --weight-decay acts on the variable called name (model.named_variables())."""
+    return name.endswith("kernel")
 
 
 # ---------------------------------------------------------------- compiled steps
@@ -302,33 +387,37 @@ def make_validate(model, seqlen, max_chars=0):
     state carried from chunk to chunk: the model is judged the way it generates,
     not on independent short windows that each start cold. Only its first
     max_chars characters are read (0: all), so a validation costs the same on
-    any corpus, and each chunk is converted on its own: no copy of the text.
+    any corpus. Every character read but the first is predicted and scored
+    once: the rows are padded to whole chunks at the end, and the padding is
+    not scored.
     """
     @tf.function(reduce_retracing=True)
-    def eval_chunk(x, y, states):
+    def eval_chunk(x, y, scored, states):
         logits, states = model(x, states, training=False)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)  # [R, T]
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
-        return tf.reduce_sum(ce), tf.reduce_sum(correct), states
+        return tf.reduce_sum(ce * scored), tf.reduce_sum(correct * scored), states
 
     def validate(codes, stop=lambda: False):
-        n = min(len(codes) - 1, max_chars or len(codes))
-        rows = max(1, min(VAL_ROWS, n // VAL_ROW_CHARS))
-        row_len = n // rows // seqlen * seqlen
-        if row_len == 0:
+        n = min(len(codes) - 1, max_chars or len(codes))  # predicted characters
+        if n < 1:
             return None
-        x = codes[:rows * row_len].reshape(rows, row_len)  # [R, L], views of the text
-        y = codes[1:rows * row_len + 1].reshape(rows, row_len)
+        rows = max(1, min(VAL_ROWS, n // VAL_ROW_CHARS))
+        row_len = -(-n // (rows * seqlen)) * seqlen  # whole chunks, enough for the text
+        first = np.arange(rows)[:, None] * row_len + np.arange(seqlen)  # [R, T]: the first chunk's positions
         states = model.initial_states(rows)
         total_ce, total_correct = 0.0, 0.0
         for t in range(0, row_len, seqlen):
             if stop():
                 return None
-            ce, correct, states = eval_chunk(x[:, t:t + seqlen].astype(np.int32),  # [R, T]
-                                             y[:, t:t + seqlen].astype(np.int32), states)
+            at = first + t  # one chunk at a time: no copy of the whole text
+            scored = (at < n).astype(np.float32)  # the padding past the text is not scored
+            at = np.minimum(at, n - 1)
+            ce, correct, states = eval_chunk(codes[at].astype(np.int32), codes[at + 1].astype(np.int32),
+                                             scored, states)
             total_ce += float(ce)
             total_correct += float(correct)
-        return total_ce / x.size, total_correct / x.size
+        return total_ce / n, total_correct / n
 
     return validate
 

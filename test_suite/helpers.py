@@ -91,9 +91,14 @@ def train_stderr(cfg, resume=None, given=()):
     return err.getvalue()
 
 
-def checkpoint_tensors(prefix, section="weights/"):
+WALL_CLOCK = "progress/seconds/"  # the run's wall time: the one value two identical runs never share
+
+
+def checkpoint_tensors(prefix, section="weights/", clock=False):
+    """{name: array} of the checkpoint's tensors under section; the wall clock only if asked."""
     reader = tf.train.load_checkpoint(prefix)
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith(section)}
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(section) and (clock or not k.startswith(WALL_CLOCK))}
 
 
 def read_scalars(folder):

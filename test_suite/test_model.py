@@ -149,3 +149,55 @@ class CharRNNTest(unittest.TestCase):
         self.assertFalse(np.array_equal(dropout(x, training=True).numpy(), y))  # a new mask each call
         np.testing.assert_array_equal(Dropout(0.3, seed=1)(x, training=True).numpy(), y)  # seeded
         np.testing.assert_array_equal(dropout(x, training=False).numpy(), x.numpy())
+
+
+class WeightDropTest(unittest.TestCase):
+    """Weight-drop: the recurrent kernels read through a dropout mask drawn once per batch."""
+
+    def test_one_mask_per_call_scaled_and_at_its_rate(self):
+        model = CharRNN(tiny_model_config(units=32, weight_drop=0.5), "fused")
+        kernels = model.recurrent_kernels(training=True)
+        for rnn, kernel in zip(model.rnns, kernels):
+            weights, kernel = rnn.recurrent_kernel.numpy(), kernel.numpy()
+            kept = kernel != 0
+            np.testing.assert_allclose(kernel[kept], 2 * weights[kept], rtol=1e-6)
+            self.assertAlmostEqual(kept.mean(), 0.5, delta=0.05)  # of 32 x 96 weights
+        again = model.recurrent_kernels(training=True)
+        self.assertFalse(np.array_equal(kernels[0].numpy() != 0, again[0].numpy() != 0))  # the next batch's mask
+        self.assertEqual(model.recurrent_kernels(training=False), [None, None])
+        self.assertEqual(CharRNN(tiny_model_config(), "fused").recurrent_kernels(training=True), [None, None])
+        self.assertEqual(set(model.rng_variables()), {"weight_drop_0/seed_state", "weight_drop_1/seed_state"})
+
+    def test_both_implementations_train_on_the_masked_kernels_for_every_row_and_step(self):
+        ids, y = random_ids(64, 6), random_ids(64, 6, seed=5)  # 64 rows: the fused path's two row groups
+        logits_of = {}
+        for implementation in ("fused", "keras"):
+            with self.subTest(implementation=implementation):
+                model = CharRNN(tiny_model_config(weight_drop=0.5), implementation)
+                states = random_states(model, 64)
+                rng = {name: v.numpy() for name, v in model.rng_variables().items()}
+                kernels = model.recurrent_kernels(training=True)
+                for name, v in model.rng_variables().items():
+                    v.assign(rng[name])  # the call below draws the same masks again
+                variables = model.named_variables()
+                with tf.GradientTape() as tape:
+                    logits, _ = model(ids, states, training=True)
+                    loss = mean_loss(y, logits)
+                grads = dict(zip(variables, tape.gradient(loss, list(variables.values()))))
+                # A model without weight-drop whose recurrent kernels are the masked ones computes the same.
+                twin = CharRNN(tiny_model_config(), implementation)
+                copy_weights(model, twin)
+                for rnn, kernel in zip(twin.rnns, kernels):
+                    rnn.recurrent_kernel.assign(kernel)
+                twin_variables = twin.named_variables()
+                with tf.GradientTape() as tape:
+                    expected, _ = twin(ids, states, training=True)
+                    twin_loss = mean_loss(y, expected)
+                twin_grads = dict(zip(twin_variables, tape.gradient(twin_loss, list(twin_variables.values()))))
+                np.testing.assert_allclose(logits, expected, atol=1e-6)
+                for layer, kernel in enumerate(kernels):  # the gradient reaches the kept weights, scaled
+                    name = f"rnn_{layer}/recurrent_kernel"
+                    scale = (kernel.numpy() != 0) * 2.0
+                    np.testing.assert_allclose(tf.convert_to_tensor(grads[name]), scale * tf.convert_to_tensor(twin_grads[name]), atol=1e-6)
+                logits_of[implementation] = logits
+        np.testing.assert_allclose(logits_of["fused"], logits_of["keras"], atol=1e-5)  # the same weights dropped

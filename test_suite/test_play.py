@@ -18,8 +18,10 @@ import numpy as np
 import run as runs
 import export
 import rnn_play
+import training
 from config import SamplingConfig
-from test_suite.helpers import RunCopyTest, play, quiet_train, set_mtimes, tf, tiny, write
+import txt_utils
+from test_suite.helpers import RunCopyTest, play, quiet_train, read_scalars, set_mtimes, tf, tiny, write
 
 
 class TestPlay(unittest.TestCase):
@@ -131,6 +133,24 @@ class TestPlay(unittest.TestCase):
         self.assertTrue(out.startswith("the Zéat"))
         self.assertEqual(len(out), len("the Zéat") + 50)
         self.assertRegex(err, r"warning: .*read as unknown: 'Z', 'é'\n")
+
+    def test_eval_scores_a_text_as_the_run_s_validation_does(self):
+        corpus = txt_utils.read_corpus(tiny(self.tmp).data)  # the text the run validated on, as a file
+        held_out = os.path.join(self.tmp, "held-out.txt")
+        write(held_out, corpus.vocab.decode(corpus.valid))
+        code, out, err = play("second", "--checkpoint-dir", self.ck, "--eval", held_out)
+        self.assertEqual(code, 0, err)
+        validation = dict(read_scalars(os.path.join(self.tmp, "log", "second", "validation")))
+        loss, bits, accuracy = map(float, re.fullmatch(r"loss (\S+) nats/char  (\S+) bits/char  accuracy (\S+)%\n", out).groups())
+        self.assertAlmostEqual(loss, validation[training.LOSS][-1][1], places=4)  # step 30, the checkpoint played
+        self.assertAlmostEqual(accuracy / 100, validation[training.ACCURACY][-1][1], places=4)
+        self.assertAlmostEqual(bits, loss / np.log(2), places=3)
+        self.assertIn(f"{len(corpus.valid) - 1:,} characters predicted, 0 of", err)
+        write(held_out, "the cat sat on the ñat ü.\n")  # two characters the run never saw
+        code, out, err = play("second", "--checkpoint-dir", self.ck, "--eval", held_out)
+        self.assertEqual(code, 0, err)
+        self.assertIn("25 characters predicted, 2 of the text's 26 outside the run's vocabulary", err)
+        self.assertEqual(play("second", "--checkpoint-dir", self.ck, "--eval", held_out, "--export", "x")[0], 2)
 
     def test_prime_file(self):
         path = os.path.join(self.tmp, "prime.txt")

@@ -104,6 +104,22 @@ class TrainStepTest(unittest.TestCase):
         self.assertFalse(np.allclose(carried, cold, atol=1e-4))
 
 
+class ValidationTest(unittest.TestCase):
+    def test_every_character_is_scored_once_from_a_zero_state_per_row(self):
+        model = CharRNN(tiny_model_config(), "fused")
+        codes = np.random.default_rng(0).integers(0, V, 3000)
+        loss, accuracy = training.make_validate(model, seqlen=64)(codes)
+        # 2,999 predictions in 2 rows of 24 chunks of 64, the second row padded at its end
+        rows = [(codes[:1536], codes[1:1537]), (codes[1536:-1], codes[1537:])]
+        ce, correct = 0.0, 0.0
+        for x, y in rows:
+            logits, _ = model(tf.constant(x[None], tf.int32))  # the whole row in one call from a zero state
+            ce += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y[None], logits)))
+            correct += float(np.sum(np.argmax(logits[0], -1) == y))
+        self.assertAlmostEqual(loss, ce / 2999, places=5)
+        self.assertAlmostEqual(accuracy, correct / 2999, places=6)
+
+
 class TestTraining(unittest.TestCase):
     def setUp(self):
         holder = tempfile.TemporaryDirectory()  # (enterContext needs Python 3.11)
@@ -434,7 +450,7 @@ class TestWhatTheUserSees(unittest.TestCase):
 
     def test_help_texts_say_why_and_show_each_default_once(self):
         metavars = {"N", "RATE", "NORM", "DIR", "NAME", "GLOB", "PATH", "TEXT", "T", "K", "P", "SECONDS",
-                    "PYTHON", "SECTION", "RUN_OR_CHECKPOINT", "LIST"}  # LIST: comma-separated names
+                    "PYTHON", "SECTION", "RUN_OR_CHECKPOINT", "LIST", "FILE", "R", "W", "DURATION"}  # LIST: comma-separated names
         for script in ("rnn_train.py", "rnn_play.py", "benchmark.py"):
             with self.subTest(script=script):
                 r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60,
@@ -513,7 +529,7 @@ class SafeStepTest(unittest.TestCase):
             np.testing.assert_array_equal(v.numpy(), old, err_msg=v.name)
 
 
-class ValidationTest(unittest.TestCase):
+class ValidationScoringTest(unittest.TestCase):
     def test_validation_reads_at_most_val_chars_a_chunk_at_a_time_and_stops_when_asked(self):
         import tracemalloc
 
@@ -525,7 +541,7 @@ class ValidationTest(unittest.TestCase):
                 return [tf.zeros([rows, 1])]
 
         codes = np.random.default_rng(0).integers(0, V, 2_000_001).astype(np.uint8)
-        for max_chars, chunks in ((100_000, 15), (0, 312)):  # 64 rows of 1,500 or 31,200 characters, by 100
+        for max_chars, chunks in ((100_000, 16), (0, 313)):  # 64 rows of 1,600 or 31,300 chars (the last padded), by 100
             with self.subTest(max_chars=max_chars):
                 validate, asked = training.make_validate(Uniform(), 100, max_chars), []
                 validate(codes[:200_000])  # traced outside the measurement

@@ -1,0 +1,188 @@
+"""The learning-rate schedule, --max-time's plan (schedule.py), and AdamW (training.make_optimizer)."""
+
+import contextlib
+import math
+import os
+import signal
+import tempfile
+import unittest
+from unittest import mock
+
+import numpy as np
+
+import checkpoints as ckpts
+import rnn_train
+import schedule
+import training
+from config import TrainConfig
+from errors import UserError
+from model import CharRNN
+from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf, tiny, tiny_model_config
+
+
+class FakeClock:
+    """schedule.now for tests: each reading advances the time by `tick` seconds."""
+
+    def __init__(self, tick=0.01):
+        self.time, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.time += self.tick
+        return self.time
+
+
+@contextlib.contextmanager
+def sigterm_after(step):
+    """A SIGTERM right after training step `step`, as if the process were killed there."""
+    original = training.Trainer.train_step
+
+    def train_step(trainer, x, y):
+        done = original(trainer, x, y)
+        if done == step:
+            signal.raise_signal(signal.SIGTERM)
+        return done
+
+    with mock.patch.object(training.Trainer, "train_step", train_step):
+        yield
+
+
+def assert_same_run(test, prefix_a, prefix_b):
+    for section in ("weights/", "optimizer/", "rng/", "state/"):
+        a, b = checkpoint_tensors(prefix_a, section), checkpoint_tensors(prefix_b, section)
+        test.assertTrue(a, section)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+class LearningRateTest(unittest.TestCase):
+    def test_values_at_known_steps(self):
+        cfg = TrainConfig(lr=1e-3, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
+        rate = lambda step, total=110, **kw: schedule.learning_rate(TrainConfig(**{**vars(cfg), **kw}), step, total)
+        self.assertAlmostEqual(rate(1), 1e-4)      # the first step already moves
+        self.assertAlmostEqual(rate(5), 5e-4)
+        self.assertAlmostEqual(rate(10), 1e-3)     # the warm-up's last step reaches --lr
+        self.assertAlmostEqual(rate(60), 0.55e-3)  # halfway through the decay: (1 + 0.1) / 2
+        self.assertAlmostEqual(rate(35), 1e-4 + 0.9e-3 * (1 + math.cos(math.pi / 4)) / 2)
+        self.assertAlmostEqual(rate(110), 1e-4)    # the floor at the last step, and after it
+        self.assertAlmostEqual(rate(500), 1e-4)
+        self.assertAlmostEqual(rate(35, decay="linear"), 1e-4 + 0.9e-3 * 0.75)
+        self.assertAlmostEqual(rate(60, decay="none"), 1e-3)
+        self.assertAlmostEqual(rate(60, total=None), 1e-3)  # a --max-time run before its plan
+        self.assertAlmostEqual(rate(1, warmup_steps=0, decay="none"), 1e-3)  # no warm-up: --lr at once
+
+    def test_bad_values_are_one_line_errors_naming_the_flag(self):
+        for argv, pattern in ((["--max-time", "ten"], "--max-time 'ten' is not a duration"),
+                              (["--max-time", "0m"], "--max-time '0m' must be longer than 0"),
+                              (["--min-lr-ratio", "1.5"], "--min-lr-ratio must be in"),
+                              (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
+                              (["--weight-decay", "-0.1"], "--weight-decay must be in"),
+                              (["--weight-drop", "1"], "--weight-drop must be in")):
+            with self.subTest(argv=argv), self.assertRaisesRegex(UserError, pattern):
+                rnn_train.parse(argv)
+        for text, seconds in (("90s", 90), ("10m", 600), ("1h30m", 5400), ("2h", 7200), ("45", 45), ("1.5m", 90)):
+            self.assertEqual(rnn_train.parse(["--max-time", text])[0].max_seconds, seconds)
+
+
+class BudgetTest(unittest.TestCase):
+    def test_the_plan_fills_the_time_left_at_the_measured_speeds(self):
+        clock = FakeClock(tick=0.0)
+        with mock.patch("schedule.now", clock):
+            budget = schedule.Budget(100.0, spent=10.0)
+            budget.stepped(1, first_step=0)
+            self.assertIsNone(budget.window_start)  # the first two steps trace: not timed
+            budget.stepped(2, first_step=0)
+            budget.validated(3.0)   # the first validation of a process traces: time aside, not a timing
+            budget.validated(1.0)
+            clock.time += 4.0 + 5.0  # 4 s of validations, 5 s of steps
+            self.assertTrue(budget.ready_to_plan())  # 5 s = 5% of 100 s
+            planned, per_step = budget.plan(52, val_every=10)
+        self.assertAlmostEqual(per_step, 0.1)   # 5 s over the 50 steps since the window opened
+        # left: 100 - (10 + 9) spent - 1 (the last validation) - SAVE_SECONDS, at 0.1 + 1/10 s a step
+        self.assertEqual(planned, 52 + math.floor((100 - 19 - 1 - schedule.SAVE_SECONDS) / 0.2))
+        self.assertFalse(budget.ready_to_plan())
+
+    def test_the_deadline_keeps_back_the_last_validation_and_checkpoint(self):
+        clock = FakeClock(tick=0.0)
+        with mock.patch("schedule.now", clock):
+            budget = schedule.Budget(60.0, spent=50.0)
+            budget.validations, budget.validation_seconds = 2, 3.0
+            clock.time += 60 - 50 - 3 - schedule.SAVE_SECONDS - 0.5
+            self.assertFalse(budget.over())
+            clock.time += 1.0
+            self.assertTrue(budget.over())
+            self.assertFalse(schedule.Budget(None).over())  # no --max-time: the clock only counts
+
+
+class ResumeWithScheduleTest(unittest.TestCase):
+    def setUp(self):
+        holder = tempfile.TemporaryDirectory()
+        self.addCleanup(holder.cleanup)
+        self.tmp = holder.name
+
+    def test_resume_is_exact_with_a_schedule_and_the_curve_shows_it(self):
+        options = dict(max_steps=24, warmup_steps=5, decay="cosine", min_lr_ratio=0.2, weight_decay=0.1,
+                       weight_drop=0.3, log_every=1)
+        quiet_train(tiny(self.tmp, run="whole", **options))
+        with sigterm_after(9):
+            self.assertEqual(quiet_train(tiny(self.tmp, run="split", **options)), 128 + signal.SIGTERM)
+        self.assertTrue(ckpts.latest(os.path.join(self.tmp, "ck", "split")).endswith("ckpt-9"))
+        quiet_train(tiny(self.tmp), resume="split")
+        whole, split = (ckpts.latest(os.path.join(self.tmp, "ck", run)) for run in ("whole", "split"))
+        self.assertTrue(whole.endswith("ckpt-24") and split.endswith("ckpt-24"))
+        assert_same_run(self, whole, split)
+        curve = dict(read_scalars(os.path.join(self.tmp, "log", "whole", "train"))[training.LEARNING_RATE])
+        cfg = tiny(self.tmp, **options)
+        for step in (1, 3, 5, 6, 15, 24):  # the rate of the update that made the step
+            self.assertAlmostEqual(curve[step], schedule.learning_rate(cfg, step, 24), places=7)
+        self.assertAlmostEqual(curve[24], 0.2 * cfg.lr, places=5)
+
+    def test_max_time_plans_once_and_a_resumed_run_keeps_the_plan(self):
+        options = dict(max_steps=0, max_time="8s", warmup_steps=5, decay="cosine", val_every=25,
+                       checkpoint_every=1000, sample_every=1000)
+        with mock.patch("schedule.now", FakeClock()):
+            quiet_train(tiny(self.tmp, run="whole", **options))
+        whole = ckpts.latest(os.path.join(self.tmp, "ck", "whole"))
+        planned = int(checkpoint_tensors(whole, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"])
+        self.assertGreater(planned, 60)  # planned after the calibration window (0.4 fake seconds)
+        self.assertTrue(whole.endswith(f"ckpt-{planned}"), whole)  # the run ended on its plan
+        with mock.patch("schedule.now", FakeClock()), sigterm_after(50):
+            quiet_train(tiny(self.tmp, run="split", **options))
+        with mock.patch("schedule.now", FakeClock(tick=0.001)):  # a faster machine: the plan must not change
+            quiet_train(tiny(self.tmp), resume="split")
+        split = ckpts.latest(os.path.join(self.tmp, "ck", "split"))
+        self.assertTrue(split.endswith(f"ckpt-{planned}"), split)
+        assert_same_run(self, whole, split)
+
+    def test_a_checkpoint_without_the_run_s_clock_resumes(self):
+        # Checkpoints written before --max-time hold no clock or plan: they resume as they were.
+        real = ckpts.training_checkpoint
+        without_clock = lambda model, optimizer, progress, states, *rest: real(
+            model, optimizer, {k: v for k, v in progress.items() if k not in training.CLOCK}, states, *rest)
+        with mock.patch("checkpoints.training_checkpoint", without_clock):
+            quiet_train(tiny(self.tmp, run="old", max_steps=10))
+        self.assertNotIn("progress/seconds/.ATTRIBUTES/VARIABLE_VALUE",
+                         checkpoint_tensors(ckpts.latest(os.path.join(self.tmp, "ck", "old")), "progress/", clock=True))
+        quiet_train(tiny(self.tmp, max_steps=20), resume="old", given={"max_steps"})
+        quiet_train(tiny(self.tmp, run="whole", max_steps=20))
+        assert_same_run(self, *(ckpts.latest(os.path.join(self.tmp, "ck", run)) for run in ("old", "whole")))
+
+
+class WeightDecayTest(unittest.TestCase):
+    def test_adamw_shrinks_the_weight_matrices_alone_by_lr_times_decay(self):
+        model = CharRNN(tiny_model_config(embedding=4), "fused")
+        named = model.named_variables()
+        for v in named.values():
+            v.assign(tf.ones_like(v))
+        optimizer = training.make_optimizer(TrainConfig(lr=0.01, weight_decay=0.5), named)
+        optimizer.apply([tf.zeros_like(v) for v in named.values()], list(named.values()))  # no gradient
+        for name, v in named.items():
+            expected = 1 - 0.01 * 0.5 if name.endswith("kernel") else 1.0  # biases and the embedding stay
+            np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=name)
+        self.assertIn("rnn_1/recurrent_kernel", [n for n in named if training.decayed(n)])
+        plain = training.make_optimizer(TrainConfig(lr=0.01), named)
+        plain.apply([tf.zeros_like(v) for v in named.values()], list(named.values()))
+        np.testing.assert_allclose(named["readout/kernel"].numpy(), 1 - 0.01 * 0.5, rtol=1e-6)  # Adam: unchanged
+
+
+if __name__ == "__main__":
+    unittest.main()
