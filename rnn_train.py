@@ -129,7 +129,8 @@ def make_parser():
                    help="train for this much wall time, e.g. 90s, 10m, 1h30m, validations included, "
                         "then write a checkpoint; overrides --epochs. After a short calibration the "
                         "steps that fit are planned and saved with the run: the learning-rate schedule "
-                        "spans them, and --resume continues the same plan (default: no limit)")
+                        "spans them (if they end early, the run goes on at the final rate), and --resume "
+                        "continues the same plan (default: no limit)")
     g.add_argument("--seed", type=int, metavar="N",
                    help=default("seeds weights and dropout; the same seed gives the same run on the CPU",
                                 "seed"))

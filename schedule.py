@@ -9,7 +9,9 @@ step and of the run's length in steps. For a --max-time run that length comes
 from the clock once: after a short calibration window the step and validation
 times are measured, the steps that fit in the time left are planned, and the
 plan is saved in the checkpoint; from then on, and in every resumed process, the
-schedule runs on the saved plan. The clock still stops the run at its deadline.
+schedule runs on the saved plan. The clock still stops the run at its deadline:
+when the load on the machine rises, before the plan's end; when it falls, the plan
+ends early and the run goes on at the final learning rate until the deadline.
 
 Standard library only (no TensorFlow).
 """
@@ -55,8 +57,8 @@ class Budget:
     process saved, 0 for none yet; started: when this process started (a now() reading),
     so that its start-up counts too. The loop tells it about every step (`stepped`) and
     validation (`validated`); once the calibration window is over, `ready_to_plan` is
-    true and `plan` fixes the run's length. `over` is true when the time left is needed
-    for the last validation and checkpoint.
+    true and `plan` fixes the steps the schedule spans. `over` is true when the time left
+    is needed for the last validation and checkpoint.
     """
 
     def __init__(self, seconds, spent=0.0, planned=0, started=None):
@@ -99,8 +101,8 @@ class Budget:
         return now() - self.window_start[0] - self.in_window >= length
 
     def plan(self, step, val_every):
-        """Fix the run's length: the steps that fit in the time left, at the speed of the
-        window, with a validation every val_every steps and one at the end. Returns
+        """Fix the steps the schedule spans: those that fit in the time left, at the speed of
+        the window, with a validation every val_every steps and one at the end. Returns
         (planned steps, seconds per step)."""
         started, first = self.window_start
         per_step = max(1e-9, (now() - started - self.in_window) / max(1, step - first))

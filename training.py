@@ -61,9 +61,10 @@ def _train(run, strategy, started):
     chief = distribute.is_chief(strategy)  # validation and samples: once, from the chief
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
     logs = Logs(run, corpus, trainer.step)
-    console = Console(trainer.total_steps, trainer.step, cfg.batch_size * cfg.seqlen)
+    console = Console(trainer.schedule_steps, trainer.step, cfg.batch_size * cfg.seqlen)
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
-    epochs = math.ceil(trainer.total_steps / nb_batches) if trainer.total_steps else sys.maxsize  # None: until the deadline
+    limit = trainer.step_limit
+    epochs = math.ceil(limit / nb_batches) if limit else sys.maxsize  # no limit: until the deadline
     sequencer = txt_utils.rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen, epochs,
                                                   *divmod(trainer.step, nb_batches))
     start_step, budget = trainer.step, trainer.budget
@@ -81,6 +82,10 @@ def _train(run, strategy, started):
                 validate(trainer, corpus, logs, console, interrupt)
             if budget.ready_to_plan():
                 plan(trainer, corpus, logs, console)
+            if cfg.max_time and step == trainer.schedule_steps and not trainer.finished():
+                console.set_total(None)
+                Console.write(f"step {step}: the planned steps are done with time left; the run goes on at "
+                              f"the final learning rate until --max-time {cfg.max_time} is up")
             if step % cfg.sample_every == 0 and chief:
                 show_sample(generator, corpus.vocab, logs, console, step)
             if step % cfg.checkpoint_every == 0:
@@ -96,7 +101,7 @@ def _train(run, strategy, started):
         console.interrupted(interrupt.signum, trainer, run)
         return 128 + interrupt.signum
     if trainer.step > start_step:
-        console.summary(trainer, run, trainer.total_steps or trainer.step)
+        console.summary(trainer, run, trainer.step_limit or trainer.step)
     return 0
 
 
@@ -109,8 +114,8 @@ def announce(run, corpus, trainer):
               f"{trainer.choice.describe()}", file=sys.stderr)
         return True
     trainer.restore(run.prefix, run.vocab_file)
-    step, total_steps = trainer.step, trainer.total_steps
-    longer = "--max-time or --max-steps" if run.config.max_time else "--max-steps or --epochs"
+    step, total_steps = trainer.step, trainer.step_limit
+    longer = "--max-steps" if run.config.max_time else "--max-steps or --epochs"
     if trainer.finished() and run.forked:
         raise UserError(f"--resume {run.prefix} is at step {step}, already past the {total_steps} steps of "
                         f"the run; raise {longer}")
@@ -129,7 +134,7 @@ def announce(run, corpus, trainer):
 
 
 def plan(trainer, corpus, logs, console):
-    """Fix a --max-time run's length in steps, after its calibration window. The
+    """Fix the steps a --max-time run's schedule spans, after its calibration window. The
     validations to come are timed first, if no validation has been yet (the first one
     of a process also traces, so it may take two)."""
     budget = trainer.budget
@@ -201,16 +206,21 @@ class Trainer:
         return None if best >= checkpoints.NOT_VALIDATED else best
 
     @property
-    def total_steps(self):
-        """The run's length in steps: --max-steps or --epochs, or a --max-time run's plan
-        (capped by --max-steps); None for a --max-time run before its plan."""
+    def step_limit(self):
+        """The step the run stops at: --max-steps, else the steps of --epochs; None for a
+        --max-time run without --max-steps, which stops at its deadline."""
         cfg = self.cfg
-        fixed = cfg.max_steps or (0 if cfg.max_time else cfg.epochs * self.nb_batches)
-        planned = self.budget.planned
-        return min(planned, fixed or planned) if planned else fixed or None
+        return cfg.max_steps or (None if cfg.max_time else cfg.epochs * self.nb_batches)
+
+    @property
+    def schedule_steps(self):
+        """The steps the learning-rate schedule spans: the step limit, or a --max-time run's
+        plan (within the limit); None for a --max-time run before its plan."""
+        planned, limit = self.budget.planned, self.step_limit
+        return min(planned, limit or planned) if planned else limit
 
     def finished(self):
-        return self.total_steps is not None and self.step >= self.total_steps
+        return self.step_limit is not None and self.step >= self.step_limit
 
     def restore(self, prefix, vocab_file):
         vocabulary = (self.vocab_fingerprint, vocab_file)
@@ -228,16 +238,16 @@ class Trainer:
                                       int(self.progress["planned_steps"].numpy()) if same else 0, self.started)
 
     def plan(self):
-        """Fix the length of a --max-time run from the time left (schedule.Budget.plan), and
-        save it with the run. Returns (total steps, seconds per step)."""
+        """Fix the steps a --max-time run's schedule spans from the time left
+        (schedule.Budget.plan), and save them with the run. Returns (steps, seconds per step)."""
         planned, per_step = self.budget.plan(self.step, self.cfg.val_every)
         self.progress["planned_steps"].assign(planned)
         self.progress["planned_for"].assign(self.cfg.max_seconds)
-        return self.total_steps, per_step
+        return self.schedule_steps, per_step
 
     def train_step(self, x, y):
         """One step on batch (x, y) [B, T], at the schedule's learning rate; returns the new step number."""
-        self.optimizer.learning_rate.assign(schedule.learning_rate(self.cfg, self.step + 1, self.total_steps))
+        self.optimizer.learning_rate.assign(schedule.learning_rate(self.cfg, self.step + 1, self.schedule_steps))
         loss, accuracy, finite = self.compiled_step(x.astype(np.int32), y.astype(np.int32))
         step = self.step + 1
         self.progress["step"].assign(step)

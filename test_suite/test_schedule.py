@@ -138,20 +138,19 @@ class ResumeWithScheduleTest(unittest.TestCase):
 
     def test_max_time_plans_once_and_a_resumed_run_keeps_the_plan(self):
         options = dict(max_steps=0, max_time="8s", warmup_steps=5, decay="cosine", val_every=25,
-                       checkpoint_every=1000, sample_every=1000)
+                       checkpoint_every=100, keep=20, sample_every=1000)
         with mock.patch("schedule.now", FakeClock()):
             quiet_train(tiny(self.tmp, run="whole", **options))
         whole = ckpts.latest(os.path.join(self.tmp, "ck", "whole"))
         planned = int(checkpoint_tensors(whole, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"])
         self.assertGreater(planned, 60)  # planned after the calibration window (0.4 fake seconds)
-        self.assertTrue(whole.endswith(f"ckpt-{planned}"), whole)  # the run ended on its plan
+        self.assertLess(planned, 400)
+        self.assertGreater(ckpts.step_of(whole), 400)  # after its plan, the run went on until the deadline
         with mock.patch("schedule.now", FakeClock()), sigterm_after(50):
             quiet_train(tiny(self.tmp, run="split", **options))
-        with mock.patch("schedule.now", FakeClock(tick=0.001)):  # a faster machine: the plan must not change
+        with mock.patch("schedule.now", FakeClock(tick=0.005)):  # a faster machine: the plan must not change
             quiet_train(tiny(self.tmp), resume="split")
-        split = ckpts.latest(os.path.join(self.tmp, "ck", "split"))
-        self.assertTrue(split.endswith(f"ckpt-{planned}"), split)
-        assert_same_run(self, whole, split)
+        assert_same_run(self, *(os.path.join(self.tmp, "ck", run, "ckpt-400") for run in ("whole", "split")))
 
     def test_a_checkpoint_without_the_run_s_clock_resumes(self):
         # Checkpoints written before --max-time hold no clock or plan: they resume as they were.
