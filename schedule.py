@@ -21,7 +21,8 @@ import time
 
 CALIBRATION_SECONDS = 20.0  # steps timed before the plan: long enough to average out a few slow ones
 CALIBRATION_SHARE = 0.05    # ... but at most this share of a short budget
-SAVE_SECONDS = 2.0          # kept back for the last checkpoint and the summary
+SAVE_SECONDS = 3.0          # kept back for the last checkpoint, the summary and the exit
+VALIDATION_MARGIN = 1.5     # the last validation may take this much longer than the one timed
 
 
 def now():
@@ -75,8 +76,11 @@ class Budget:
     def over(self):
         if self.seconds is None:
             return False
-        reserve = (self.validation_seconds or 0.0) + SAVE_SECONDS
-        return self.spent() >= self.seconds - reserve
+        return self.spent() >= self.seconds - self.reserve()
+
+    def reserve(self):
+        """The seconds kept back for the last validation and checkpoint."""
+        return VALIDATION_MARGIN * (self.validation_seconds or 0.0) + SAVE_SECONDS
 
     def stepped(self, step, first_step):
         """Call after each step; the window opens after the first two steps of the process,
@@ -107,6 +111,6 @@ class Budget:
         started, first = self.window_start
         per_step = max(1e-9, (now() - started - self.in_window) / max(1, step - first))
         validation = self.validation_seconds or 0.0  # None: the run has no validation text
-        left = self.seconds - self.spent() - validation - SAVE_SECONDS
+        left = self.seconds - self.spent() - self.reserve()
         self.planned = max(step, step + math.floor(left / (per_step + validation / val_every)))
         return self.planned, per_step

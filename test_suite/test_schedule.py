@@ -97,8 +97,10 @@ class BudgetTest(unittest.TestCase):
             self.assertTrue(budget.ready_to_plan())  # 5 s = 5% of 100 s
             planned, per_step = budget.plan(52, val_every=10)
         self.assertAlmostEqual(per_step, 0.1)   # 5 s over the 50 steps since the window opened
-        # left: 100 - (10 + 9) spent - 1 (the last validation) - SAVE_SECONDS, at 0.1 + 1/10 s a step
-        self.assertEqual(planned, 52 + math.floor((100 - 19 - 1 - schedule.SAVE_SECONDS) / 0.2))
+        # left: 100 - (10 + 9) spent - the reserve for the last validation (1 s timed) and checkpoint,
+        # at 0.1 + 1/10 s a step
+        reserve = schedule.VALIDATION_MARGIN * 1 + schedule.SAVE_SECONDS
+        self.assertEqual(planned, 52 + math.floor((100 - 19 - reserve) / 0.2))
         self.assertFalse(budget.ready_to_plan())
 
     def test_the_deadline_keeps_back_the_last_validation_and_checkpoint(self):
@@ -106,7 +108,7 @@ class BudgetTest(unittest.TestCase):
         with mock.patch("schedule.now", clock):
             budget = schedule.Budget(60.0, spent=50.0)
             budget.validations, budget.validation_seconds = 2, 3.0
-            clock.time += 60 - 50 - 3 - schedule.SAVE_SECONDS - 0.5
+            clock.time += 60 - 50 - schedule.VALIDATION_MARGIN * 3 - schedule.SAVE_SECONDS - 0.5
             self.assertFalse(budget.over())
             clock.time += 1.0
             self.assertTrue(budget.over())
