@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup data quick train play test bench tensorboard clean
+.PHONY: setup data quick quality train play test bench tensorboard clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ data: $(STAMP)           ## fetch the Shakespeare corpus into shakespeare/
 
 quick: $(STAMP)          ## a small model that writes words in minutes: rnn_train.py --preset quick
 	$(PY) rnn_train.py --preset quick $(ARGS)
+
+quality: $(STAMP)        ## the best model in 10 minutes: make quality ARGS="--data input.txt"
+	$(PY) rnn_train.py --preset quality $(ARGS)
 
 train: $(STAMP)          ## make train ARGS="--layers 2 --units 256"
 	$(PY) rnn_train.py $(ARGS)

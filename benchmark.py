@@ -1,10 +1,11 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
     python3 benchmark.py                  # everything (about 8 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer quality distribute)
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer precision quality distribute)
     python3 benchmark.py train peer --peer-python ~/torch-venv/bin/python
     python3 benchmark.py train --precision fp32    # the training figures in fp32 only
-    python3 benchmark.py quality --data input.txt  # validation loss after training in fp32 and in bf16
+    python3 benchmark.py precision --data input.txt  # validation loss after training in fp32 and in bf16
+    python3 benchmark.py quality --data tinyshakespeare.txt   # the README's ten-minute command, its curve
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
 - corpus:   reading a 1 GB ASCII file with read_corpus (two streamed passes):
@@ -26,10 +27,16 @@
             torch.autocast("cpu", torch.bfloat16) (interleaved in one process), when
             the Python given by --peer-python (default: this one) can import torch.
             Not in the default set; run it with train to compare in one run.
-- quality:  trains GRU 2x256, seq 64, batch 64, lr 2e-3 for --steps steps on
+- precision: trains GRU 2x256, seq 64, batch 64, lr 2e-3 for --steps steps on
             --data (its last 10% held out) in fp32 and in bf16, and prints both
             validation losses (each model read in fp32; the bf16 one also in bf16)
             and their difference. Not in the default set (about 15 minutes on 2 cores).
+- quality:  the README's ten-minute recipe: runs `rnn_train.py --preset quality`
+            (or --train-flags) on --data, a run folder in a temporary folder, and
+            prints its validation curve against the wall time of the whole command
+            (TensorFlow's import and the validations included): the loss at 2, 5
+            and 10 minutes, the best and the final, and the training chars/s. Not
+            in the default set (the run's --max-time, 10 minutes by default).
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
             as a baseline, from one tf.function call per character; the time
             from launching `rnn_play.py` to its first character, TensorFlow import
@@ -48,8 +55,10 @@ several windows after a warm-up, and ratios are best compared within one run.
 
 import argparse
 import json
+import math
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -66,7 +75,7 @@ CONFIGS = {  # name: (model kwargs, batch, seqlen)
     "b": (dict(cell="gru", layers=2, units=256), 64, 64),
 }
 VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
-SECTIONS = ("text", "corpus", "matmul", "train", "peer", "generate", "quality", "distribute")
+SECTIONS = ("text", "corpus", "matmul", "train", "peer", "generate", "precision", "quality", "distribute")
 DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 
 
@@ -297,7 +306,7 @@ def child_peer(args):
 QUALITY = dict(cell="gru", layers=2, units=256, embedding=0, seqlen=64, batch_size=64, lr=2e-3)
 
 
-def child_quality(args):
+def child_precision(args):
     """Train QUALITY on --data in one precision; the validation loss of the result."""
     import contextlib
     import io
@@ -324,6 +333,51 @@ def child_quality(args):
             variable.assign(model.named_variables()[name])
         losses[low] = training.make_validate(twin, cfg.seqlen)(valid)[0]
     return {"losses": losses, "seconds": seconds, "chars": len(valid)}
+
+
+def child_curve(args):
+    """The run's curves from its TensorBoard files: validation (seconds, step, loss), chars/s."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import tensorflow as tf
+    import training
+
+    def scalars(folder, tag):
+        events = EventAccumulator(os.path.join(args.tmp, folder), size_guidance={"tensors": 0})
+        events.Reload()
+        return [(e.wall_time, e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+
+    return {"validation": scalars("validation", training.LOSS),
+            "chars_s": [value for _, _, value in scalars("train", training.CHARS_PER_S)]}
+
+
+def quality(data, flags):
+    """Run `rnn_train.py FLAGS --data DATA` in a temporary folder; its validation curve."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, os.path.join(here, "rnn_train.py"), *shlex.split(flags), "--data", data,
+                   "--run", "quality", "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")]
+        start = time.time()
+        out = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+        seconds = time.time() - start
+        if out.returncode:
+            sys.exit(f"benchmark: rnn_train.py failed:\n{out.stderr[-2000:]}")
+        curve = run_child("curve", tmp=os.path.join(tmp, "log", "quality"))
+    points = [(wall - start, step, loss) for wall, step, loss in curve["validation"]]
+    return points, seconds, statistics.median(curve["chars_s"]), out.stderr.splitlines()[0]
+
+
+def print_quality(points, seconds, chars_s):
+    def line(label, point):
+        minutes, step, loss = point[0] / 60, point[1], point[2]
+        return f"quality: {label}: {loss:.4f} nats/char ({loss / math.log(2):.3f} bits) at {minutes:.1f} min, step {step:,}"
+
+    for mark in (2, 5, 10):
+        before = [p for p in points if p[0] <= mark * 60]
+        if before and seconds >= mark * 60 * 0.95:
+            print(line(f"at {mark} min", before[-1]))
+    print(line("best", min(points, key=lambda p: p[2])))
+    print(line("final", points[-1]) + f"; the command took {seconds / 60:.1f} min, training ran at "
+          f"{chars_s:,.0f} chars/s (median of the logged windows)")
 
 
 def child_generate(args):
@@ -446,9 +500,12 @@ def make_parser():
                    help="precisions of the training figures, comma-separated, measured in turn in one process "
                         "(default: %(default)s)")
     p.add_argument("--data", default=None, metavar="PATH",
-                   help="the text of the quality section (default: the Shakespeare corpus)")
+                   help="the text of the precision and quality sections (default: the Shakespeare corpus)")
+    p.add_argument("--train-flags", default="--preset quality", metavar="FLAGS",
+                   help="rnn_train.py's flags for the quality section, one quoted string; --data, --run "
+                        "and the folders are added (default: %(default)s)")
     p.add_argument("--steps", type=int, default=1500, metavar="N",
-                   help="training steps of each quality run: enough to compare fp32 and bf16 (default: %(default)s)")
+                   help="training steps of each precision run: enough to compare fp32 and bf16 (default: %(default)s)")
     # What the parent passes to each measuring process: not for the command line.
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--config", default="a", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -467,7 +524,7 @@ def main():
         p.error(f"--precision takes fp32 and bf16, comma-separated (got {args.precision}); fp16 is for GPUs")
     if args.child:
         import tf_setup
-        if args.child in ("train", "quality", "distribute"):
+        if args.child in ("train", "precision", "distribute"):
             tf_setup.training_threads(args.implementation)  # rnn_train.py's thread settings
         if args.child not in ("text", "corpus", "peer"):  # those run without TensorFlow
             with tf_setup.starting_tensorflow() as tf:
@@ -476,99 +533,142 @@ def main():
                     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         print(json.dumps(globals()[f"child_{args.child}"](args)))
         return
-    timing = dict(seconds=args.seconds, windows=args.windows)
     print(f"machine: {os.cpu_count()} CPUs; each figure the median of {args.windows} windows of {args.seconds:g} s")
-    if "text" in args.sections:
-        r = run_child("text")
-        print(f"text: encode {r['encode_mb_s']:,.0f} MB/s, decode {r['decode_mb_s']:,.0f} MB/s "
-              f"(100 MB ASCII, median of 3; peak {r['peak_mb']:,.0f} MB)")
-    if "corpus" in args.sections:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_ascii_file(os.path.join(tmp, "big.txt"), 1000)
-            r = run_child("corpus", tmp=tmp)
-        print(f"corpus: read_corpus of a {r['chars'] / 1e9:.2f} GB ASCII file in {r['seconds']:.1f} s; "
-              f"its codes take {r['bytes'] / 1e6:,.0f} MB, the process peaked at {r['peak_mb']:,.0f} MB "
-              f"(TensorFlow not loaded)")
-    matmul = {}  # GFLOP/s by precision: the FLOP bounds
-    if {"matmul", "train", "peer"} & set(args.sections):
-        m = run_child("matmul")
-        matmul = {"fp32": max(m["numpy_gflops"], m["tf_gflops"]), "bf16": m["tf_bf16_gflops"]}
-        print(f"matmul: 4096^3 fp32 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s; "
-              f"bf16 tensorflow {m['tf_bf16_gflops']:.0f} GFLOP/s (x{m['tf_bf16_gflops'] / m['tf_gflops']:.2f})")
-        print("matmul: tensorflow fp32 / bf16 GFLOP/s at the model's shapes: " + ", ".join(
-            f"[{mm},{k}]x[{k},{n}] {m[f'{mm}x{k}x{n}'][0]:.0f} / {m[f'{mm}x{k}x{n}'][1]:.0f}"
-            for mm, k, n in MATMUL_SHAPES))
+    matmul = {}  # GFLOP/s by precision: the FLOP bounds of train and peer
+    for name in SECTIONS:
+        if name == "matmul" and {"matmul", "train", "peer"} & set(args.sections):
+            matmul = report_matmul(args)
+        elif name in args.sections:
+            globals()[f"report_{name}"](args, matmul)
+
+
+# ---------------------------------------------------------------- reports, one per section
+
+def timing(args):
+    return dict(seconds=args.seconds, windows=args.windows)
+
+
+def text_path(args):
+    """The text of the precision and quality sections: --data, or the Shakespeare corpus."""
+    from config import DEFAULT_DATA
+    return os.path.abspath(os.path.expanduser(args.data)) if args.data else DEFAULT_DATA
+
+
+def report_text(args, matmul):
+    r = run_child("text")
+    print(f"text: encode {r['encode_mb_s']:,.0f} MB/s, decode {r['decode_mb_s']:,.0f} MB/s "
+          f"(100 MB ASCII, median of 3; peak {r['peak_mb']:,.0f} MB)")
+
+
+def report_corpus(args, matmul):
+    with tempfile.TemporaryDirectory() as tmp:
+        write_ascii_file(os.path.join(tmp, "big.txt"), 1000)
+        r = run_child("corpus", tmp=tmp)
+    print(f"corpus: read_corpus of a {r['chars'] / 1e9:.2f} GB ASCII file in {r['seconds']:.1f} s; "
+          f"its codes take {r['bytes'] / 1e6:,.0f} MB, the process peaked at {r['peak_mb']:,.0f} MB "
+          f"(TensorFlow not loaded)")
+
+
+def report_matmul(args):
+    """Prints the matmul rates; returns the FLOP bounds' rates, {precision: GFLOP/s}."""
+    m = run_child("matmul")
+    matmul = {"fp32": max(m["numpy_gflops"], m["tf_gflops"]), "bf16": m["tf_bf16_gflops"]}
+    print(f"matmul: 4096^3 fp32 numpy {m['numpy_gflops']:.0f} GFLOP/s, tensorflow {m['tf_gflops']:.0f} GFLOP/s; "
+          f"bf16 tensorflow {m['tf_bf16_gflops']:.0f} GFLOP/s (x{m['tf_bf16_gflops'] / m['tf_gflops']:.2f})")
+    print("matmul: tensorflow fp32 / bf16 GFLOP/s at the model's shapes: " + ", ".join(
+        f"[{mm},{k}]x[{k},{n}] {m[f'{mm}x{k}x{n}'][0]:.0f} / {m[f'{mm}x{k}x{n}'][1]:.0f}"
+        for mm, k, n in MATMUL_SHAPES))
+    return matmul
+
+
+def report_train(args, matmul):
     precisions = args.precision.split(",")
-    if "train" in args.sections:
-        for name, (kwargs, batch, seqlen) in CONFIGS.items():
-            runs = [(args.implementation, args.precision)] + ([("keras", "fp32")] if args.implementation != "keras" else [])
-            for implementation, precision in runs:
-                r = run_child("train", config=name, implementation=implementation, precision=precision, **timing)
-                for p in precision.split(","):
-                    bound = matmul[p] * 1e9 / train_flops_per_char(name)
-                    f = r[p]
-                    print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
-                          f"batch {batch}, {implementation} {p}: {f['chars_s']:,.0f} chars/s (min {f['min']:,.0f}, "
-                          f"max {f['max']:,.0f}); {p} FLOP bound {bound:,.0f} chars/s; fraction "
-                          f"{f['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
-                if len(precisions) > 1 and implementation == args.implementation:
-                    print(f"train ({name}) {implementation}: " + ", ".join(
-                        f"{p} x{r[p]['chars_s'] / r[precisions[0]]['chars_s']:.2f}" for p in precisions[1:])
-                        + f" the speed of {precisions[0]} (interleaved in one process)")
-    if "peer" in args.sections:
-        probe = subprocess.run([args.peer_python, "-c", "import torch"], capture_output=True)
-        if probe.returncode:
-            print(f"peer: skipped, {args.peer_python} cannot import torch (pass --peer-python)")
-        configs = {} if probe.returncode else CONFIGS
-        for name, (kwargs, batch, seqlen) in configs.items():
-            r = run_child("peer", python=args.peer_python, config=name, precision=args.precision, **timing)
-            for p in (p for p in precisions if p in r):
+    for name, (kwargs, batch, seqlen) in CONFIGS.items():
+        runs = [(args.implementation, args.precision)] + ([("keras", "fp32")] if args.implementation != "keras" else [])
+        for implementation, precision in runs:
+            r = run_child("train", config=name, implementation=implementation, precision=precision, **timing(args))
+            for p in precision.split(","):
                 bound = matmul[p] * 1e9 / train_flops_per_char(name)
                 f = r[p]
-                autocast = " (torch.autocast)" if p == "bf16" else ""
-                print(f"peer ({name}) PyTorch {r['version']} nn.GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
-                      f"batch {batch}, {r['threads']} threads, {p}{autocast}: {f['chars_s']:,.0f} chars/s (min "
-                      f"{f['min']:,.0f}, max {f['max']:,.0f}); fraction {f['chars_s'] / bound:.2f}; peak memory "
-                      f"{r['peak_mb']:,.0f} MB")
-            if "fp32" in r and "bf16" in r:
-                print(f"peer ({name}): bf16 x{r['bf16']['chars_s'] / r['fp32']['chars_s']:.2f} the speed of fp32 "
-                      f"(interleaved in one process)")
-    if "generate" in args.sections:
-        with tempfile.TemporaryDirectory() as tmp:
-            r = run_child("generate", tmp=tmp, **timing)
-            first = statistics.median(first_char_seconds(tmp) for _ in range(3))
-        print(f"generate: GRU 3x512, batch 1: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
-              f"max {r['max']:,.0f}; compile {r['compile_s']:.1f} s); a tf.function call per character: "
-              f"{r['per_char_s']:,.0f} chars/s (x{r['chars_s'] / r['per_char_s']:.1f}); time to first "
-              f"character of `rnn_play.py` incl. TensorFlow import: {first:.2f} s (median of 3)")
-        bound = r["bound_chars_s"]
-        print(f"generate: weight-streaming bound {bound:,.0f} chars/s (its {r['weights_mb']:.1f} MB of matrices "
-              f"read once per character, {bound * r['weights_mb'] / 1e3:.0f} GB/s); fraction "
-              f"{r['chars_s'] / bound:.2f}")
-    if "distribute" in args.sections:
-        r = run_child("distribute", **timing)
-        kwargs, batch, seqlen = CONFIGS["b"]
-        overhead_ms = (1 / r["two"] - 1 / r["one"]) * batch * seqlen * 1e3
-        print(f"distribute (b) GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, batch {batch}: one device "
-              f"{r['one']:,.0f} chars/s, mirrored over {r['replicas']} logical CPU devices {r['two']:,.0f} chars/s "
-              f"(x{r['two'] / r['one']:.2f}, {overhead_ms:+.1f} ms a step); windows one "
-              f"{' '.join(f'{x:,.0f}' for x in r['one_all'])}, two {' '.join(f'{x:,.0f}' for x in r['two_all'])}; "
-              f"load average {' '.join(f'{x:.1f}' for x in r['load'])} on {os.cpu_count()} CPUs")
-    if "quality" in args.sections:
-        from config import DEFAULT_DATA
-        data = os.path.abspath(os.path.expanduser(args.data)) if args.data else DEFAULT_DATA
-        losses = {}
-        for p in ("fp32", "bf16"):
-            with tempfile.TemporaryDirectory() as tmp:
-                r = run_child("quality", data=data, steps=args.steps, precision=p, tmp=tmp)
-            losses[p] = r["losses"]
-            read = ", ".join(f"read in {q} {loss:.4f}" for q, loss in r["losses"].items())
-            print(f"quality: GRU 2x256, seq 64, batch 64, lr 2e-3, {args.steps} steps trained in {p} "
-                  f"({r['seconds']:.0f} s): validation loss {read} nats/char ({r['chars']:,} chars)")
-        difference = losses["bf16"]["fp32"] - losses["fp32"]["fp32"]
-        print(f"quality: bf16 - fp32 = {difference:+.4f} nats/char (both read in fp32; the goal is |difference| "
-              f"<= 0.02)")
+                print(f"train ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
+                      f"batch {batch}, {implementation} {p}: {f['chars_s']:,.0f} chars/s (min {f['min']:,.0f}, "
+                      f"max {f['max']:,.0f}); {p} FLOP bound {bound:,.0f} chars/s; fraction "
+                      f"{f['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
+            if len(precisions) > 1 and implementation == args.implementation:
+                print(f"train ({name}) {implementation}: " + ", ".join(
+                    f"{p} x{r[p]['chars_s'] / r[precisions[0]]['chars_s']:.2f}" for p in precisions[1:])
+                    + f" the speed of {precisions[0]} (interleaved in one process)")
 
+
+def report_peer(args, matmul):
+    precisions = args.precision.split(",")
+    probe = subprocess.run([args.peer_python, "-c", "import torch"], capture_output=True)
+    if probe.returncode:
+        print(f"peer: skipped, {args.peer_python} cannot import torch (pass --peer-python)")
+    configs = {} if probe.returncode else CONFIGS
+    for name, (kwargs, batch, seqlen) in configs.items():
+        r = run_child("peer", python=args.peer_python, config=name, precision=args.precision, **timing(args))
+        for p in (p for p in precisions if p in r):
+            bound = matmul[p] * 1e9 / train_flops_per_char(name)
+            f = r[p]
+            autocast = " (torch.autocast)" if p == "bf16" else ""
+            print(f"peer ({name}) PyTorch {r['version']} nn.GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, "
+                  f"batch {batch}, {r['threads']} threads, {p}{autocast}: {f['chars_s']:,.0f} chars/s (min "
+                  f"{f['min']:,.0f}, max {f['max']:,.0f}); fraction {f['chars_s'] / bound:.2f}; peak memory "
+                  f"{r['peak_mb']:,.0f} MB")
+        if "fp32" in r and "bf16" in r:
+            print(f"peer ({name}): bf16 x{r['bf16']['chars_s'] / r['fp32']['chars_s']:.2f} the speed of fp32 "
+                  f"(interleaved in one process)")
+
+
+def report_generate(args, matmul):
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_child("generate", tmp=tmp, **timing(args))
+        first = statistics.median(first_char_seconds(tmp) for _ in range(3))
+    print(f"generate: GRU 3x512, batch 1: {r['chars_s']:,.0f} chars/s (min {r['min']:,.0f}, "
+          f"max {r['max']:,.0f}; compile {r['compile_s']:.1f} s); a tf.function call per character: "
+          f"{r['per_char_s']:,.0f} chars/s (x{r['chars_s'] / r['per_char_s']:.1f}); time to first "
+          f"character of `rnn_play.py` incl. TensorFlow import: {first:.2f} s (median of 3)")
+    bound = r["bound_chars_s"]
+    print(f"generate: weight-streaming bound {bound:,.0f} chars/s (its {r['weights_mb']:.1f} MB of matrices "
+          f"read once per character, {bound * r['weights_mb'] / 1e3:.0f} GB/s); fraction "
+          f"{r['chars_s'] / bound:.2f}")
+
+
+def report_distribute(args, matmul):
+    r = run_child("distribute", **timing(args))
+    kwargs, batch, seqlen = CONFIGS["b"]
+    overhead_ms = (1 / r["two"] - 1 / r["one"]) * batch * seqlen * 1e3
+    print(f"distribute (b) GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, batch {batch}: one device "
+          f"{r['one']:,.0f} chars/s, mirrored over {r['replicas']} logical CPU devices {r['two']:,.0f} chars/s "
+          f"(x{r['two'] / r['one']:.2f}, {overhead_ms:+.1f} ms a step); windows one "
+          f"{' '.join(f'{x:,.0f}' for x in r['one_all'])}, two {' '.join(f'{x:,.0f}' for x in r['two_all'])}; "
+          f"load average {' '.join(f'{x:.1f}' for x in r['load'])} on {os.cpu_count()} CPUs")
+
+
+def report_precision(args, matmul):
+    data = text_path(args)
+    losses = {}
+    for p in ("fp32", "bf16"):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_child("precision", data=data, steps=args.steps, precision=p, tmp=tmp)
+        losses[p] = r["losses"]
+        read = ", ".join(f"read in {q} {loss:.4f}" for q, loss in r["losses"].items())
+        print(f"precision: GRU 2x256, seq 64, batch 64, lr 2e-3, {args.steps} steps trained in {p} "
+              f"({r['seconds']:.0f} s): validation loss {read} nats/char ({r['chars']:,} chars)")
+    difference = losses["bf16"]["fp32"] - losses["fp32"]["fp32"]
+    print(f"precision: bf16 - fp32 = {difference:+.4f} nats/char (both read in fp32; the goal is |difference| "
+          f"<= 0.02)")
+
+
+def report_quality(args, matmul):
+    data = text_path(args)
+    points, seconds, chars_s, new_run = quality(data, args.train_flags)
+    print(f"quality: rnn_train.py {args.train_flags} --data {data}")
+    print(f"quality: {new_run}")
+    print("quality: validation curve (min, step, nats): " + ", ".join(
+        f"{t / 60:.1f} {step} {loss:.3f}" for t, step, loss in points))
+    print_quality(points, seconds, chars_s)
 
 if __name__ == "__main__":
     main()

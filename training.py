@@ -135,11 +135,16 @@ def announce(run, corpus, trainer):
 
 def plan(trainer, corpus, logs, console):
     """Fix the steps a --max-time run's schedule spans, after its calibration window. The
-    validations to come are timed first, if no validation has been yet (the first one
-    of a process also traces, so it may take two)."""
+    validations to come are timed first: the first one of a process also traces, so it
+    is timed again, silently (the score is the same)."""
     budget = trainer.budget
     while budget.validation_seconds is None and len(corpus.valid):
-        validate(trainer, corpus, logs, console)
+        if budget.validations:
+            started = schedule.now()
+            trainer.validate(corpus.valid, lambda: False)
+            budget.validated(schedule.now() - started)
+        else:
+            validate(trainer, corpus, logs, console)
     total, per_step = trainer.plan()
     console.set_total(total)
     Console.write(f"--max-time {trainer.cfg.max_time}: {total:,} steps planned ({per_step:.3f} s a step"

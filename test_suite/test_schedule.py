@@ -148,6 +148,8 @@ class ResumeWithScheduleTest(unittest.TestCase):
         self.assertGreater(planned, 60)  # planned after the calibration window (0.4 fake seconds)
         self.assertLess(planned, 400)
         self.assertGreater(ckpts.step_of(whole), 400)  # after its plan, the run went on until the deadline
+        steps = [step for step, _ in read_scalars(os.path.join(self.tmp, "log", "whole", "validation"))[training.LOSS]]
+        self.assertEqual(len(steps), len(set(steps)), steps)  # the plan's timing validation is not logged again
         with mock.patch("schedule.now", FakeClock()), sigterm_after(50):
             quiet_train(tiny(self.tmp, run="split", **options))
         with mock.patch("schedule.now", FakeClock(tick=0.005)):  # a faster machine: the plan must not change
