@@ -63,6 +63,13 @@ def make_parser():
         description="Train a character-level GRU/LSTM/RNN language model on text files.",
         argument_default=argparse.SUPPRESS)
     p.add_argument("--preset", choices=PRESETS, help=preset_help())
+    for add_flags in (add_data_flags, add_model_flags, add_optimisation_flags, add_run_flags):
+        add_flags(p)
+    return p
+
+
+def add_data_flags(p):
+    """The texts and what is held out."""
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", metavar="GLOB",
                    help=default("text files to train on; quote globs, ** recurses. The default corpus is "
@@ -75,6 +82,10 @@ def make_parser():
     g.add_argument("--max-vocab", type=int, metavar="N",
                    help=default("keep the N most frequent characters, the rest become 'unknown': stray "
                                 "symbols of a large corpus then cost no readout rows", "max_vocab", "keep all"))
+
+
+def add_model_flags(p):
+    """The network; saved with the run, so --resume refuses another."""
     g = p.add_argument_group("model (the original project's defaults)")
     g.add_argument("--cell", choices=CELLS,
                    help=default("recurrent cell: GRU as in the original; an LSTM step costs 4/3 of a GRU "
@@ -96,6 +107,10 @@ def make_parser():
                    help=default("weight-drop (AWD-LSTM): drop this share of each recurrent kernel's weights, "
                                 "one mask per batch, so the recurrence itself is regularised; 0 keeps the "
                                 "original model", "weight_drop"))
+
+
+def add_optimisation_flags(p):
+    """How the weights are trained, and for how long."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--seqlen", type=int, metavar="N",
                    help=default("characters per row of a batch: how far back gradients flow (truncated "
@@ -144,6 +159,10 @@ def make_parser():
                    help=default("stop after N non-finite steps in a row (each is skipped, weights "
                                 "unchanged): a few are noise, many mean the run has diverged",
                                 "max_nonfinite"))
+
+
+def add_run_flags(p):
+    """The run's folders, checkpoints, logs, and how the work is placed on the hardware."""
     g = p.add_argument_group("run, checkpoints and logs")
     g.add_argument("--run", metavar="NAME",
                    help="name of a new run, for --resume and rnn_play.py (default: cell, size and start "
@@ -194,8 +213,6 @@ def make_parser():
                                 "weights, the state and the loss in fp32. auto picks bf16 where the CPU "
                                 "(amx_bf16, avx512_bf16) or the GPU (compute capability 8.0+) multiplies bf16 "
                                 "natively, else fp32; checkpoints are the same in every precision", "precision"))
-    return p
-
 
 def parse(argv):
     """(TrainConfig, the fields given on the command line, the --resume value)."""
