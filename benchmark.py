@@ -34,8 +34,8 @@
 - quality:  the README's ten-minute recipe: runs `rnn_train.py --preset quality`
             (or --train-flags) on --data, a run folder in a temporary folder, and
             prints its validation curve against the wall time of the whole command
-            (TensorFlow's import and the validations included): the loss at 2, 5
-            and 10 minutes, the best and the final, and the training chars/s. Not
+            (TensorFlow's import and the validations included): the loss at 2, 5,
+            10 (30, 60...) minutes, the best and the final, and the training chars/s. Not
             in the default set (the run's --max-time, 10 minutes by default).
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
             as a baseline, from one tf.function call per character; the time
@@ -371,7 +371,7 @@ def print_quality(points, seconds, chars_s):
         minutes, step, loss = point[0] / 60, point[1], point[2]
         return f"quality: {label}: {loss:.4f} nats/char ({loss / math.log(2):.3f} bits) at {minutes:.1f} min, step {step:,}"
 
-    for mark in (2, 5, 10):
+    for mark in (2, 5, 10, 30, 60, 120):
         before = [p for p in points if p[0] <= mark * 60]
         if before and seconds >= mark * 60 * 0.95:
             print(line(f"at {mark} min", before[-1]))
