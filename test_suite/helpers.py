@@ -206,3 +206,17 @@ class RunCopyTest(unittest.TestCase):
 
     def cfg(self, **overrides):
         return tiny(self.tmp, **{"keep": 2, **overrides})
+
+
+def forward_and_gradients(model, ids, y, states):
+    """(loss, {name: tensor}): a loss through the logits and the final state, and the logits,
+    the final states and the gradients of every variable and initial state, in float32."""
+    variables = model.named_variables()
+    with tf.GradientTape() as tape:
+        tape.watch(states)
+        logits, new_states = model(ids, states, training=True)
+        loss = mean_loss(y, logits) + tf.reduce_mean(new_states[0])  # a gradient through the final state too
+    grads = tape.gradient(loss, list(variables.values()) + states)
+    names = list(variables) + [f"state_{i}" for i in range(len(states))]
+    return loss, {"logits": logits, **{f"final_{i}": s for i, s in enumerate(new_states)},
+                  **{name: tf.convert_to_tensor(g) for name, g in zip(names, grads)}}

@@ -4,7 +4,8 @@ import unittest
 
 import numpy as np
 
-from test_suite.helpers import V, copy_weights, mean_loss, random_ids, random_states, tf, tiny_model_config
+from test_suite.helpers import (V, copy_weights, forward_and_gradients, mean_loss, random_ids, random_states, tf,
+                                tiny_model_config)
 from config import ModelConfig
 from model import CharRNN, Dropout
 
@@ -94,17 +95,11 @@ class CharRNNTest(unittest.TestCase):
                 copy_weights(fused, stock)
                 ids, states = random_ids(64, 6), random_states(fused, 64)
                 y = random_ids(64, 6, seed=5)
-                results = {}
-                for name, model in (("fused", fused), ("keras", stock)):
-                    variables = model.named_variables()
-                    with tf.GradientTape() as tape:
-                        tape.watch(states)
-                        logits, new_states = model(ids, states, training=True)
-                        loss = mean_loss(y, logits) + tf.reduce_mean(new_states[0])  # a gradient through the final state too
-                    grads = tape.gradient(loss, list(variables.values()) + states)
-                    results[name] = loss, {n: tf.convert_to_tensor(g) for n, g in zip(list(variables) + ["state_0", "state_1"], grads)}
+                results = {name: forward_and_gradients(model, ids, y, states)
+                           for name, model in (("fused", fused), ("keras", stock))}
                 np.testing.assert_allclose(results["fused"][0], results["keras"][0], rtol=1e-6)
-                for name, g in results["keras"][1].items():
+                for name in list(stock.named_variables()) + ["state_0", "state_1"]:  # the gradients
+                    g = results["keras"][1][name]
                     self.assertGreater(np.abs(g).max(), 0, name)
                     np.testing.assert_allclose(results["fused"][1][name], g, atol=1e-6, err_msg=name)
 

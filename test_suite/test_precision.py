@@ -30,7 +30,7 @@ import training
 from errors import UserError
 from model import CharRNN
 from precision import LossScale, resolve
-from test_suite.helpers import (checkpoint_tensors, copy_weights, mean_loss, play, quiet_train, random_ids,
+from test_suite.helpers import (checkpoint_tensors, copy_weights, forward_and_gradients, play, quiet_train, random_ids,
                                 random_states, tf, tiny, tiny_model_config)
 
 ZEN4 = "fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16 vaes"  # this project's EPYC
@@ -86,19 +86,6 @@ class ResolveTest(unittest.TestCase):
             self.assertEqual(precision.cpu_flags(os.path.join(tmp, "missing")), "")
 
 
-def _forward_and_gradients(model, ids, y, states):
-    """Logits, final states and the gradients of a loss through both, in float32."""
-    variables = model.named_variables()
-    with tf.GradientTape() as tape:
-        tape.watch(states)
-        logits, new_states = model(ids, states, training=True)
-        loss = mean_loss(y, logits) + tf.reduce_mean(new_states[0])  # a gradient through the final state too
-    grads = tape.gradient(loss, list(variables.values()) + states)
-    names = list(variables) + [f"state_{i}" for i in range(len(states))]
-    return {"logits": logits, **{f"final_{i}": s for i, s in enumerate(new_states)},
-            **{name: tf.convert_to_tensor(g) for name, g in zip(names, grads)}}
-
-
 class NumericsTest(unittest.TestCase):
     def test_low_precision_outputs_and_gradients_stay_near_fp32(self):
         ids, y = random_ids(64, 6), random_ids(64, 6, seed=5)  # 64 rows: the fused path's two row groups
@@ -107,12 +94,12 @@ class NumericsTest(unittest.TestCase):
                 config = tiny_model_config(cell=cell, units=32, embedding=4 if cell == "lstm" else 0)
                 reference = CharRNN(config, implementation)
                 states = random_states(reference, 64)
-                expected = _forward_and_gradients(reference, ids, y, states)
+                expected = forward_and_gradients(reference, ids, y, states)[1]
                 for low in ("bf16", "fp16"):
                     with self.subTest(implementation=implementation, cell=cell, precision=low):
                         model = CharRNN(config, implementation, precision=low)
                         copy_weights(reference, model)
-                        got = _forward_and_gradients(model, ids, y, states)
+                        got = forward_and_gradients(model, ids, y, states)[1]
                         bound = BOUND[implementation] * UNIT_ROUNDOFF[low]
                         for name, value in expected.items():
                             self.assertEqual(got[name].dtype, tf.float32, name)
