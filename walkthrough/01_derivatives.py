@@ -65,17 +65,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's start-up lines
 tf_setup.import_tensorflow()
 import tensorflow as tf  # noqa: E402
-
-
-def check(name, got, want, tol):
-    """Raise AssertionError unless got matches want: the largest difference, as a
-    fraction of the largest |want|, must not exceed tol."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = max(float(np.max(np.abs(want))), np.finfo(np.float64).tiny)
-    error = float(np.max(np.abs(got - want))) / scale
-    if not error <= tol:  # also fails on NaN
-        raise AssertionError(f"{name}: relative error {error:.1e} > tolerance {tol:.0e}")
-    print(f"  ok  {name}: relative error {error:.1e} <= {tol:.0e}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder, for checking.py
+from checking import check  # noqa: E402  compares a result with the known one, and prints it
 
 
 def p(x):

@@ -36,20 +36,13 @@ h_t, and its gradient has the same form, p - onehot(target).
 Previous: 02_autodiff.py.  Next: 04_vanilla_rnn.py.
 """
 
+import os
 import sys
 
 import numpy as np
 
-
-def check(name, got, want, tol):
-    """Raise AssertionError unless got matches want: the largest difference, as a
-    fraction of the largest |want|, must not exceed tol."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = max(float(np.max(np.abs(want))), np.finfo(np.float64).tiny)
-    error = float(np.max(np.abs(got - want))) / scale
-    if not error <= tol:  # also fails on NaN
-        raise AssertionError(f"{name}: relative error {error:.1e} > tolerance {tol:.0e}")
-    print(f"  ok  {name}: relative error {error:.1e} <= {tol:.0e}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder, for checking.py
+from checking import check  # noqa: E402  compares a result with the known one, and prints it
 
 
 def descend(gradient, start, lr, steps):

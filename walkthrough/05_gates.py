@@ -69,21 +69,13 @@ import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's
 tf_setup.import_tensorflow()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder, for checking.py
+from checking import check  # noqa: E402  compares a result with the known one, and prints it
 
 # Same formulas in float64 on both sides; only the order of the sums differs
 # (relative differences ~1e-15). A wrong term would be off by 1e-3 or more.
+
 TOL = 1e-10
-
-
-def check(name, got, want, tol):
-    """Raise AssertionError unless got matches want: the largest difference, as a
-    fraction of the largest |want|, must not exceed tol."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = max(float(np.max(np.abs(want))), np.finfo(np.float64).tiny)
-    error = float(np.max(np.abs(got - want))) / scale
-    if not error <= tol:  # also fails on NaN
-        raise AssertionError(f"{name}: relative error {error:.1e} > tolerance {tol:.0e}")
-    print(f"  ok  {name}: relative error {error:.1e} <= {tol:.0e}")
 
 
 def sigmoid(a):
