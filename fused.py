@@ -7,10 +7,10 @@ intermediate. `FusedRecurrent` instead
 - works time-major and projects the inputs of the whole sequence before the
   loop with large matmuls (a row gather of the kernel for one-hot input), so only
   `h @ recurrent_kernel` stays inside the loop;
-- for the GRU in training, runs `_gru_recurrence`: one [U, U] block of the
-  recurrent kernel per gate (no slices of a [B, 3U] tensor in the loop), and a
-  backward pass written by hand that does one matmul per step and the weight
-  gradients as large matmuls after the loop, as cuDNN does;
+- for the GRU in training, runs `_gru_training`: gate-major tensors ([3, ...],
+  so no slices of a [B, 3U] tensor in the loop), and a backward pass written by
+  hand that does one matmul per step and the weight gradients as large matmuls
+  after the loop, as cuDNN does;
 - keeps `_gru_step`'s one [B, U] x [U, 3U] matmul per step for generation, which
   runs under XLA, where the per-gate blocks were much slower;
 - can run its matmuls in a low precision (bfloat16 or float16, see precision.py):
@@ -54,7 +54,7 @@ class FusedRecurrent(keras.layers.Layer):
     The input projection of the whole sequence is computed before the loop, with
     large matmuls (a row gather of the kernel for one-hot input); only
     h @ recurrent_kernel stays inside the loop.
-    In training, when T is known when tracing, the GRU runs `_gru_recurrence`
+    In training, when T is known when tracing, the GRU runs `_gru_training`
     (unrolled, with a hand-written backward pass); otherwise, and for LSTM and
     RNN, the loop is unrolled or a tf.scan, with autodiff through it.
     """
@@ -88,8 +88,8 @@ class FusedRecurrent(keras.layers.Layer):
             # Training only: under XLA (the generation loop) the per-gate blocks ran
             # much slower than `_gru_step`'s one matmul per step (DEVELOPERS.md).
             # Tensors, not variables: the gradients reach the variables through their reads.
-            hs = _gru_recurrence(self._gru_inputs(x), state, tf.convert_to_tensor(self.recurrent_kernel), self.bias[1],
-                                 self.matmul_dtype)
+            hs = _gru_training(x, state, *(tf.convert_to_tensor(w) for w in (self.kernel, self.recurrent_kernel, self.bias)),
+                               self.one_hot, self.matmul_dtype)
             return hs, hs[-1]
         U = self.units
         if self.one_hot:
@@ -108,20 +108,6 @@ class FusedRecurrent(keras.layers.Layer):
         hs = _scan(_rnn_step, xw, state, recurrent_kernel)
         return hs, hs[-1]
 
-    def _gru_inputs(self, x):
-        """The GRU's input projection plus input bias as three [T, B, U] tensors, one
-        per gate (z, r, candidate): contiguous, so the loop slices nothing. Their
-        gradients reach the [I, 3U] kernel dense, through small column slices."""
-        U = self.units
-        blocks = [slice(i * U, (i + 1) * U) for i in range(3)]
-        if self.one_hot:  # rows of kernel + bias: one_hot(x) @ kernel + bias without the matmul
-            table = self.kernel + self.bias[0]  # [V, 3U]
-            return [tf.gather(table[:, b], x) for b in blocks]
-        flat = tf.cast(tf.reshape(x, [-1, x.shape[-1]]), self.matmul_dtype)  # [T·B, I]
-        kernel = tf.cast(self.kernel, self.matmul_dtype)
-        return [tf.reshape(tf.nn.bias_add(_matmul(flat, kernel[:, b], tf.float32), self.bias[0, b]), [x.shape[0], -1, U])
-                for b in blocks]
-
 
 def _matmul(a, b, dtype=None, **kwargs):
     """a @ b in b's dtype (a is cast to it), returned in `dtype` (default: a's).
@@ -137,7 +123,7 @@ def _matmul(a, b, dtype=None, **kwargs):
 def _gru_step(xw_t, h, recurrent_kernel, recurrent_bias):
     """Keras GRU, reset_after=True (the cuDNN variant): gates z, r, h.
 
-    Used outside training and when T is unknown; `_gru_recurrence` computes the same.
+    Used outside training and when T is unknown; `_gru_training` computes the same.
     """
     U = h.shape[-1]
     rh = _matmul(h, recurrent_kernel) + recurrent_bias  # [B, 3U]
@@ -172,22 +158,27 @@ def _scan(step, xw, state, *weights):
     return tf.stack(outputs)  # [T, B, S]
 
 
-def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias, matmul_dtype=tf.float32):
-    """Unrolled GRU recurrence with a hand-written backward pass.
+def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=tf.float32):
+    """The GRU over a whole sequence in training, with a hand-written backward pass.
 
-    xs: the input projections plus input bias of the gates z, r and the candidate,
-    three [T, B, U] tensors; h0: [B, U]; recurrent_kernel [U, 3U] and
-    recurrent_bias [3U] in Keras's layout. Returns hs [T, B, U]. All float32;
-    the matmuls below run in matmul_dtype, their products cast back to float32.
+    x: [T, B, I] float32, or ids [T, B] when one_hot; h0: [B, U]; kernel [I, 3U],
+    recurrent_kernel [U, 3U], bias [2, 3U] in Keras's layout (reset_after=True).
+    Returns hs [T, B, U]. All float32; the matmuls run in matmul_dtype, their
+    products cast back to float32.
 
-    Forward, per step: one batched matmul of h with the kernel as three [U, U]
-    gate blocks, giving [3, B, U], whose gates are contiguous slices (a [B, 3U]
-    product would need a copy per gate, and three separate matmuls run 25-35%
-    slower than one at these shapes):
+    Forward. The input projection of the whole sequence first, gate-major,
+    [3, T, B, U] (a batched matmul with the kernel as three [I, U] gate blocks, or
+    for one-hot input a gather of rows of kernel + bias): each gate's slice is
+    contiguous, so nothing in the loop is copied out of a wider tensor. Then per
+    step one batched matmul of h with the recurrent kernel's three [U, U] blocks
+    ([3, B, U]; three separate matmuls run 25-35% slower at these shapes):
         z = σ(xz + bz + h Kz),  r = σ(xr + br + h Kr),  rh = h Kh + bh,
         hh = tanh(xh + r·rh),   h' = hh + z·(h - hh)  (= z·h + (1 - z)·hh)
-    Autodiff through the loop would add two small matmuls per step (the data and
-    the weight gradient) and stack every intermediate. The backward does what
+    (the input projections xz, xr, xh include the input bias; bz and br are added
+    with it, before the loop).
+
+    Backward. Autodiff through the loop would add two small matmuls per step (the
+    data and the weight gradient) and stack every intermediate. This does what
     cuDNN does:
     - per step, backwards in time, the gate derivatives and one matmul:
         dh = dL/dh_t (from above) + carry
@@ -195,24 +186,34 @@ def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias, matmul_dtype=tf.fl
         dRH = [dZ, dR, dXH·r]        gradient of the recurrent part h K + b, [B, 3U]
         carry = dh z + dRH Kᵀ
       (σ' and tanh' as TensorFlow's fused SigmoidGrad and TanhGrad: one op each);
-    - after the loop, the weight gradients as large matmuls over all T·B rows:
-        dK = H_prevᵀ dRH,  db = 1ᵀ dRH  (a column sum; as a matmul it is faster
-      than reduce_sum), and [dZ, dR, dXH] flow on to the input projection.
-    In a low matmul_dtype the element-wise work, the carry and the bias gradient
-    stay float32; dRH and H_prev are cast down for the matmuls only.
+    - after the loop, with dX = [dZ, dR, dXH] the gradient of the input
+      projection, everything as large matmuls over all T·B rows, in Keras's
+      layout: dK = H_prevᵀ dRH, dW = Xᵀ dX, dx = dX Wᵀ (for one-hot input, dW is
+      the rows of dX summed by id), and the biases' column sums 1ᵀ dX and
+      1ᵀ dRH (as a matmul, faster than reduce_sum).
+    In a low matmul_dtype the element-wise work, the carry and the bias gradients
+    stay float32; the matmuls' operands are cast down.
     """
+    T, U = x.shape[0], h0.shape[-1]
+
+    def gate_major(w):  # [N, 3U] -> [3, N, U]
+        return tf.transpose(tf.reshape(w, [-1, 3, U]), [1, 0, 2])
 
     @tf.custom_gradient
-    def recurrence(xz, xr, xh, h0, recurrent_kernel, recurrent_bias):
-        U = h0.shape[-1]
-        kernel = tf.cast(recurrent_kernel, matmul_dtype)  # [U, 3U]; the same tensor in float32
-        gate_kernels = tf.transpose(tf.reshape(kernel, [U, 3, U]), [1, 0, 2])  # [3, U, U]: Kz, Kr, Kh
-        b_z, b_r, b_h = tf.split(recurrent_bias, 3)
-        xz, xr = xz + b_z, xr + b_r  # whole sequences, outside the loop
+    def sequence(x, h0, kernel, recurrent_kernel, bias):
+        # The z and r recurrent biases join the input bias: added once, not per step.
+        input_bias = bias[0] + tf.concat([bias[1, : 2 * U], tf.zeros([U])], 0)  # [3U]
+        if one_hot:  # one_hot(x) @ kernel + bias without the matmul: rows of the table
+            xs = tf.gather(gate_major(kernel + input_bias), x, axis=1)  # [3, T, B, U]
+        else:
+            flat = tf.cast(tf.reshape(x, [T * x.shape[1], -1]), matmul_dtype)  # [T·B, I]
+            xw = tf.cast(tf.matmul(flat[None], gate_major(tf.cast(kernel, matmul_dtype))), tf.float32)  # [3, T·B, U]
+            xs = tf.reshape(xw + gate_major(input_bias[None]), [3, T, -1, U])
+        rec_kernel = tf.cast(recurrent_kernel, matmul_dtype)  # [U, 3U]; the same tensor in float32
+        rec_gates, b_h = gate_major(rec_kernel), bias[1, 2 * U :]  # [3, U, U], [U]
         h, steps, hs = h0, [], []  # steps: per step (h_prev - hh, z, r, rh, hh)
-        for xz_t, xr_t, xh_t in zip(tf.unstack(xz), tf.unstack(xr), tf.unstack(xh)):
-            hk = tf.cast(tf.matmul(tf.cast(h, matmul_dtype)[None], gate_kernels), h.dtype)  # [3, B, U]
-            hk_z, hk_r, hk_h = tf.unstack(hk)
+        for xz_t, xr_t, xh_t in zip(*(tf.unstack(g) for g in tf.unstack(xs))):
+            hk_z, hk_r, hk_h = tf.unstack(tf.cast(tf.matmul(tf.cast(h, matmul_dtype)[None], rec_gates), tf.float32))
             z, r = tf.sigmoid(xz_t + hk_z), tf.sigmoid(xr_t + hk_r)  # [B, U]
             rh = hk_h + b_h
             hh = tf.tanh(xh_t + r * rh)  # candidate
@@ -223,23 +224,30 @@ def _gru_recurrence(xs, h0, recurrent_kernel, recurrent_bias, matmul_dtype=tf.fl
         hs = tf.stack(hs)  # [T, B, U]
 
         def grad(dhs):
-            carry, d_steps = tf.zeros_like(h0), []
+            carry, d_rh, d_xh = tf.zeros_like(h0), [], []
             for dh_t, (h_minus_hh, z, r, rh, hh) in reversed(list(zip(tf.unstack(dhs), steps))):
                 dh = dh_t + carry
                 dh_z = dh * z
                 dz = tf.raw_ops.SigmoidGrad(y=z, dy=dh * h_minus_hh)
                 dxh = tf.raw_ops.TanhGrad(y=hh, dy=dh - dh_z)
                 dr = tf.raw_ops.SigmoidGrad(y=r, dy=dxh * rh)
-                drh = tf.concat([dz, dr, dxh * r], axis=1)  # [B, 3U]
-                carry = dh_z + _matmul(drh, kernel, transpose_b=True)
-                d_steps.append((dz, dr, dxh, drh))
-            d_z, d_r, d_xh, d_rh = (tf.stack(d[::-1]) for d in zip(*d_steps))  # [T, B, U] or [T, B, 3U]
+                d_rh.append(tf.concat([dz, dr, dxh * r], axis=1))  # [B, 3U]
+                d_xh.append(dxh)
+                carry = dh_z + _matmul(d_rh[-1], rec_kernel, transpose_b=True)
+            d_rh = tf.reshape(tf.stack(d_rh[::-1]), [-1, 3 * U])  # [T·B, 3U]
+            d_x = tf.concat([d_rh[:, : 2 * U], tf.reshape(tf.stack(d_xh[::-1]), [-1, U])], 1)  # [T·B, 3U]: dX
             h_prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [-1, U])  # [T·B, U]
-            d_rh = tf.reshape(d_rh, [-1, 3 * U])
-            d_kernel = _matmul(h_prev, tf.cast(d_rh, matmul_dtype), transpose_a=True)  # [U, 3U]
-            d_bias = tf.matmul(tf.ones([1, tf.shape(d_rh)[0]]), d_rh)[0]  # [3U]
-            return d_z, d_r, d_xh, carry, d_kernel, d_bias
+            d_rec_kernel = _matmul(h_prev, tf.cast(d_rh, matmul_dtype), transpose_a=True)  # [U, 3U]
+            ones = tf.ones([1, T * h0.shape[0]])
+            d_bias = tf.concat([tf.matmul(ones, d_x), tf.matmul(ones, d_rh)], 0)  # [2, 3U]
+            if one_hot:
+                return None, carry, tf.math.unsorted_segment_sum(d_x, tf.reshape(x, [-1]), kernel.shape[0]), \
+                    d_rec_kernel, d_bias
+            d_x_mm = tf.cast(d_x, matmul_dtype)
+            d_kernel = _matmul(flat, d_x_mm, tf.float32, transpose_a=True)  # [I, 3U]
+            d_input = tf.reshape(_matmul(d_x_mm, tf.cast(kernel, matmul_dtype), tf.float32, transpose_b=True), x.shape)
+            return d_input, carry, d_kernel, d_rec_kernel, d_bias
 
         return hs, grad
 
-    return recurrence(*xs, h0, recurrent_kernel, recurrent_bias)
+    return sequence(x, h0, kernel, recurrent_kernel, bias)

@@ -27,7 +27,7 @@ a + (-1)·b). The same expressions are then given to TensorFlow, whose
 `tf.GradientTape` does the same thing for every TensorFlow operation, and the
 gradients must agree. This is the machinery behind every gradient in the
 project: `training.py` computes its loss under a GradientTape, and `fused.py`
-(`_gru_recurrence`) replaces the tape's backward pass for the GRU's loop with
+(`_gru_training`) replaces the tape's backward pass for the GRU's loop with
 one written by hand (chapter 5), which needs fewer operations than the
 recorded graph.
 

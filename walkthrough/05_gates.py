@@ -34,7 +34,7 @@ and the bias gradients db, db' are the sums of [dz, dr, dĥ] and [dz, dr, dĥ �
 over the rows of the batch and over the steps.
 
 These are the equations of this project's fused kernels, `fused.py`
-(`_gru_step` for generation, `_gru_recurrence` with this backward pass for
+(`_gru_step` for generation, `_gru_training` with this backward pass for
 training), which run them on whole batches with TensorFlow ops. `model.py`
 stacks `--layers` such cells, each reading the outputs h_t of the one below,
 and ends with chapter 4's readout and softmax.

@@ -278,7 +278,7 @@ def main(fast=False):
     print("""
   The same batches and the same loss, with a GRU (chapter 5) instead of the
   plain RNN, on TensorFlow. What the project adds:
-  - fused kernels (fused.py, _gru_recurrence): the GRU's loop and its
+  - fused kernels (fused.py, _gru_training): the GRU's loop and its
     hand-written backward pass as large TensorFlow ops, fast on a CPU;
   - checkpoints (checkpoints.py) in checkpoints/sonnets/, holding the weights,
     Adam's state, the carried RNN state and the sequencer's position, so that
