@@ -1,7 +1,7 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
     python3 benchmark.py                  # everything (about 8 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate (corpus peer precision quality distribute)
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus memory peer precision quality distribute)
     python3 benchmark.py train peer --peer-python ~/torch-venv/bin/python
     python3 benchmark.py train --precision fp32    # the training figures in fp32 only
     python3 benchmark.py precision --data input.txt  # validation loss after training in fp32 and in bf16
@@ -11,6 +11,13 @@
 - corpus:   reading a 1 GB ASCII file with read_corpus (two streamed passes):
             time, and the peak memory of the process (run it alone; it writes
             the file to a temporary folder).
+- memory:   the same short training run (GRU 1x32, 20 steps, a validation at
+            the end) on a generated 5 MB and a --memory-mb text, then on the
+            large one validating every held-out character (--val-chars 0): each
+            process's peak memory, what the peak grows by per byte of text, and
+            how long the validation took (the first one traces its function, about
+            4 s). MB here are 2^20 bytes. Not in the default set (it writes the
+            text to a temporary folder; about 2 minutes at 500 MB).
 - matmul:   the machine's fp32 matrix-multiply rate (best of numpy and TensorFlow)
             and TensorFlow's bf16 rate, at 4096^3 and at the model's shapes
             (the hoisted input projection, the recurrent matmuls), in one process.
@@ -75,7 +82,7 @@ CONFIGS = {  # name: (model kwargs, batch, seqlen)
     "b": (dict(cell="gru", layers=2, units=256), 64, 64),
 }
 VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
-SECTIONS = ("text", "corpus", "matmul", "train", "peer", "generate", "precision", "quality", "distribute")
+SECTIONS = ("text", "corpus", "memory", "matmul", "train", "peer", "generate", "precision", "quality", "distribute")
 DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 
 
@@ -346,24 +353,36 @@ def child_curve(args):
         events.Reload()
         return [(e.wall_time, e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
 
-    return {"validation": scalars("validation", training.LOSS),
-            "chars_s": [value for _, _, value in scalars("train", training.CHARS_PER_S)]}
+    speed = scalars("train", training.CHARS_PER_S)
+    return {"validation": scalars("validation", training.LOSS), "chars_s": [value for _, _, value in speed],
+            "train": [(wall, step) for wall, step, _ in speed]}
 
 
-def quality(data, flags):
-    """Run `rnn_train.py FLAGS --data DATA` in a temporary folder; its validation curve."""
+def train_command(data, flags):
+    """Run `rnn_train.py FLAGS --data DATA` in a temporary folder. Returns its
+    validation curve [(seconds since the start, step, loss)], its wall seconds, the
+    median training chars/s, its first line of output, the process's peak memory
+    (MB) and the seconds each validation took (from the last training event before
+    it to the validation's event)."""
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, os.path.join(here, "rnn_train.py"), *shlex.split(flags), "--data", data,
-                   "--run", "quality", "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")]
+                   "--run", "run", "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")]
         start = time.time()
-        out = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
-        seconds = time.time() - start
-        if out.returncode:
-            sys.exit(f"benchmark: rnn_train.py failed:\n{out.stderr[-2000:]}")
-        curve = run_child("curve", tmp=os.path.join(tmp, "log", "quality"))
+        with open(os.path.join(tmp, "out"), "w+") as out, open(os.path.join(tmp, "err"), "w+") as err:
+            process = subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=tmp)
+            _, status, usage = os.wait4(process.pid, 0)  # this process's own peak, not its siblings'
+            seconds = time.time() - start
+            err.seek(0)
+            stderr = err.read()
+        if os.waitstatus_to_exitcode(status):
+            sys.exit(f"benchmark: rnn_train.py failed:\n{stderr[-2000:]}")
+        curve = run_child("curve", tmp=os.path.join(tmp, "log", "run"))
     points = [(wall - start, step, loss) for wall, step, loss in curve["validation"]]
-    return points, seconds, statistics.median(curve["chars_s"]), out.stderr.splitlines()[0]
+    validation_seconds = [wall - max((w for w, s in curve["train"] if s <= step and w <= wall), default=start)
+                          for wall, step, _ in curve["validation"]]
+    return dict(points=points, seconds=seconds, chars_s=statistics.median(curve["chars_s"]),
+                new_run=stderr.splitlines()[0], peak_mb=usage.ru_maxrss / 1024, validation_seconds=validation_seconds)
 
 
 def print_quality(points, seconds, chars_s):
@@ -483,7 +502,7 @@ def run_child(kind, python=sys.executable, **kw):
 def make_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sections", nargs="*", metavar="SECTION",
-                   help=f"what to measure, any of {', '.join(SECTIONS)}; corpus writes a 1 GB file, peer "
+                   help=f"what to measure, any of {', '.join(SECTIONS)}; corpus and memory write large files, peer "
                         f"needs PyTorch and distribute measures tf.distribute's cost, so they run only when named (default: {' '.join(DEFAULT_SECTIONS)})")
     p.add_argument("--seconds", type=float, default=10, metavar="SECONDS",
                    help="length of each measuring window: longer windows average out a busy machine "
@@ -504,6 +523,8 @@ def make_parser():
     p.add_argument("--train-flags", default="--preset quality", metavar="FLAGS",
                    help="rnn_train.py's flags for the quality section, one quoted string; --data, --run "
                         "and the folders are added (default: %(default)s)")
+    p.add_argument("--memory-mb", type=int, default=500, metavar="MB",
+                   help="size of the large text of the memory section (default: %(default)s)")
     p.add_argument("--steps", type=int, default=1500, metavar="N",
                    help="training steps of each precision run: enough to compare fp32 and bf16 (default: %(default)s)")
     # What the parent passes to each measuring process: not for the command line.
@@ -663,12 +684,34 @@ def report_precision(args, matmul):
 
 def report_quality(args, matmul):
     data = text_path(args)
-    points, seconds, chars_s, new_run = quality(data, args.train_flags)
+    r = train_command(data, args.train_flags)
     print(f"quality: rnn_train.py {args.train_flags} --data {data}")
-    print(f"quality: {new_run}")
+    print(f"quality: {r['new_run']}")
     print("quality: validation curve (min, step, nats): " + ", ".join(
-        f"{t / 60:.1f} {step} {loss:.3f}" for t, step, loss in points))
-    print_quality(points, seconds, chars_s)
+        f"{t / 60:.1f} {step} {loss:.3f}" for t, step, loss in r["points"]))
+    print_quality(r["points"], r["seconds"], r["chars_s"])
+
+
+MEMORY_FLAGS = "--validation tail --layers 1 --units 32 --seqlen 100 --max-steps 20 --val-every 20 --log-every 10"
+
+
+def report_memory(args, matmul):
+    """The same short run on a small and a large text: what grows with the text."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for megabytes, extra in ((5, ""), (args.memory_mb, ""), (args.memory_mb, " --val-chars 0")):
+            path = os.path.join(tmp, f"{megabytes}.txt")
+            if not os.path.exists(path):
+                write_ascii_file(path, megabytes)
+            r = train_command(path, MEMORY_FLAGS + extra)
+            runs.append((os.path.getsize(path), r))
+            print(f"memory: rnn_train.py {MEMORY_FLAGS}{extra} on {os.path.getsize(path) / 2**20:,.0f} MB of text: "
+                  f"peak {r['peak_mb']:,.0f} MB, {r['seconds']:.1f} s in all, validation {r['validation_seconds'][-1]:.1f} s")
+            print(f"memory:   {r['new_run'].strip()}")
+    (small, s), (large, l) = runs[:2]
+    print(f"memory: the peak grows by {(l['peak_mb'] - s['peak_mb']) * 2**20 / (large - small):.2f} bytes a byte of "
+          f"text (the run on {small / 2**20:.0f} MB is TensorFlow and the model); validating every held-out "
+          f"character moves the peak by {runs[2][1]['peak_mb'] - l['peak_mb']:+,.0f} MB")
 
 if __name__ == "__main__":
     main()
