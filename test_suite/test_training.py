@@ -451,7 +451,7 @@ class TestWhatTheUserSees(unittest.TestCase):
     def test_help_texts_say_why_and_show_each_default_once(self):
         metavars = {"N", "RATE", "NORM", "DIR", "NAME", "GLOB", "PATH", "TEXT", "T", "K", "P", "SECONDS",
                     "PYTHON", "SECTION", "RUN_OR_CHECKPOINT", "LIST", "FILE", "R", "W", "DURATION",
-                    "FLAGS"}  # LIST: comma-separated names; FLAGS: a command line in one quoted string
+                    "FLAGS", "MB"}  # LIST: comma-separated names; FLAGS: a command line in one quoted string; MB: a size
         for script in ("rnn_train.py", "rnn_play.py", "benchmark.py"):
             with self.subTest(script=script):
                 r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60,
