@@ -541,6 +541,7 @@ def main():
     if unknown:
         p.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     args.sections = args.sections or DEFAULT_SECTIONS
+    args.trained = {}  # (config, precision): training chars/s, from train, for peer
     if not set(args.precision.split(",")) <= {"fp32", "bf16"}:
         p.error(f"--precision takes fp32 and bf16, comma-separated (got {args.precision}); fp16 is for GPUs")
     if args.child:
@@ -615,6 +616,8 @@ def report_train(args, matmul):
                       f"batch {batch}, {implementation} {p}: {f['chars_s']:,.0f} chars/s (min {f['min']:,.0f}, "
                       f"max {f['max']:,.0f}); {p} FLOP bound {bound:,.0f} chars/s; fraction "
                       f"{f['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
+            if implementation == args.implementation:  # for peer's comparison in the same run
+                args.trained.update({(name, p): r[p]["chars_s"] for p in precision.split(",")})
             if len(precisions) > 1 and implementation == args.implementation:
                 print(f"train ({name}) {implementation}: " + ", ".join(
                     f"{p} x{r[p]['chars_s'] / r[precisions[0]]['chars_s']:.2f}" for p in precisions[1:])
@@ -640,6 +643,10 @@ def report_peer(args, matmul):
         if "fp32" in r and "bf16" in r:
             print(f"peer ({name}): bf16 x{r['bf16']['chars_s'] / r['fp32']['chars_s']:.2f} the speed of fp32 "
                   f"(interleaved in one process)")
+        ours = [f"{p} x{args.trained[name, p] / r[p]['chars_s']:.2f}" for p in precisions if (name, p) in args.trained]
+        if ours:
+            print(f"peer ({name}): this project's {args.implementation} training against PyTorch's in this run: "
+                  + ", ".join(ours))
 
 
 def report_generate(args, matmul):
