@@ -434,13 +434,13 @@ class TestWhatTheUserSees(unittest.TestCase):
                     "--val-every", "1000000", "--sample-every", "1000000", "--checkpoint-dir",
                     os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log"), "--run", "p"]
             env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            try:
-                first = proc.stdout.readline()
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                rest, err = proc.stdout.read(), proc.stderr.read()
-                proc.wait(timeout=120)
+            with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+                try:  # the with closes the pipes
+                    first = proc.stdout.readline()
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    rest, err = proc.stdout.read(), proc.stderr.read()
+                    proc.wait(timeout=120)
             self.assertRegex(first, r"^step 1/1000000  loss \d+\.\d{3}  [\d,]+ chars/s  elapsed \d:\d\d:\d\d  "
                                     r"left -:--:--$")  # no estimate yet from a window that compiled the step
             self.assertEqual(proc.returncode, 143, err)
