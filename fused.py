@@ -206,7 +206,7 @@ def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=t
         if one_hot:  # one_hot(x) @ kernel + bias without the matmul: rows of the table
             xs = tf.gather(gate_major(kernel + input_bias), x, axis=1)  # [3, T, B, U]
         else:
-            flat = tf.cast(tf.reshape(x, [T * x.shape[1], -1]), matmul_dtype)  # [T·B, I]
+            flat = tf.cast(tf.reshape(x, [-1, x.shape[-1]]), matmul_dtype)  # [T·B, I]
             xw = tf.cast(tf.matmul(flat[None], gate_major(tf.cast(kernel, matmul_dtype))), tf.float32)  # [3, T·B, U]
             xs = tf.reshape(xw + gate_major(input_bias[None]), [3, T, -1, U])
         rec_kernel = tf.cast(recurrent_kernel, matmul_dtype)  # [U, 3U]; the same tensor in float32
@@ -238,14 +238,14 @@ def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=t
             d_x = tf.concat([d_rh[:, : 2 * U], tf.reshape(tf.stack(d_xh[::-1]), [-1, U])], 1)  # [T·B, 3U]: dX
             h_prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [-1, U])  # [T·B, U]
             d_rec_kernel = _matmul(h_prev, tf.cast(d_rh, matmul_dtype), transpose_a=True)  # [U, 3U]
-            ones = tf.ones([1, T * h0.shape[0]])
+            ones = tf.ones([1, tf.shape(d_x)[0]])  # the batch may be unknown when tracing
             d_bias = tf.concat([tf.matmul(ones, d_x), tf.matmul(ones, d_rh)], 0)  # [2, 3U]
             if one_hot:
                 return None, carry, tf.math.unsorted_segment_sum(d_x, tf.reshape(x, [-1]), kernel.shape[0]), \
                     d_rec_kernel, d_bias
             d_x_mm = tf.cast(d_x, matmul_dtype)
             d_kernel = _matmul(flat, d_x_mm, tf.float32, transpose_a=True)  # [I, 3U]
-            d_input = tf.reshape(_matmul(d_x_mm, tf.cast(kernel, matmul_dtype), tf.float32, transpose_b=True), x.shape)
+            d_input = tf.reshape(_matmul(d_x_mm, tf.cast(kernel, matmul_dtype), tf.float32, transpose_b=True), tf.shape(x))
             return d_input, carry, d_kernel, d_rec_kernel, d_bias
 
         return hs, grad

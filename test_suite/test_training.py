@@ -73,6 +73,27 @@ class TrainStepTest(unittest.TestCase):
         np.testing.assert_allclose(logits, unrolled, atol=1e-5)
         self.assertTrue(all(g is not None for g in grads))
 
+    def test_compiled_training_step_with_unknown_batch_size(self):
+        # A known length and an unknown batch takes the hand-written GRU; it must trace and match.
+        for embedding in (0, 8):  # one-hot input and embedded input
+            with self.subTest(embedding=embedding):
+                model = CharRNN(tiny_model_config(embedding=embedding), "fused")
+                ids = random_ids(4, 5)
+                with tf.GradientTape() as tape:
+                    logits, _ = model(ids, training=True)
+                    loss = mean_loss(ids, logits)
+                known = tape.gradient(loss, model.trainable_variables)
+
+                @tf.function(input_signature=[tf.TensorSpec([None, 5], tf.int32)])
+                def step(x):
+                    with tf.GradientTape() as tape:
+                        logits, _ = model(x, training=True)
+                        loss = mean_loss(x, logits)
+                    return tape.gradient(loss, model.trainable_variables)
+
+                for g, k in zip(step(ids), known):
+                    np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(k), atol=1e-6)
+
     def test_training_step_learns_and_carries_state(self):
         model = CharRNN(tiny_model_config(dropout=0.1), "fused")
         optimizer = keras.optimizers.Adam(1e-2)
