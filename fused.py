@@ -207,13 +207,13 @@ def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=t
             xs = tf.gather(gate_major(kernel + input_bias), x, axis=1)  # [3, T, B, U]
         else:
             flat = tf.cast(tf.reshape(x, [-1, x.shape[-1]]), matmul_dtype)  # [T·B, I]
-            xw = tf.cast(tf.matmul(flat[None], gate_major(tf.cast(kernel, matmul_dtype))), tf.float32)  # [3, T·B, U]
+            xw = _matmul(flat[None], gate_major(tf.cast(kernel, matmul_dtype)), tf.float32)  # [3, T·B, U]
             xs = tf.reshape(xw + gate_major(input_bias[None]), [3, T, -1, U])
         rec_kernel = tf.cast(recurrent_kernel, matmul_dtype)  # [U, 3U]; the same tensor in float32
         rec_gates, b_h = gate_major(rec_kernel), bias[1, 2 * U :]  # [3, U, U], [U]
         h, steps, hs = h0, [], []  # steps: per step (h_prev - hh, z, r, rh, hh)
         for xz_t, xr_t, xh_t in zip(*(tf.unstack(g) for g in tf.unstack(xs))):
-            hk_z, hk_r, hk_h = tf.unstack(tf.cast(tf.matmul(tf.cast(h, matmul_dtype)[None], rec_gates), tf.float32))
+            hk_z, hk_r, hk_h = tf.unstack(_matmul(h[None], rec_gates))  # [3, B, U] -> three [B, U]
             z, r = tf.sigmoid(xz_t + hk_z), tf.sigmoid(xr_t + hk_r)  # [B, U]
             rh = hk_h + b_h
             hh = tf.tanh(xh_t + r * rh)  # candidate
