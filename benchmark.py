@@ -317,10 +317,11 @@ def child_precision(args):
     """Train QUALITY on --data in one precision; the validation loss of the result."""
     import contextlib
     import io
-    import checkpoints as ckpts
     import training
+    import txt_utils
     from config import TrainConfig
     from model import CharRNN
+    from run import load_for_generation
     low = args.precision
     cfg = TrainConfig(data=[args.data], validation="tail", max_steps=args.steps, val_every=args.steps,
                       sample_every=args.steps + 1, checkpoint_every=args.steps, log_every=args.steps,
@@ -331,8 +332,8 @@ def child_precision(args):
         training.train(cfg)
     seconds = time.perf_counter() - start
     # The final weights, read in fp32 (as rnn_play.py reads them) and in the run's precision.
-    model, vocab, _, _ = ckpts.load_for_generation(low, cfg.checkpoint_dir)
-    valid = training.read_corpus(cfg, vocab=vocab).valid
+    model, vocab, _, _ = load_for_generation(low, cfg.checkpoint_dir)
+    valid = txt_utils.read_corpus(cfg.data, vocab=vocab, validation=cfg.validation).valid
     losses = {"fp32": training.make_validate(model, cfg.seqlen)(valid)[0]}
     if low != "fp32":
         twin = CharRNN(model.config, "fused", precision=low)

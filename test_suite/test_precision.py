@@ -16,6 +16,9 @@ a check that the low precision really ran (the error is not zero).
 import contextlib
 import io
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import unittest
 from unittest import mock
@@ -222,3 +225,20 @@ class RunTest(unittest.TestCase):
         self.assertEqual(err.count("\n"), 1)
         self.assertRegex(err, r"^error: --precision fp16 needs a GPU")
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "f")))
+
+
+class BenchmarkTest(unittest.TestCase):
+    def test_the_benchmark_trains_in_fp32_and_bf16_and_prints_both_losses(self):
+        """benchmark.py precision, shortened: both runs train, are read back and scored."""
+        with tempfile.TemporaryDirectory() as tmp:
+            text = os.path.join(tmp, "text.txt")
+            rng = np.random.default_rng(0)
+            words = ["the ", "king ", "and ", "queen ", "of ", "night ", "speak ", "now\n"]
+            with open(text, "w", encoding="utf-8") as f:
+                f.write("".join(rng.choice(words, 12_000)))
+            r = subprocess.run([sys.executable, "benchmark.py", "precision", "--data", text, "--steps", "2"],
+                               capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        trained = re.findall(r"2 steps trained in (fp32|bf16) .*validation loss read in fp32 (\d+\.\d+)", r.stdout)
+        self.assertEqual([p for p, _ in trained], ["fp32", "bf16"], r.stdout)
+        self.assertRegex(r.stdout, r"bf16 - fp32 = [+-]\d+\.\d{4} nats/char")
