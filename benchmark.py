@@ -370,8 +370,8 @@ def train_command(data, flags):
         command = [sys.executable, os.path.join(here, "rnn_train.py"), *shlex.split(flags), "--data", data,
                    "--run", "run", "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")]
         start = time.time()
-        with open(os.path.join(tmp, "out"), "w+") as out, open(os.path.join(tmp, "err"), "w+") as err:
-            process = subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=tmp)
+        with open(os.path.join(tmp, "err"), "w+") as err:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=tmp)
             _, status, usage = os.wait4(process.pid, 0)  # this process's own peak, not its siblings'
             seconds = time.time() - start
             err.seek(0)
@@ -617,9 +617,10 @@ def report_train(args, matmul):
                       f"batch {batch}, {implementation} {p}: {f['chars_s']:,.0f} chars/s (min {f['min']:,.0f}, "
                       f"max {f['max']:,.0f}); {p} FLOP bound {bound:,.0f} chars/s; fraction "
                       f"{f['chars_s'] / bound:.2f}; peak memory {r['peak_mb']:,.0f} MB")
-            if implementation == args.implementation:  # for peer's comparison in the same run
-                args.trained.update({(name, p): r[p]["chars_s"] for p in precision.split(",")})
-            if len(precisions) > 1 and implementation == args.implementation:
+            if implementation != args.implementation:
+                continue
+            args.trained.update({(name, p): r[p]["chars_s"] for p in precision.split(",")})  # for peer, same run
+            if len(precisions) > 1:
                 print(f"train ({name}) {implementation}: " + ", ".join(
                     f"{p} x{r[p]['chars_s'] / r[precisions[0]]['chars_s']:.2f}" for p in precisions[1:])
                     + f" the speed of {precisions[0]} (interleaved in one process)")
@@ -711,9 +712,9 @@ def report_memory(args, matmul):
             path = os.path.join(tmp, f"{megabytes}.txt")
             if not os.path.exists(path):
                 write_ascii_file(path, megabytes)
-            r = train_command(path, MEMORY_FLAGS + extra)
-            runs.append((os.path.getsize(path), r))
-            print(f"memory: rnn_train.py {MEMORY_FLAGS}{extra} on {os.path.getsize(path) / 2**20:,.0f} MB of text: "
+            r, size = train_command(path, MEMORY_FLAGS + extra), os.path.getsize(path)
+            runs.append((size, r))
+            print(f"memory: rnn_train.py {MEMORY_FLAGS}{extra} on {size / 2**20:,.0f} MB of text: "
                   f"peak {r['peak_mb']:,.0f} MB, {r['seconds']:.1f} s in all, validation {r['validation_seconds'][-1]:.1f} s")
             print(f"memory:   {r['new_run'].strip()}")
     (small, s), (large, l) = runs[:2]
