@@ -207,7 +207,8 @@ def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=t
             xs = tf.gather(gate_major(kernel + input_bias), x, axis=1)  # [3, T, B, U]
         else:
             flat = tf.cast(tf.reshape(x, [-1, x.shape[-1]]), matmul_dtype)  # [T·B, I]
-            xw = _matmul(flat[None], gate_major(tf.cast(kernel, matmul_dtype)), tf.float32)  # [3, T·B, U]
+            kernel_mm = tf.cast(kernel, matmul_dtype)  # kept for the input's gradient
+            xw = _matmul(flat[None], gate_major(kernel_mm), tf.float32)  # [3, T·B, U]
             xs = tf.reshape(xw + gate_major(input_bias[None]), [3, T, -1, U])
         rec_kernel = tf.cast(recurrent_kernel, matmul_dtype)  # [U, 3U]; the same tensor in float32
         rec_gates, b_h = gate_major(rec_kernel), bias[1, 2 * U :]  # [3, U, U], [U]
@@ -245,7 +246,7 @@ def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=t
                     d_rec_kernel, d_bias
             d_x_mm = tf.cast(d_x, matmul_dtype)
             d_kernel = _matmul(flat, d_x_mm, tf.float32, transpose_a=True)  # [I, 3U]
-            d_input = tf.reshape(_matmul(d_x_mm, tf.cast(kernel, matmul_dtype), tf.float32, transpose_b=True), tf.shape(x))
+            d_input = tf.reshape(_matmul(d_x_mm, kernel_mm, tf.float32, transpose_b=True), tf.shape(x))
             return d_input, carry, d_kernel, d_rec_kernel, d_bias
 
         return hs, grad
