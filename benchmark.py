@@ -73,7 +73,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from config import IMPLEMENTATIONS
+from charrnn.config import IMPLEMENTATIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children import TensorFlow through tf_setup
 
@@ -176,9 +176,9 @@ def child_train(args):
     import keras
     import numpy as np
     import tensorflow as tf
-    from config import ModelConfig
-    from model import CharRNN
-    from training import make_train_step
+    from charrnn.config import ModelConfig
+    from charrnn.model import CharRNN
+    from charrnn.training import make_train_step
     kwargs, batch, seqlen = CONFIGS[args.config]
     config = ModelConfig(vocab_size=VOCAB, **kwargs)
     data = np.random.default_rng(0).integers(0, VOCAB, (16, batch, seqlen + 1), dtype=np.int32)
@@ -218,10 +218,10 @@ def child_distribute(args):
     import keras
     import numpy as np
     import tensorflow as tf
-    import distribute
-    from config import ModelConfig
-    from model import CharRNN
-    from training import make_train_step
+    from charrnn import distribute
+    from charrnn.config import ModelConfig
+    from charrnn.model import CharRNN
+    from charrnn.training import make_train_step
     kwargs, batch, seqlen = CONFIGS["b"]
     config = ModelConfig(vocab_size=VOCAB, **kwargs)
     strategy = distribute.make_strategy("mirrored")
@@ -260,7 +260,7 @@ def child_distribute(args):
 
 def train_flops_per_char(name):
     """FLOPs of one training step per character at config `name` (3x the forward's matmuls)."""
-    from config import ModelConfig
+    from charrnn.config import ModelConfig
     return 3 * ModelConfig(vocab_size=VOCAB, **CONFIGS[name][0]).flops_per_char()
 
 
@@ -317,11 +317,11 @@ def child_precision(args):
     """Train QUALITY on --data in one precision; the validation loss of the result."""
     import contextlib
     import io
-    import training
+    from charrnn import training
     import txt_utils
-    from config import TrainConfig
-    from model import CharRNN
-    from run import load_for_generation
+    from charrnn.config import TrainConfig
+    from charrnn.model import CharRNN
+    from charrnn.runs import load_for_generation
     low = args.precision
     cfg = TrainConfig(data=[args.data], validation="tail", max_steps=args.steps, val_every=args.steps,
                       sample_every=args.steps + 1, checkpoint_every=args.steps, log_every=args.steps,
@@ -347,7 +347,7 @@ def child_curve(args):
     """The run's curves from its TensorBoard files: validation (seconds, step, loss), chars/s."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     import tensorflow as tf
-    import training
+    from charrnn import training
 
     def scalars(folder, tag):
         events = EventAccumulator(os.path.join(args.tmp, folder), size_guidance={"tensors": 0})
@@ -402,11 +402,11 @@ def print_quality(points, seconds, chars_s):
 
 def child_generate(args):
     import tensorflow as tf
-    import checkpoints
-    import run as runs
-    from config import ModelConfig, SamplingConfig, TrainConfig
-    from model import CharRNN
-    from sampling import Generator
+    from charrnn import checkpoints
+    from charrnn import runs
+    from charrnn.config import ModelConfig, SamplingConfig, TrainConfig
+    from charrnn.model import CharRNN
+    from charrnn.sampling import Generator
     from txt_utils import Vocabulary
     vocab = Vocabulary([chr(c) for c in range(32, 32 + VOCAB - 2)] + ["\n"])
     model = CharRNN(ModelConfig(vocab_size=len(vocab), **CONFIGS["a"][0]))
@@ -424,7 +424,7 @@ def child_generate(args):
     rates = windows(lambda: next(stream).shape[1], args.seconds, args.windows)
 
     # The baseline the compiled loop replaces: one tf.function call per character.
-    from sampling import pick
+    from charrnn.sampling import pick
     config = SamplingConfig(seed=0)
 
     @tf.function
@@ -546,7 +546,7 @@ def main():
     if not set(args.precision.split(",")) <= {"fp32", "bf16"}:
         p.error(f"--precision takes fp32 and bf16, comma-separated (got {args.precision}); fp16 is for GPUs")
     if args.child:
-        import tf_setup
+        from charrnn import tf_setup
         if args.child in ("train", "precision", "distribute"):
             tf_setup.training_threads(args.implementation)  # rnn_train.py's thread settings
         if args.child not in ("text", "corpus", "peer"):  # those run without TensorFlow
@@ -573,7 +573,7 @@ def timing(args):
 
 def text_path(args):
     """The text of the precision and quality sections: --data, or the Shakespeare corpus."""
-    from config import DEFAULT_DATA
+    from charrnn.config import DEFAULT_DATA
     return os.path.abspath(os.path.expanduser(args.data)) if args.data else DEFAULT_DATA
 
 

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from config import SamplingConfig
-from errors import UserError, safe_console
+from charrnn.config import SamplingConfig
+from charrnn.errors import UserError, safe_console
 
 FLUSH_SECONDS = 0.05
 
@@ -109,10 +109,10 @@ def check(args):
 
 
 def play(args, sampling):
-    import tf_setup
+    from charrnn import tf_setup
     tf_setup.import_tensorflow()
-    import run as runs
-    from sampling import Generator
+    from charrnn import runs
+    from charrnn.sampling import Generator
 
     if args.list:
         lines = runs.list_runs(args.checkpoint_dir)
@@ -125,7 +125,7 @@ def play(args, sampling):
     if args.eval is not None:
         return evaluate(args.eval, model, vocab, run_dir, prefix)
     if args.export is not None:
-        import export  # only here: it is not needed to generate
+        from charrnn import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)
         print(f"exported {prefix} to {target}: tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
         return 0
@@ -174,9 +174,9 @@ def evaluate(path, model, vocab, run_dir, prefix):
     """Print the model's loss, bits/char and accuracy on the text of path, scored as the
     run's validation scores its held-out text (training.make_validate, the run's --seqlen)."""
     import numpy as np
-    import run as runs
+    from charrnn import runs
     import txt_utils
-    from training import make_validate
+    from charrnn.training import make_validate
 
     seqlen = runs.load_run_files(run_dir)[0].get("training", {}).get("seqlen")
     if not isinstance(seqlen, int) or seqlen < 1:

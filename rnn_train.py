@@ -17,10 +17,10 @@ import argparse
 import dataclasses
 import sys
 
-import schedule
-from config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
-from errors import UserError, safe_console
-from precision import PRECISIONS
+from charrnn import schedule
+from charrnn.config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
+from charrnn.errors import UserError, safe_console
+from charrnn.precision import PRECISIONS
 
 DEFAULTS = TrainConfig()
 
@@ -230,12 +230,12 @@ def main(argv=None):
     safe_console()
     try:
         cfg, explicit, resume = parse(argv)
-        import tf_setup
+        from charrnn import tf_setup
         tf_setup.training_threads(cfg.implementation)
         with tf_setup.starting_tensorflow():  # imported; no op has run yet
-            import distribute
+            from charrnn import distribute
             strategy = distribute.make_strategy(cfg.distribute)  # multi-worker sets up collective ops: first
-        from training import train
+        from charrnn.training import train
         return train(cfg, resume=resume, given=explicit, strategy=strategy, started=started)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

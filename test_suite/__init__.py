@@ -4,6 +4,6 @@ TensorFlow is imported here, quietly, before any test module imports a library
 module that needs it.
 """
 
-import tf_setup
+from charrnn import tf_setup
 
 tf_setup.import_tensorflow()

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-import tf_setup
+from charrnn import tf_setup
 
 tf = tf_setup.import_tensorflow()
 
 import rnn_play  # noqa: E402
-import training  # noqa: E402
-from config import ModelConfig, TrainConfig  # noqa: E402
+from charrnn import training  # noqa: E402
+from charrnn.config import ModelConfig, TrainConfig  # noqa: E402
 
 LINES = ["the cat sat on the mat.\n", "a dog ran to the log.\n", "my hat is on the cat.\n"]
 V = 11  # vocabulary of the tiny model tests

@@ -12,10 +12,9 @@ from unittest import mock
 
 import numpy as np
 
-import checkpoints as ckpts
-import run as runs
-from errors import UserError
-from model import CharRNN
+from charrnn import checkpoints as ckpts, runs
+from charrnn.errors import UserError
+from charrnn.model import CharRNN
 from txt_utils import Vocabulary
 from test_suite.helpers import (CAN_MOUNT, RunCopyTest, files_of, flip_byte, play, quiet_train, random_ids,
                                 set_mtimes, tf, tiny, tiny_model_config, tmpfs, train_stderr, trained_run, write)

@@ -7,7 +7,7 @@ import sys
 import unittest
 from unittest import mock
 
-from console import Console, format_speed
+from charrnn.console import Console, format_speed
 
 
 class Terminal(io.StringIO):

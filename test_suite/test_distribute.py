@@ -25,11 +25,10 @@ from unittest import mock
 import keras
 import numpy as np
 
-import checkpoints as ckpts
-import distribute
+from charrnn import checkpoints as ckpts, distribute
 import rnn_train
-import training
-from model import CharRNN
+from charrnn import training
+from charrnn.model import CharRNN
 from test_suite.helpers import (checkpoint_tensors, play, quiet_train, random_ids, random_states, tf, tiny,
                                 tiny_model_config)
 
@@ -48,13 +47,13 @@ TIMEOUT = 300  # seconds for a group of processes, on a loaded machine; a hung c
 TWO_DEVICES = """
 import contextlib, io, json, sys
 from unittest import mock
-import tf_setup
+from charrnn import tf_setup
 with tf_setup.starting_tensorflow() as tf:  # before TensorFlow starts: two logical CPU devices
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import distribute, model, training
-from config import TrainConfig
-from errors import UserError
+from charrnn import distribute, model, training
+from charrnn.config import TrainConfig
+from charrnn.errors import UserError
 
 base = json.loads(sys.argv[1])
 rows = distribute.state_rows

@@ -6,8 +6,8 @@ import numpy as np
 
 from test_suite.helpers import (V, copy_weights, forward_and_gradients, mean_loss, random_ids, random_states, tf,
                                 tiny_model_config)
-from config import ModelConfig
-from model import CharRNN, Dropout
+from charrnn.config import ModelConfig
+from charrnn.model import CharRNN, Dropout
 
 
 class ModelConfigTest(unittest.TestCase):

@@ -15,11 +15,10 @@ from unittest import mock
 
 import numpy as np
 
-import run as runs
-import export
+from charrnn import export, runs
 import rnn_play
-import training
-from config import SamplingConfig
+from charrnn import training
+from charrnn.config import SamplingConfig
 import txt_utils
 from test_suite.helpers import RunCopyTest, play, quiet_train, read_scalars, set_mtimes, tf, tiny, write
 

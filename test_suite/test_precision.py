@@ -26,13 +26,12 @@ from unittest import mock
 import keras
 import numpy as np
 
-import checkpoints as ckpts
-import precision
+from charrnn import checkpoints as ckpts, precision
 import rnn_train
-import training
-from errors import UserError
-from model import CharRNN
-from precision import LossScale, resolve
+from charrnn import training
+from charrnn.errors import UserError
+from charrnn.model import CharRNN
+from charrnn.precision import LossScale, resolve
 from test_suite.helpers import (checkpoint_tensors, copy_weights, forward_and_gradients, play, quiet_train, random_ids,
                                 random_states, tf, tiny, tiny_model_config)
 
@@ -206,11 +205,11 @@ class RunTest(unittest.TestCase):
         return code, err.getvalue()
 
     def test_the_new_run_line_says_the_precision_and_why(self):
-        with mock.patch("precision.cpu_flags", return_value=ZEN4):
+        with mock.patch("charrnn.precision.cpu_flags", return_value=ZEN4):
             code, err = self._train_cli("--run", "a")
         self.assertEqual(code, 0, err)
         self.assertIn("precision bf16 (auto: this CPU multiplies bf16 natively, avx512_bf16)", err.splitlines()[0])
-        with mock.patch("precision.cpu_flags", return_value=ZEN3):
+        with mock.patch("charrnn.precision.cpu_flags", return_value=ZEN3):
             code, err = self._train_cli("--run", "b")
             self.assertIn("precision fp32 (auto: this CPU has no native bf16", err)
             code, err = self._train_cli("--run", "c", "--precision", "bf16")

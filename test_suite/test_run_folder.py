@@ -8,11 +8,10 @@ import time
 import unittest
 from unittest import mock
 
-import config
+from charrnn import config
 import rnn_train
-import run as runs
-import training
-from errors import UserError
+from charrnn import runs, training
+from charrnn.errors import UserError
 from test_suite.helpers import CAN_MOUNT, RunCopyTest, play, quiet_train, tmpfs, train_stderr, write
 
 

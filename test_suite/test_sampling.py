@@ -4,10 +4,10 @@ import unittest
 
 import numpy as np
 
-from config import SamplingConfig
-from errors import UserError
-from model import CharRNN
-from sampling import Generator, filter_logits, pick
+from charrnn.config import SamplingConfig
+from charrnn.errors import UserError
+from charrnn.model import CharRNN
+from charrnn.sampling import Generator, filter_logits, pick
 from test_suite.helpers import V, copy_weights, tf, tiny_model_config
 from txt_utils import Vocabulary
 

@@ -10,13 +10,12 @@ from unittest import mock
 
 import numpy as np
 
-import checkpoints as ckpts
+from charrnn import checkpoints as ckpts
 import rnn_train
-import schedule
-import training
-from config import TrainConfig
-from errors import UserError
-from model import CharRNN
+from charrnn import schedule, training
+from charrnn.config import TrainConfig
+from charrnn.errors import UserError
+from charrnn.model import CharRNN
 from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf, tiny, tiny_model_config
 
 
@@ -86,7 +85,7 @@ class LearningRateTest(unittest.TestCase):
 class BudgetTest(unittest.TestCase):
     def test_the_plan_fills_the_time_left_at_the_measured_speeds(self):
         clock = FakeClock(tick=0.0)
-        with mock.patch("schedule.now", clock):
+        with mock.patch("charrnn.schedule.now", clock):
             budget = schedule.Budget(100.0, spent=10.0)
             budget.stepped(1, first_step=0)
             self.assertIsNone(budget.window_start)  # the first two steps trace: not timed
@@ -105,7 +104,7 @@ class BudgetTest(unittest.TestCase):
 
     def test_the_deadline_keeps_back_the_last_validation_and_checkpoint(self):
         clock = FakeClock(tick=0.0)
-        with mock.patch("schedule.now", clock):
+        with mock.patch("charrnn.schedule.now", clock):
             budget = schedule.Budget(60.0, spent=50.0)
             budget.validations, budget.validation_seconds = 2, 3.0
             clock.time += 60 - 50 - schedule.VALIDATION_MARGIN * 3 - schedule.SAVE_SECONDS - 0.5
@@ -141,7 +140,7 @@ class ResumeWithScheduleTest(unittest.TestCase):
     def test_max_time_plans_once_and_a_resumed_run_keeps_the_plan(self):
         options = dict(max_steps=0, max_time="8s", warmup_steps=5, decay="cosine", val_every=25,
                        checkpoint_every=100, keep=20, sample_every=1000)
-        with mock.patch("schedule.now", FakeClock()):
+        with mock.patch("charrnn.schedule.now", FakeClock()):
             quiet_train(tiny(self.tmp, run="whole", **options))
         whole = ckpts.latest(os.path.join(self.tmp, "ck", "whole"))
         planned = int(checkpoint_tensors(whole, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"])
@@ -150,9 +149,9 @@ class ResumeWithScheduleTest(unittest.TestCase):
         self.assertGreater(ckpts.step_of(whole), 400)  # after its plan, the run went on until the deadline
         steps = [step for step, _ in read_scalars(os.path.join(self.tmp, "log", "whole", "validation"))[training.LOSS]]
         self.assertEqual(len(steps), len(set(steps)), steps)  # the plan's timing validation is not logged again
-        with mock.patch("schedule.now", FakeClock()), sigterm_after(50):
+        with mock.patch("charrnn.schedule.now", FakeClock()), sigterm_after(50):
             quiet_train(tiny(self.tmp, run="split", **options))
-        with mock.patch("schedule.now", FakeClock(tick=0.005)):  # a faster machine: the plan must not change
+        with mock.patch("charrnn.schedule.now", FakeClock(tick=0.005)):  # a faster machine: the plan must not change
             quiet_train(tiny(self.tmp), resume="split")
         assert_same_run(self, *(os.path.join(self.tmp, "ck", run, "ckpt-400") for run in ("whole", "split")))
 
@@ -161,7 +160,7 @@ class ResumeWithScheduleTest(unittest.TestCase):
         real = ckpts.training_checkpoint
         without_clock = lambda model, optimizer, progress, states, *rest: real(
             model, optimizer, {k: v for k, v in progress.items() if k not in training.CLOCK}, states, *rest)
-        with mock.patch("checkpoints.training_checkpoint", without_clock):
+        with mock.patch("charrnn.checkpoints.training_checkpoint", without_clock):
             quiet_train(tiny(self.tmp, run="old", max_steps=10))
         self.assertNotIn("progress/seconds/.ATTRIBUTES/VARIABLE_VALUE",
                          checkpoint_tensors(ckpts.latest(os.path.join(self.tmp, "ck", "old")), "progress/", clock=True))

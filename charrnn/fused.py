@@ -44,8 +44,8 @@ above then run on it once it is in `config.CELLS`.
 import keras
 import tensorflow as tf
 
-from config import GATES
-from precision import DTYPES
+from charrnn.config import GATES
+from charrnn.precision import DTYPES
 
 
 class FusedRecurrent(keras.layers.Layer):

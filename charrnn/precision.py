@@ -18,7 +18,7 @@ flags text and the capabilities, so it is tested without the hardware.
 
 from dataclasses import dataclass
 
-from errors import UserError
+from charrnn.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the matmuls' dtype

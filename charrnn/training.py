@@ -22,17 +22,13 @@ import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as custom_scalars
 
-import checkpoints
-import distribute
-import precision
-import run as runs
-import schedule
-import txt_utils
-from config import SamplingConfig, TrainConfig
-from console import Console, format_duration
-from errors import UserError
-from model import CharRNN
-from sampling import Generator
+from charrnn import checkpoints, distribute, precision, runs, schedule
+from charrnn.config import SamplingConfig, TrainConfig
+from charrnn.console import Console, format_duration
+from charrnn.errors import UserError
+from charrnn.model import CharRNN
+from charrnn.sampling import Generator
+from charrnn.text import require_batches, rnn_minibatch_sequencer
 
 VAL_ROWS, VAL_ROW_CHARS = 64, 1024  # validation: up to 64 rows, each of at least 1,024 chars when the text allows
 SAMPLE_CHARS = 300
@@ -52,7 +48,7 @@ def train(cfg: TrainConfig, resume=None, given=(), strategy=None, started=None):
 def _train(run, strategy, started):
     cfg = run.config
     corpus = run.read_corpus()
-    nb_batches = txt_utils.require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
+    nb_batches = require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
     with distribute.scope(strategy):
         trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, run, corpus.vocab, nb_batches, started)
     if not announce(run, corpus, trainer):
@@ -65,7 +61,7 @@ def _train(run, strategy, started):
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
     limit = trainer.step_limit
     epochs = math.ceil(limit / nb_batches) if limit else sys.maxsize  # no limit: until the deadline
-    sequencer = txt_utils.rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen, epochs,
+    sequencer = rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen, epochs,
                                                   *divmod(trainer.step, nb_batches))
     start_step, budget = trainer.step, trainer.budget
     with Interrupt() as interrupt, console:

@@ -48,9 +48,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-import checkpoints
-import run as runs
-from errors import UserError
+from charrnn import checkpoints, runs
+from charrnn.errors import UserError
 
 TASK_TYPES = ("chief", "worker")  # what MultiWorkerMirroredStrategy trains with
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '

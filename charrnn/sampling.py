@@ -14,8 +14,8 @@ from dataclasses import replace
 import numpy as np
 import tensorflow as tf
 
-from config import SamplingConfig
-from model import CharRNN
+from charrnn.config import SamplingConfig
+from charrnn.model import CharRNN
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=1.0, banned=None):

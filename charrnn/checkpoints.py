@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from errors import UserError
+from charrnn.errors import UserError
 
 INDEX = "checkpoint"
 PREFIX = "ckpt"

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-import checkpoints
-import txt_utils
-from config import DEFAULT_DATA, FIXED_ON_RESUME, PER_PROCESS, ModelConfig, TrainConfig, flag
-from errors import UserError
-from model import CharRNN
-from txt_utils import Vocabulary
+from charrnn import checkpoints
+from charrnn.config import DEFAULT_DATA, FIXED_ON_RESUME, PER_PROCESS, ModelConfig, TrainConfig, flag
+from charrnn.errors import UserError
+from charrnn.model import CharRNN
+from charrnn.shakespeare import ensure_shakespeare
+from charrnn.text import Vocabulary, read_corpus
 
 CONFIG, VOCAB, CORPUS, LOCK, BEST = "config.json", "vocab.json", "corpus.json", ".lock", "best"
 FORMAT_VERSION = 1
@@ -108,9 +108,9 @@ class Run:
         """The text this run trains on, checked against the source run's manifest."""
         cfg = self.config
         if cfg.data == [DEFAULT_DATA]:
-            txt_utils.ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
+            ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
         try:
-            corpus = txt_utils.read_corpus(cfg.data, vocab=self.vocab, max_vocab=cfg.max_vocab or None,
+            corpus = read_corpus(cfg.data, vocab=self.vocab, max_vocab=cfg.max_vocab or None,
                                            validation=cfg.validation)
         except UserError as e:  # relative globs read from another folder than the run's own
             started = self.manifest.get("workdir") if isinstance(self.manifest, dict) else None

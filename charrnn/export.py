@@ -21,10 +21,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
-import run as runs
-from config import SamplingConfig
-from errors import UserError
-from sampling import Generator
+from charrnn import runs
+from charrnn.config import SamplingConfig
+from charrnn.errors import UserError
+from charrnn.sampling import Generator
 
 
 class ExportedGenerator(tf.Module):

@@ -32,9 +32,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from config import IMPLEMENTATIONS, ModelConfig
-from fused import FusedRecurrent
-from precision import DTYPES, KERAS_POLICIES
+from charrnn.config import IMPLEMENTATIONS, ModelConfig
+from charrnn.fused import FusedRecurrent
+from charrnn.precision import DTYPES, KERAS_POLICIES
 
 ROW_GROUPS, MIN_GROUP_ROWS = 2, 32  # the fused path splits a batch of 64+ rows in 2 groups
 
