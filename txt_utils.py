@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from charrnn.errors import UserError
-from charrnn.shakespeare import ensure_shakespeare, fetch_shakespeare  # noqa: F401  re-exported
+from charrnn.shakespeare import SHAKESPEARE_SHA256, ensure_shakespeare, fetch_shakespeare  # noqa: F401  re-exported
 from charrnn.text import (UNKNOWN, BinaryFile, Corpus, FileSpan, Vocabulary, batches_per_epoch,  # noqa: F401  re-exported
                           find_files, read_corpus, require_batches, rnn_minibatch_sequencer, validation_cutoff)
 
