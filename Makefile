@@ -8,6 +8,9 @@ ARGS   ?=
 
 .PHONY: setup data quick quality train play test bench tensorboard clean
 
+# The scripts then print their next steps as make commands (charrnn/cli.py).
+data quick quality train play: export CHARRNN_MAKE := 1
+
 setup: $(STAMP)
 
 $(STAMP): requirements.txt

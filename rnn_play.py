@@ -12,13 +12,13 @@ The model is rebuilt from the run's saved configuration and vocabulary, so no
 flag has to match what was trained. Exit codes: 0 done, 2 bad input.
 """
 
-import argparse
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from charrnn.cli import ArgumentParser, first_run
 from charrnn.config import SamplingConfig
 from charrnn.errors import UserError, safe_console
 
@@ -27,7 +27,7 @@ FLUSH_SECONDS = 0.05
 
 def make_parser():
     """The command line; each help text ends with its default, written out where it means something."""
-    p = argparse.ArgumentParser(description="Generate text from a trained character model.")
+    p = ArgumentParser(prog="rnn_play.py", description="Generate text from a trained character model.")
     p.add_argument("checkpoint", nargs="?", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="run name, run folder or checkpoint prefix such as RUN/ckpt-3000 or RUN/best "
                         "(default: the newest checkpoint under --checkpoint-dir)")
@@ -60,8 +60,8 @@ def make_parser():
     p.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR",
                    help="where rnn_train.py wrote its runs (default: %(default)s)")
     p.add_argument("--list", action="store_true",
-                   help="list the runs under --checkpoint-dir (newest first: model, step, best "
-                        "validation loss) and exit")
+                   help="list the runs under --checkpoint-dir (newest first: model, data, step, "
+                        "best validation loss) and exit")
     p.add_argument("--export", metavar="DIR",
                    help="instead of generating, write a TensorFlow SavedModel to the new folder DIR, "
                         "which generates without this project (TensorFlow Serving, any TensorFlow "
@@ -117,7 +117,8 @@ def play(args, sampling):
     if args.list:
         lines = runs.list_runs(args.checkpoint_dir)
         if not lines:
-            raise UserError(f"no run under {args.checkpoint_dir}/; train one first with `python3 rnn_train.py`")
+            raise UserError(f"no run under {args.checkpoint_dir}/; train a first model in minutes with "
+                            f"`{first_run(args.checkpoint_dir)}`")
         write("\n".join(lines) + "\n")
         return 0
     prime = read_prime(args)

@@ -18,6 +18,7 @@ import dataclasses
 import sys
 
 from charrnn import schedule
+from charrnn.cli import ArgumentParser
 from charrnn.config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from charrnn.errors import UserError, safe_console
 from charrnn.precision import PRECISIONS
@@ -59,8 +60,8 @@ def make_parser():
     """The command line. Flags that are not given stay out of the namespace, so a
     resumed run can tell them from its saved configuration; defaults come from
     TrainConfig."""
-    p = argparse.ArgumentParser(
-        description="Train a character-level GRU/LSTM/RNN language model on text files.",
+    p = ArgumentParser(
+        prog="rnn_train.py", description="Train a character-level GRU/LSTM/RNN language model on text files.",
         argument_default=argparse.SUPPRESS)
     p.add_argument("--preset", choices=PRESETS, help=preset_help())
     for add_flags in (add_data_flags, add_model_flags, add_optimisation_flags, add_run_flags):
@@ -147,7 +148,7 @@ def add_optimisation_flags(p):
                                 "run stops where an uninterrupted one would; overrides --epochs",
                                 "max_steps", "use --epochs"))
     g.add_argument("--max-time", metavar="DURATION",
-                   help="train for this much wall time, e.g. 90s, 10m, 1h30m, validations included, "
+                   help="train for this much wall time, e.g. 90s, 10m, 1h30m (30s to 30 days), validations included, "
                         "then write a checkpoint; overrides --epochs. After a short calibration the "
                         "steps that fit are planned and saved with the run: the learning-rate schedule "
                         "spans them (if they end early, the run goes on at the final rate), and --resume "
@@ -165,8 +166,8 @@ def add_run_flags(p):
     """The run's folders, checkpoints, logs, and how the work is placed on the hardware."""
     g = p.add_argument_group("run, checkpoints and logs")
     g.add_argument("--run", metavar="NAME",
-                   help="name of a new run, for --resume and rnn_play.py (default: cell, size and start "
-                        "time, e.g. gru3x512-20260101-120000)")
+                   help="name of a new run, for --resume and rnn_play.py (default: the first data file's name, "
+                        "cell, size and start time, e.g. shakespeare-gru3x512-20260101-120000)")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
                    help="continue run NAME with its saved configuration; alone, the newest run. A checkpoint "
                         "prefix or a run's best/ folder starts a new run from that checkpoint, named by --run "

@@ -14,6 +14,7 @@ inside it from the loop down to the text:
     schedule   the learning rate at each step; --max-time as a plan
     checkpoints checkpoint bundles, durable writes
     console    what a run prints
+    cli        the commands the tools print, as the user's environment runs them; the scripts' parser
     text       numpy only: vocabulary, corpus files, validation split, sequencer
     shakespeare the default corpus, fetched and checked
     config     the settings as dataclasses, checked; no TensorFlow

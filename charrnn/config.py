@@ -28,7 +28,12 @@ DEFAULT_DATA = "shakespeare/*.txt"
 TRAINING_COPIES = 4  # of the weights while training: the weights, their gradients, Adam's two slots
 DECAYS = ("none", "cosine", "linear")  # --decay: the learning rate after the warm-up
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-_DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?:in)?)?(?:{_NUMBER}s?)?")
+_DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?:in)?)?(?:{_NUMBER}s)?")
+# --max-time's bounds. A run needs seconds before its first step (TensorFlow's import and the
+# step's compilation: 5-15 s on a 2-core CPU), two untimed steps and a calibration window before
+# its plan, and keeps schedule.SAVE_SECONDS for its last checkpoint: under 30 s little or nothing
+# trains. Over 30 days, a value is a typo (and the plan's arithmetic would overflow).
+MIN_MAX_TIME, MAX_MAX_TIME = 30.0, 30 * 24 * 3600.0
 
 
 def _is_int(value):
@@ -227,14 +232,25 @@ PER_PROCESS = ("run", "checkpoint_dir", "log_dir", "allow_corpus_change", "imple
 
 
 def parse_duration(text) -> float:
-    """--max-time's value in seconds: 90s, 10m, 1h30m, 2h, or a plain number of seconds."""
-    match = _DURATION.fullmatch(str(text).strip())
+    """--max-time's value in seconds: 90s, 10m, 1h30m, 2h; a number needs its unit, and the
+    value must lie between MIN_MAX_TIME and MAX_MAX_TIME."""
+    text = str(text).strip()
+    shown = text if len(text) <= 24 else text[:20] + "..."  # a 400-digit value is not echoed whole
+    forms = "write it as 90s, 10m or 1h30m"
+    match = _DURATION.fullmatch(text)
     if not match or not any(match.groups()):
-        raise UserError(f"--max-time {text!r} is not a duration; write it as 90s, 10m, 1h30m or 2h")
+        if re.fullmatch(rf"(?:{_NUMBER}[hm])*{_NUMBER}", text):
+            raise UserError(f"--max-time {shown!r} has no unit (seconds, minutes or hours?); {forms}")
+        raise UserError(f"--max-time {shown!r} is not a duration; {forms}")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     total = 3600 * hours + 60 * minutes + seconds
-    if not total > 0:
-        raise UserError(f"--max-time {text!r} must be longer than 0 seconds")
+    if not total >= MIN_MAX_TIME:
+        raise UserError(f"--max-time {shown!r} is shorter than {MIN_MAX_TIME:.0f}s, the least a run can train "
+                        f"in: the start-up, the calibration and the last checkpoint take most of it; give "
+                        f"30s or more, or use --max-steps")
+    if not total <= MAX_MAX_TIME:
+        raise UserError(f"--max-time {shown!r} is longer than 30 days, the most it accepts; give at most "
+                        f"720h, or use --max-steps or --epochs")
     return total
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from charrnn.cli import command, tensorboard_command
+
 SMOOTHING = 0.3  # weight of the newest window in the chars/s shown: steady, yet follows changes
 
 
@@ -184,16 +186,18 @@ class Console:
         if best is not None and trainer.best.latest:
             lines.append(f"  best validation  {nats(best)} at step {trainer.best.latest.rsplit('-', 1)[-1]}")
             lines.append(f"  best checkpoint  {trainer.best.latest}")
-        lines.append(f"  generate text    python3 rnn_play.py {run.name}" + self._checkpoint_dir_flag(run))
-        lines.append(f"  see the curves   tensorboard --logdir={run.config.log_dir}")
+        lines.append(f"  generate text    {command('rnn_play.py', run.name, *self._checkpoint_dir_flag(run))}")
+        lines.append(f"  see the curves   {tensorboard_command(run.config.log_dir)}")
         print("\n".join(lines), file=sys.stderr)
 
     def interrupted(self, signum, trainer, run):
         saved = f"; checkpoint {trainer.latest.latest}" if trainer.latest.latest else ""
+        log_dir = () if run.config.log_dir == "log" else ("--log-dir", run.config.log_dir)  # not saved with the run
+        resume = command("rnn_train.py", "--resume", run.name, *self._checkpoint_dir_flag(run), *log_dir)
         print(f"\ninterrupted by signal {signum} at step {self.step}{saved}\n"
-              f"  continue with    python3 rnn_train.py --resume {run.name}{self._checkpoint_dir_flag(run)}",
+              f"  continue with    {resume}",
               file=sys.stderr)
 
     @staticmethod
     def _checkpoint_dir_flag(run):
-        return "" if run.config.checkpoint_dir == "checkpoints" else f" --checkpoint-dir {run.config.checkpoint_dir}"
+        return () if run.config.checkpoint_dir == "checkpoints" else ("--checkpoint-dir", run.config.checkpoint_dir)

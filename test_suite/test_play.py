@@ -107,7 +107,8 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0, err)
         lines = out.splitlines()
         self.assertEqual([line.split()[0] for line in lines], ["second", "first", "broken"])
-        best = re.search(r"gru 2x16 +step 30 +best validation (\d\.\d{3}) nats \((\d\.\d{3}) bits/char\)$", lines[0])
+        best = re.search(r"gru 2x16 +data \S+/corpus/\*\.txt +step 30 +best validation (\d\.\d{3}) nats "
+                         r"\((\d\.\d{3}) bits/char\)$", lines[0])
         self.assertIsNotNone(best, lines[0])  # nats first, as everywhere else
         self.assertAlmostEqual(float(best.group(2)), float(best.group(1)) / math.log(2), delta=0.002)
         self.assertRegex(lines[1], r"step 10 ")
@@ -172,7 +173,7 @@ class TestPlay(unittest.TestCase):
         empty = os.path.join(self.tmp, "empty")
         os.makedirs(empty, exist_ok=True)
         not_a_checkpoint = os.path.join(self.tmp, "corpus", "part0.txt")
-        cases = [(["--checkpoint-dir", empty], "no checkpoint found.*rnn_train.py"),
+        cases = [(["--checkpoint-dir", empty], "no trained checkpoint found.*rnn_train.py --preset quick"),
                  ([not_a_checkpoint, "--checkpoint-dir", self.ck], ".*part0.txt is not a run name"),
                  (["--checkpoint-dir", self.ck, "--temperature", "0"], "--temperature must be > 0"),
                  (["--checkpoint-dir", self.ck, "--top-p", "0"], "--top-p"),

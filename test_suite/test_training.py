@@ -17,7 +17,7 @@ from unittest import mock
 import keras
 import numpy as np
 
-from charrnn import checkpoints as ckpts, runs, training
+from charrnn import checkpoints as ckpts, cli, runs, training
 from charrnn.config import flag
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
@@ -383,7 +383,8 @@ class TestSignals(unittest.TestCase):
             out, err = proc.communicate(timeout=120)
             self.assertEqual(proc.returncode, 143, err)
             self.assertNotIn("Traceback", err)
-            self.assertIn(f"continue with    python3 rnn_train.py --resume k --checkpoint-dir {tmp}/ck", err)
+            self.assertIn("continue with    " + cli.command("rnn_train.py", "--resume", "k", "--checkpoint-dir",
+                                                         f"{tmp}/ck", "--log-dir", f"{tmp}/log"), err)
             stopped = int(ckpts.latest(os.path.dirname(index)).rsplit("-", 1)[1])
             self.assertLess(stopped, 400, "the run ended before the signal; the test proved nothing")
             resumed = subprocess.run([sys.executable, "rnn_train.py", "--resume", "k", "--checkpoint-dir",
@@ -441,8 +442,8 @@ class TestWhatTheUserSees(unittest.TestCase):
                 self.assertRegex(line, r"^step +(10|20)  validation \d\.\d{4} nats, \d\.\d{3} bits/char, "
                                        r"\d+\.\d% right(  best)?$")
                 self.assertLessEqual(len(line), 80)
-            self.assertIn(f"python3 rnn_play.py p --checkpoint-dir {ck}", r.stderr)
-            self.assertIn(f"tensorboard --logdir={log}", r.stderr)
+            self.assertIn(cli.command("rnn_play.py", "p", "--checkpoint-dir", ck), r.stderr)
+            self.assertIn(cli.tensorboard_command(log), r.stderr)
 
     def test_piped_lines_arrive_while_the_run_goes_on(self):
         """A log file shows each line at once: stopped as soon as its first line arrives, a run has
