@@ -127,9 +127,10 @@ def play(args, sampling):
     if args.export is not None:
         from charrnn import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)
-        print(f"exported {prefix} to {target}: tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
+        print(f"exported {runs.describe(run_dir, prefix)} to {target}: "
+              f"tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
         return 0
-    print(f"generating from {prefix} (seed {sampling.seed})", file=sys.stderr)
+    print(f"generating from {runs.describe(run_dir, prefix)}, seed {sampling.seed}", file=sys.stderr)
     unknown = vocab.unknown_chars(prime)
     if unknown:
         print(f"warning: the prime has characters this model never saw, read as unknown: "
@@ -186,7 +187,7 @@ def evaluate(path, model, vocab, run_dir, prefix):
         raise UserError(f"--eval {path}: the text must hold at least 2 characters (the first is not predicted)")
     loss, accuracy = make_validate(model, seqlen)(codes)
     unknown = int(np.count_nonzero(codes == vocab.unk_index))
-    print(f"scored {path} with {prefix}: {len(codes) - 1:,} characters predicted, {unknown:,} of the text's "
+    print(f"scored {path} with {runs.describe(run_dir, prefix)}: {len(codes) - 1:,} characters predicted, {unknown:,} of the text's "
           f"{len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)
     write(f"loss {loss:.4f} nats/char  {loss / math.log(2):.4f} bits/char  accuracy {accuracy:.2%}\n")
     return 0
