@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -200,6 +201,50 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("25 characters predicted, 2 of the text's 26 outside the run's vocabulary", err)
         self.assertEqual(play("second", "--checkpoint-dir", self.ck, "--eval", held_out, "--export", "x")[0], 2)
+
+    def test_eval_reads_standard_input_and_named_pipes(self):
+        text = "the cat sat on the log.\n" * 20
+        path = os.path.join(self.tmp, "eval-file.txt")
+        write(path, text)
+        code, expected, err = play("second", "--checkpoint-dir", self.ck, "--eval", path)
+        self.assertEqual(code, 0, err)
+        with mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode()))):
+            code, out, err = play("second", "--checkpoint-dir", self.ck, "--eval", "-")
+        self.assertEqual((code, out), (0, expected), err)
+        self.assertIn("scored - with ", err)
+        fifo = os.path.join(self.tmp, "eval-fifo")
+        os.mkfifo(fifo)
+        self.addCleanup(os.remove, fifo)
+        writer = threading.Thread(target=write, args=(fifo, text))
+        writer.start()
+        code, out, err = play("second", "--checkpoint-dir", self.ck, "--eval", fifo)
+        writer.join(60)
+        self.assertEqual((code, out), (0, expected), err)
+        for stdin, argv, message in ((b"", ["--eval", "-"], r"every file matched by 'standard input' was empty"),
+                                     (b"\xff\xfe", ["--eval", "-"], r"standard input: invalid UTF-8 at byte 0"),
+                                     (b"a", ["--eval", "-", "--prime-file", "-"], r"--eval - and --prime-file - both")):
+            with self.subTest(argv=argv), mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin))):
+                code, _, err = play("second", "--checkpoint-dir", self.ck, *argv)
+                self.assertEqual(code, 2)
+                self.assertRegex(err, f"^error: {message}.*\n$")
+
+    def test_long_priming_and_scoring_show_progress_on_a_terminal(self):
+        class Terminal(io.StringIO):
+            def isatty(self):
+                return True
+
+        path = os.path.join(self.tmp, "long.txt")
+        write(path, "the cat sat on the mat.\n" * 400)
+        for argv, shown in ((["--prime-file", path, "-n", "5"], "reading the prime:"),
+                            (["--eval", path], f"scoring {path}:")):
+            with self.subTest(argv=argv):
+                err = Terminal()
+                with mock.patch.object(rnn_play, "PROGRESS_DELAY", 0), contextlib.redirect_stderr(err), \
+                        contextlib.redirect_stdout(io.StringIO()):
+                    self.assertEqual(rnn_play.main(["second", "--checkpoint-dir", self.ck, *argv]), 0)
+                self.assertRegex(err.getvalue(), re.escape(shown) + r" +\d+%\|")
+                _, _, plain = play("second", "--checkpoint-dir", self.ck, *argv)  # not a terminal: no bar
+                self.assertNotIn(shown, plain)
 
     def test_prime_file(self):
         path = os.path.join(self.tmp, "prime.txt")
