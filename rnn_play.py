@@ -1,6 +1,6 @@
 """Generate text from a trained checkpoint.
 
-    python3 rnn_play.py                         # 1000 characters from the newest checkpoint
+    python3 rnn_play.py                         # 1000 characters from the newest run's best checkpoint
     python3 rnn_play.py RUN -n 0                # stream until Ctrl-C
     python3 rnn_play.py RUN --prime "ROMEO:" --temperature 0.7 --seed 1
     python3 rnn_play.py checkpoints/RUN/best/ckpt-1500 --samples 4
@@ -34,8 +34,9 @@ def make_parser():
     """The command line; each help text ends with its default, written out where it means something."""
     p = argparse.ArgumentParser(description="Generate text from a trained character model.")
     p.add_argument("checkpoint", nargs="?", default=None, metavar="RUN_OR_CHECKPOINT",
-                   help="run name, run folder or checkpoint prefix such as RUN/ckpt-3000 or RUN/best "
-                        "(default: the newest checkpoint under --checkpoint-dir)")
+                   help="run name, run folder or checkpoint prefix such as RUN/ckpt-3000 or RUN/best; a run "
+                        "is read from its best checkpoint by validation loss, else its newest "
+                        "(default: the newest run under --checkpoint-dir)")
     p.add_argument("-n", "--length", type=int, default=1000, metavar="N",
                    help="characters to generate after the prime; 0 streams until Ctrl-C (default: %(default)s)")
     p.add_argument("--prime", default="", metavar="TEXT",
