@@ -221,8 +221,8 @@ def evaluate(path, model, vocab, run_dir, prefix):
     with progress(f"scoring {path}", -(-(len(codes) - 1) // (rows * seqlen)), "chunk") as bar:
         loss, accuracy = training.make_validate(model, seqlen)(codes, stop=lambda: bar.update() and False)
     unknown = int(np.count_nonzero(codes == vocab.unk_index))
-    print(f"scored {path} with {runs.describe(run_dir, prefix)}: {len(codes) - 1:,} characters predicted, {unknown:,} of the text's "
-          f"{len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)
+    print(f"scored {path} with {runs.describe(run_dir, prefix)}: {len(codes) - 1:,} characters predicted, "
+          f"{unknown:,} of the text's {len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)
     write(f"loss {loss:.4f} nats/char  {loss / math.log(2):.4f} bits/char  accuracy {accuracy:.2%}\n")
     return 0
 

@@ -16,6 +16,7 @@ temperature give the same text. Top-k, top-p and argmax are fixed when exporting
 config.json and vocab.json are copied into DIR/assets for reference.
 """
 
+import contextlib
 import errno
 import os
 import shutil
@@ -85,9 +86,11 @@ def export(model, vocab, run_dir, sampling: SamplingConfig, directory):
             shutil.copy(Path(run_dir) / name, partial / "assets" / name)
         os.replace(partial, target)  # also over an empty folder
     except (OSError, tf.errors.OpError) as e:
-        for folder in [partial, *reversed(made)]:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        for folder in reversed(made):  # only while empty: never what another process put there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise _write_error(directory, e) from None
     return target
 

@@ -504,7 +504,7 @@ def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fuse
             checkpoints.restore(checkpoints.weights_checkpoint(model), prefix, what=f"model ({run_dir / CONFIG})",
                                 extra_ok=True, vocabulary=(vocab.fingerprint(), run_dir / VOCAB))
             return model, vocab, run_dir, prefix
-        except UserError:
+        except UserError as e:
             # A run in training may rotate away the checkpoint its index just named
             # (--keep, and best/ at every new best): read the index again.
             if Path(prefix + ".index").exists():
@@ -512,9 +512,9 @@ def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fuse
             try:
                 run_dir, newer = resolve(spec, checkpoint_dir)
             except UserError:
-                newer = prefix  # a prefix given by name, now gone
+                break  # a checkpoint named by the user, there a moment ago
             if newer == prefix:
-                break
+                raise e from None  # still the one the index names: missing, not rotated
             prefix = newer
     raise UserError(f"{prefix} was rotated away (deleted by the run training into {run_dir}, which keeps only its "
                     f"newest checkpoints) while it was being read; try again, or name the run rather than a "

@@ -360,7 +360,8 @@ class LiveRunTest(RunCopyTest):
         self.assertEqual(picked, [best, best + 10, best + 20, best + 30])
         self.assertIn(f"{run_dir}/best/ckpt-{best + 30} (the run's best", err)
         shutil.rmtree(os.path.join(run_dir, "best"))  # the newest, when there is no best
-        code, out, err, picked = self.play_while_rotated("r", 1, "--eval", os.path.join(self.tmp, "corpus", "part0.txt"))
+        held_out = os.path.join(self.tmp, "corpus", "part0.txt")
+        code, out, err, picked = self.play_while_rotated("r", 1, "--eval", held_out)
         self.assertEqual(code, 0, err)
         self.assertEqual(picked, [20, 30])
         self.assertIn(f"with {run_dir}/ckpt-30 (the run's newest: it has no best/ checkpoint): ", err)
