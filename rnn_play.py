@@ -1,6 +1,6 @@
 """Generate text from a trained checkpoint.
 
-    python3 rnn_play.py                         # 1000 characters from the newest checkpoint
+    python3 rnn_play.py                         # 1000 characters from the newest run's best checkpoint
     python3 rnn_play.py RUN -n 0                # stream until Ctrl-C
     python3 rnn_play.py RUN --prime "ROMEO:" --temperature 0.7 --seed 1
     python3 rnn_play.py checkpoints/RUN/best/ckpt-1500 --samples 4
@@ -12,9 +12,13 @@ The model is rebuilt from the run's saved configuration and vocabulary, so no
 flag has to match what was trained. Exit codes: 0 done, 2 bad input.
 """
 
+import contextlib
 import math
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,14 +27,16 @@ from charrnn.config import SamplingConfig
 from charrnn.errors import UserError, safe_console
 
 FLUSH_SECONDS = 0.05
+PROGRESS_DELAY = 1.0  # seconds before a progress bar shows: none for what is quick
 
 
 def make_parser():
     """The command line; each help text ends with its default, written out where it means something."""
     p = ArgumentParser(prog="rnn_play.py", description="Generate text from a trained character model.")
     p.add_argument("checkpoint", nargs="?", default=None, metavar="RUN_OR_CHECKPOINT",
-                   help="run name, run folder or checkpoint prefix such as RUN/ckpt-3000 or RUN/best "
-                        "(default: the newest checkpoint under --checkpoint-dir)")
+                   help="run name, run folder or checkpoint prefix such as RUN/ckpt-3000 or RUN/best; a run "
+                        "is read from its best checkpoint by validation loss, else its newest "
+                        "(default: the newest run under --checkpoint-dir)")
     p.add_argument("-n", "--length", type=int, default=1000, metavar="N",
                    help="characters to generate after the prime; 0 streams until Ctrl-C (default: %(default)s)")
     p.add_argument("--prime", default="", metavar="TEXT",
@@ -68,7 +74,8 @@ def make_parser():
                         "program): a text-in, text-out `generate` signature (top-k/top-p/argmax fixed "
                         "from these flags) and a bare `step` signature; see export.py")
     p.add_argument("--eval", metavar="FILE",
-                   help="instead of generating, score the model on the text of FILE (or a glob of files): "
+                   help="instead of generating, score the model on the text of FILE (or a glob of files, a "
+                        "named pipe, or - for standard input): "
                         "loss in nats, bits/char and accuracy over every character, read as training "
                         "validates (long rows from a zero state, the state carried); characters outside "
                         "the run's vocabulary count as its unknown symbol")
@@ -102,6 +109,8 @@ def check(args):
         raise UserError("--samples N needs a finite --length: samples are printed one after the other")
     if args.eval is not None and args.export is not None:
         raise UserError("--eval and --export are both given; pass one of them")
+    if args.eval == "-" and args.prime_file == "-":
+        raise UserError("--eval - and --prime-file - both read standard input; give one of them a file")
     if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
         raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -128,18 +137,20 @@ def play(args, sampling):
     if args.export is not None:
         from charrnn import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)
-        print(f"exported {prefix} to {target}: tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
+        print(f"exported {runs.describe(run_dir, prefix)} to {target}: "
+              f"tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
         return 0
-    print(f"generating from {prefix} (seed {sampling.seed})", file=sys.stderr)
+    print(f"generating from {runs.describe(run_dir, prefix)}, seed {sampling.seed}", file=sys.stderr)
     unknown = vocab.unknown_chars(prime)
     if unknown:
         print(f"warning: the prime has characters this model never saw, read as unknown: "
               f"{printable(unknown, sys.stderr.encoding)}", file=sys.stderr)
     generator = Generator(model, vocab, sampling)
+    primed = priming_progress(len(prime))
     if args.samples == 1:
         write(prime)
         last_flush = time.monotonic()
-        for ids in generator.stream(prime, args.length):
+        for ids in generator.stream(prime, args.length, primed=primed):
             text = vocab.decode(ids[0])
             sys.stdout.write(text)
             if "\n" in text or time.monotonic() - last_flush > FLUSH_SECONDS:
@@ -149,12 +160,34 @@ def play(args, sampling):
             write("\n")
     else:
         rows = [[] for _ in range(args.samples)]
-        for ids in generator.stream(prime, args.length, samples=args.samples):
+        for ids in generator.stream(prime, args.length, samples=args.samples, primed=primed):
             for row, r in zip(rows, ids):
                 row.append(vocab.decode(r))
         for i, row in enumerate(rows):
             write(f"--- sample {i + 1} ---\n{prime}{''.join(row)}\n")
     return 0
+
+
+def progress(what, total, unit):
+    """A progress bar on stderr, as training shows one: only on a terminal, and only for
+    what lasts more than PROGRESS_DELAY seconds; erased when done."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=what, unit=unit, unit_scale=unit == "char", file=sys.stderr, dynamic_ncols=True,
+                disable=None, delay=PROGRESS_DELAY, leave=False)
+
+
+def priming_progress(length):
+    """The primed(n) callback of Generator.stream for a prime of `length` characters
+    (None for a prime of one character or none, which is read at once)."""
+    if length < 2:
+        return None
+    bar = progress("reading the prime", length, "char")
+
+    def primed(n):
+        bar.update(n - bar.n)
+        if n >= length:
+            bar.close()
+    return primed
 
 
 def printable(chars, encoding):
@@ -176,21 +209,43 @@ def evaluate(path, model, vocab, run_dir, prefix):
     run's validation scores its held-out text (training.make_validate, the run's --seqlen)."""
     import numpy as np
     from charrnn import runs
-    import txt_utils
-    from charrnn.training import make_validate
+    from charrnn import training
 
     seqlen = runs.load_run_files(run_dir)[0].get("training", {}).get("seqlen")
     if not isinstance(seqlen, int) or seqlen < 1:
         raise UserError(f"{Path(run_dir) / runs.CONFIG} has no valid training seqlen; restore it from a backup")
-    codes = txt_utils.read_corpus([path], vocab=vocab, validation="none").codes
+    codes = read_eval_text(path, vocab)
     if len(codes) < 2:
         raise UserError(f"--eval {path}: the text must hold at least 2 characters (the first is not predicted)")
-    loss, accuracy = make_validate(model, seqlen)(codes)
+    # make_validate calls stop() before each chunk of VAL_ROWS rows (fewer on a short text) x seqlen
+    rows = max(1, min(training.VAL_ROWS, (len(codes) - 1) // training.VAL_ROW_CHARS))
+    with progress(f"scoring {path}", -(-(len(codes) - 1) // (rows * seqlen)), "chunk") as bar:
+        loss, accuracy = training.make_validate(model, seqlen)(codes, stop=lambda: bar.update() and False)
     unknown = int(np.count_nonzero(codes == vocab.unk_index))
-    print(f"scored {path} with {prefix}: {len(codes) - 1:,} characters predicted, {unknown:,} of the text's "
-          f"{len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)
+    print(f"scored {path} with {runs.describe(run_dir, prefix)}: {len(codes) - 1:,} characters predicted, "
+          f"{unknown:,} of the text's {len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)
     write(f"loss {loss:.4f} nats/char  {loss / math.log(2):.4f} bits/char  accuracy {accuracy:.2%}\n")
     return 0
+
+
+def read_eval_text(path, vocab):
+    """The codes of --eval's text: a file or a glob as training reads its corpus; standard
+    input (-) and a named pipe, which can be read only once, are copied to a temporary file first."""
+    import txt_utils
+    if path != "-" and not (os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode)):
+        return txt_utils.read_corpus([path], vocab=vocab, validation="none").codes
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = os.path.join(tmp, "eval.txt")
+        try:
+            with open(copy, "wb") as out, contextlib.ExitStack() as stack:
+                source = sys.stdin.buffer if path == "-" else stack.enter_context(open(path, "rb"))
+                shutil.copyfileobj(source, out)
+        except OSError as e:
+            raise UserError(f"--eval {path}: cannot read it into {tmp} ({e.strerror})") from None
+        try:
+            return txt_utils.read_corpus([copy], vocab=vocab, validation="none").codes
+        except UserError as e:
+            raise UserError(str(e).replace(copy, "standard input" if path == "-" else path)) from None
 
 
 def write(text):

@@ -225,12 +225,21 @@ def parse(argv):
     return cfg, set(given), resume
 
 
+def warn_about(cfg):
+    """The warnings of flags that are valid but likely a mistake."""
+    from charrnn.config import warmup_warning
+    line = warmup_warning(cfg)
+    if line:
+        print(line, file=sys.stderr)
+
+
 def main(argv=None):
     started = schedule.now()  # --max-time counts the start-up (TensorFlow's import) too
     argv = sys.argv[1:] if argv is None else argv
     safe_console()
     try:
         cfg, explicit, resume = parse(argv)
+        warn_about(cfg)
         from charrnn import tf_setup
         tf_setup.training_threads(cfg.implementation)
         with tf_setup.starting_tensorflow():  # imported; no op has run yet

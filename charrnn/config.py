@@ -206,6 +206,17 @@ class TrainConfig:
         return self
 
 
+def warmup_warning(cfg: TrainConfig) -> str | None:
+    """A warning line when the warm-up outlasts the run's steps, known before training from
+    --max-steps only (--epochs needs the corpus, --max-time the plan): the learning rate
+    would never reach --lr."""
+    if not cfg.max_steps or cfg.warmup_steps <= cfg.max_steps:
+        return None
+    return (f"warning: --warmup-steps {cfg.warmup_steps} is longer than the run's {cfg.max_steps} steps "
+            f"(--max-steps): the learning rate stops at {cfg.lr * cfg.max_steps / cfg.warmup_steps:.3g} and never "
+            f"reaches --lr {cfg.lr:g}; lower --warmup-steps")
+
+
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 

@@ -7,6 +7,7 @@
     scope / is_chief / peers_watched strategy.scope() or nothing; who writes; a lost peer as one line
     prepare_run(run, strategy)       the batch must divide among the replicas; a non-chief worker
                                      gets a WorkerRun: it reads the run, writes only to a scratch folder
+                                     (killed workers' are removed: remove_dead_scratch)
     note_replicas(run)               a line when a checkpoint resumes with another replica count
     make_distributed_train_step      training.make_train_step over the replicas, same contract
 
@@ -41,8 +42,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +54,7 @@ import tensorflow as tf
 from charrnn import checkpoints, runs
 from charrnn.errors import UserError
 
+SCRATCH, SCRATCH_GRACE = "charrnn-worker-", 10  # a non-chief worker's folder in TMPDIR; seconds
 TASK_TYPES = ("chief", "worker")  # what MultiWorkerMirroredStrategy trains with
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}\'')
@@ -170,6 +174,7 @@ def prepare_run(run, strategy):
                         f"{run.config.distribute}; use a multiple of {replicas}, such as "
                         f"{max(replicas, batch // replicas * replicas)}")
     fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)} | {"replicas": replicas}
+    remove_dead_scratch()
     chief = is_chief(strategy)
     devices = ", ".join(d.rsplit("device:", 1)[-1] for d in strategy.extended.worker_devices)
     role = "" if run.config.distribute != "multi-worker" else \
@@ -184,7 +189,8 @@ class WorkerRun(runs.Run):
     """The run as a non-chief worker sees it: it reads the run's files and checkpoint
     as the chief does, and writes nothing there. It writes no checkpoint (the chief's
     hold every replica's rows), its TensorBoard files go to a scratch folder removed
-    when it ends, and the run's lock is the chief's."""
+    when it ends (a killed worker's by the next run: remove_dead_scratch), and the
+    run's lock is the chief's."""
 
     scratch: Path | None = None
 
@@ -199,9 +205,22 @@ class WorkerRun(runs.Run):
 
     @contextlib.contextmanager
     def claimed(self):
-        with tempfile.TemporaryDirectory(prefix=f"{self.name}-worker-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH}{self.name}-") as scratch:
             self.scratch = Path(scratch)
-            yield self
+            with runs.RunLock(scratch):  # held while this worker lives: the next one knows a dead one's by it
+                yield self
+
+
+def remove_dead_scratch():
+    """Remove the scratch folders in TMPDIR of workers that were killed: those whose lock
+    no process holds. A folder whose lock is younger than a few seconds may be a worker's
+    that is taking it this instant, and is left for the next run."""
+    for folder in Path(tempfile.gettempdir()).glob(SCRATCH + "*"):
+        lock = folder / runs.LOCK
+        with contextlib.suppress(OSError):
+            if (folder.is_dir() and not folder.is_symlink() and lock.is_file()
+                    and time.time() - lock.stat().st_mtime > SCRATCH_GRACE and not runs.is_locked(folder)):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class NoCheckpoints:

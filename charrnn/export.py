@@ -16,7 +16,11 @@ temperature give the same text. Top-k, top-p and argmax are fixed when exporting
 config.json and vocab.json are copied into DIR/assets for reference.
 """
 
+import contextlib
+import errno
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import tensorflow as tf
@@ -35,7 +39,6 @@ class ExportedGenerator(tf.Module):
         self.model = self.generator.model  # the fused model the loop runs; tracks the weights
         encode, decode = vocab.code_point_tables()
         self.encode_table, self.decode_table = tf.constant(encode), tf.constant(decode)
-        self.newline = int(vocab.encode("\n")[0])  # the start when there is no prime, as in stream()
         layers, size = model.config.layers, model.state_sizes()[0]
         self.step = tf.function(self._step, input_signature=[
             tf.TensorSpec([None, None], tf.int32, name="ids"),
@@ -50,49 +53,52 @@ class ExportedGenerator(tf.Module):
         return {"logits": logits, "states": tf.stack(states)}
 
     def _generate(self, prime, length, temperature, seed):
-        # sampling.Generator.stream() as a graph: the same compiled chunks, the same forced
-        # prime, the same random draws, so the same seed gives the same text.
-        chunk = self.generator.chunk
-        cps = tf.strings.unicode_decode(prime, "UTF-8", errors="replace")
+        # What rnn_play.py refuses (config.SamplingConfig.check, --length), refused here too.
+        checks = [tf.debugging.assert_greater(temperature, 0.0, message="temperature must be > 0 (not NaN); "
+                                                                         "export with --argmax for greedy text"),
+                  tf.debugging.assert_non_negative(length, message="length must be >= 0")]
+        with tf.control_dependencies(checks):
+            cps = tf.strings.unicode_decode(prime, "UTF-8", errors="replace")
         ids = tf.gather(self.encode_table, tf.minimum(cps, tf.size(self.encode_table) - 1))
-        ids = tf.cond(tf.size(ids) > 0, lambda: ids, lambda: tf.constant([self.newline]))
-        pending = ids[1:]  # prime characters forced after the first
-        n_pending = tf.size(pending)
-        n_chunks = (n_pending + length + chunk - 1) // chunk
-        pending = tf.pad(pending, [[0, n_chunks * chunk - n_pending]])[None]  # [1, n_chunks * chunk]
-
-        def body(c, token, states, out):
-            start = c * chunk
-            forced = tf.reshape(pending[:, start:start + chunk], [1, chunk])
-            n_forced = tf.clip_by_value(n_pending - start, 0, chunk)
-            made, states, token = self.generator.compiled_chunk(
-                states, token, forced, n_forced, tf.cast(start, tf.int64), seed, temperature)
-            return c + 1, token, states, out.write(c, made[0])
-
-        out = tf.TensorArray(tf.int32, size=n_chunks, element_shape=[chunk])
-        _, _, _, out = tf.while_loop(lambda c, *_: c < n_chunks, body,
-                                     (tf.constant(0), tf.reshape(ids[:1], [1]), self.model.initial_states(1), out))
-        made = tf.reshape(out.stack(), [-1])[n_pending:n_pending + length]
+        made = self.generator.generate(ids, length, seed, temperature)  # sampling.Generator's loop
         return {"text": tf.strings.unicode_encode(tf.gather(self.decode_table, made), "UTF-8")}
 
 
 def export(model, vocab, run_dir, sampling: SamplingConfig, directory):
-    """Write the SavedModel to directory, which must not exist or be empty."""
+    """Write the SavedModel to directory, which must not exist or be empty.
+
+    It is written into a temporary folder beside directory, then renamed into place:
+    a failure (a full disk) leaves nothing behind.
+    """
     target = Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"--export {directory}: exists and is not an empty folder; "
                         f"name a new folder (nothing was written)")
-    existed = target.exists()
     module = ExportedGenerator(model, vocab, sampling)
+    made = [p for p in reversed(target.absolute().parents) if not p.exists()]  # removed again on failure
+    partial = None
     try:
-        tf.saved_model.save(module, str(target), signatures={
-            "generate": module.generate, "step": module.step})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        tf.saved_model.save(module, str(partial), signatures={"generate": module.generate, "step": module.step})
+        (partial / "assets").mkdir(exist_ok=True)
+        for name in (runs.CONFIG, runs.VOCAB):
+            shutil.copy(Path(run_dir) / name, partial / "assets" / name)
+        os.replace(partial, target)  # also over an empty folder
     except (OSError, tf.errors.OpError) as e:
-        if target.exists() and not existed:  # leave nothing half-written
-            shutil.rmtree(target, ignore_errors=True)
-        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-        raise UserError(f"--export {directory}: cannot write ({reason.splitlines()[0]}); choose another folder") from None
-    (target / "assets").mkdir(exist_ok=True)
-    for name in (runs.CONFIG, runs.VOCAB):
-        shutil.copy(Path(run_dir) / name, target / "assets" / name)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        for folder in reversed(made):  # only while empty: never what another process put there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise _write_error(directory, e) from None
     return target
+
+
+def _write_error(directory, e):
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in reason:
+        return UserError(f"--export {directory}: no space left on the disk (nothing was written); free some space "
+                         f"or choose a folder on another disk")
+    return UserError(f"--export {directory}: cannot write ({reason.splitlines()[0]}); choose another folder "
+                     f"(nothing was written)")

@@ -10,8 +10,8 @@
     log/<run>/train, log/<run>/validation   TensorBoard (--log-dir)
 
     open_run(config, resume, given)    a new run, or a resumed or forked one -> Run
-    resolve / newest_run / list_runs   finding runs and checkpoints
-    load_for_generation(spec)          the model and vocabulary of a checkpoint
+    resolve / newest_run / list_runs   finding runs and checkpoints (a run plays from its best)
+    load_for_generation(spec)          the model and vocabulary of a checkpoint; describe() names it
 
 The JSON files are written atomically and read as untrusted input: a damaged
 or edited file is a one-line error naming it, never a traceback.
@@ -42,6 +42,7 @@ from charrnn.text import Vocabulary, find_files, read_corpus
 
 CONFIG, VOCAB, CORPUS, LOCK, BEST = "config.json", "vocab.json", "corpus.json", ".lock", "best"
 FORMAT_VERSION = 1
+WRITE_PROBE = ".write-test-"  # the name of _check_writable's file, there for an instant
 JSON_FILES = (CONFIG, VOCAB, CORPUS)
 
 
@@ -265,8 +266,12 @@ def _new_run_dirs(cfg, name):
             raise UserError(f"{d} is a file, not a run folder; choose another --run")
     # A folder that holds anything but a run's JSON files (checkpoints, logs) belongs to
     # another run; one left with only those files by a run refused before training may be reused.
+    # While a process holds the run's lock (the chief of a multi-worker run starting at this
+    # moment, or another run), the lock decides: Run.claimed refuses if it is not this run's.
     taken = [d for d in (run_dir, log_dir)
              if d.exists() and any(not _reusable(p) for p in d.iterdir())]
+    if taken and is_locked(run_dir):
+        taken = []
     if taken:
         raise UserError(f"{taken[0]} already exists; continue it with `--resume {name}` or choose another --run")
     return run_dir, log_dir
@@ -274,9 +279,11 @@ def _new_run_dirs(cfg, name):
 
 def _reusable(path):
     """Whether a file in the folder of a new run may stay: the files of a run that was
-    refused before its first checkpoint, and what an interrupted first save left."""
-    return path.name in (LOCK, *JSON_FILES) or checkpoints.is_leftover(path.name) or (
-        path.name == BEST and path.is_dir() and not path.is_symlink()
+    refused before its first checkpoint, what an interrupted first save left, and the
+    probe of _check_writable (another process's, this instant, or a killed one's)."""
+    name = path.name
+    return name in (LOCK, *JSON_FILES) or name.startswith(WRITE_PROBE) or checkpoints.is_leftover(name) or (
+        name == BEST and path.is_dir() and not path.is_symlink()
         and all(checkpoints.is_leftover(p.name) for p in path.iterdir()))
 
 
@@ -285,7 +292,7 @@ def _check_writable(dirs):
     for d, flag_name in dirs.items():
         try:
             Path(d).mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=d, prefix=".write-test-")  # a new file, never one planted there
+            fd, probe = tempfile.mkstemp(dir=d, prefix=WRITE_PROBE)  # a new file, never one planted there
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
@@ -481,21 +488,28 @@ def generation_checkpoint(run_dir):
     return checkpoints.latest(run_dir) or checkpoints.latest(Path(run_dir) / BEST)
 
 
+def best_or_newest(run_dir):
+    """The checkpoint a run is played from: its best by validation when it has one (the
+    newest may have overfit), else its newest; None if neither."""
+    return checkpoints.latest(Path(run_dir) / BEST) or checkpoints.latest(run_dir)
+
+
 def resolve(spec, checkpoint_dir="checkpoints"):
     """Turn a run name, run folder or checkpoint prefix into (run folder, prefix).
 
-    With spec None, the newest run under checkpoint_dir.
+    With spec None, the newest run under checkpoint_dir. A run is read from its best
+    checkpoint (best_or_newest); RUN/best, RUN/ckpt-N or a prefix name one.
     """
     if spec is None:
         run_dir = newest_run(checkpoint_dir, best=True)
         if run_dir is None:
             raise UserError(f"no trained checkpoint found under {checkpoint_dir}/; train a first model in "
                             f"minutes with `{first_run(checkpoint_dir)}` (or pass --checkpoint-dir)")
-        return run_dir, generation_checkpoint(run_dir)
+        return run_dir, best_or_newest(run_dir)
     path = Path(spec)
     for candidate in (path, Path(checkpoint_dir) / spec):
         if candidate.is_dir() and is_run(candidate):
-            prefix = generation_checkpoint(candidate)
+            prefix = best_or_newest(candidate)
             if prefix is None:
                 raise UserError(f"{candidate} holds no checkpoint yet (a run writes its first at its first "
                                 f"validation); wait for it, or train a first model with `{first_run(checkpoint_dir)}`")
@@ -520,7 +534,8 @@ def resolve(spec, checkpoint_dir="checkpoints"):
 def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fused"):
     """Rebuild the model a checkpoint was trained with and load its weights.
 
-    Returns (model, vocab, run folder, prefix). Nothing has to match flags: the
+    Returns (model, vocab, run folder, prefix); describe(run folder, prefix) says which
+    checkpoint that is, for the line a tool prints. Nothing has to match flags: the
     architecture comes from the run's config.json. The fused implementation is
     the default on every device: generation compiles its loop with XLA, which
     cannot compile the cuDNN kernel of the stock layers on a GPU.
@@ -532,20 +547,40 @@ def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fuse
         raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but "
                         f"{Path(run_dir) / CONFIG} says vocab_size {mconf.vocab_size}")
     model = CharRNN(mconf, implementation=implementation, initialize=False)  # restored below
-    for retry in (True, False):
+    for _ in range(READ_TRIES):
         try:
             checkpoints.restore(checkpoints.weights_checkpoint(model), prefix, what=f"model ({run_dir / CONFIG})",
                                 extra_ok=True, vocabulary=(vocab.fingerprint(), run_dir / VOCAB))
             return model, vocab, run_dir, prefix
-        except UserError:
-            # A run in training may rotate away the checkpoint its index just named:
-            # read the index again, once.
-            if not retry or Path(prefix + ".index").exists():
-                raise
-            run_dir, newer = resolve(spec, checkpoint_dir)
+        except UserError as e:
+            # A run in training may rotate away the checkpoint its index just named
+            # (--keep, and best/ at every new best): read the index again.
+            if Path(prefix + ".index").exists():
+                raise  # still there: damaged, not rotated
+            try:
+                run_dir, newer = resolve(spec, checkpoint_dir)
+            except UserError:
+                break  # a checkpoint named by the user, there a moment ago
             if newer == prefix:
-                raise
+                raise e from None  # still the one the index names: missing, not rotated
             prefix = newer
+    raise UserError(f"{prefix} was rotated away (deleted by the run training into {run_dir}, which keeps only its "
+                    f"newest checkpoints) while it was being read; try again, or name the run rather than a "
+                    f"checkpoint of it")
+
+
+READ_TRIES = 10  # a run saving every step rotates a checkpoint away every few tenths of a second
+
+
+def describe(run_dir, prefix):
+    """The checkpoint read, and why, for the line a tool prints: "RUN/best/ckpt-N (the
+    run's best by validation loss)"."""
+    if Path(prefix).parent.name == BEST:
+        return f"{prefix} (the run's best by validation loss)"
+    with contextlib.suppress(UserError):  # a damaged best/ index was not asked for
+        if checkpoints.latest(Path(run_dir) / BEST) is None:
+            return f"{prefix} (the run's newest: it has no best/ checkpoint)"
+    return prefix
 
 
 # ---------------------------------------------------------------- the lock
@@ -585,6 +620,20 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.file.close()  # closing releases the lock
+
+
+def is_locked(run_dir):
+    """Whether a process holds the lock of run_dir (RunLock) now."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    with open(fd, "r+") as file:  # closing releases a lock taken here
+        try:
+            _lock(file)
+        except OSError:
+            return True
+    return False
 
 
 def _lock(file):

@@ -106,29 +106,58 @@ class Generator:
                                               (tf.constant(0), token, states, out))
         return tf.transpose(out.stack()), states, token  # [B, L]
 
-    def stream(self, prime="", length=1000, samples=1, seed=None):
+    def next_chunk(self, states, token, pending, position, seed, temperature):
+        """The `chunk` characters from `position` on -> (ids [B, chunk], states, last token),
+        forcing the prime's characters pending[position:] first: one pass of the generation
+        loop, for stream() in Python and for generate() in a graph alike.
+
+        pending: [P] int32, the prime after its first character (the same for every row).
+        """
+        forced = pending[position:position + self.chunk]  # [<= chunk]
+        n_forced = tf.size(forced)
+        forced = tf.pad(forced, [[0, self.chunk - n_forced]])
+        forced = tf.reshape(tf.tile(forced, tf.shape(token)), [token.shape[0] or -1, self.chunk])  # [B, chunk]
+        return self.compiled_chunk(states, token, forced, n_forced, tf.cast(position, tf.int64),
+                                   tf.convert_to_tensor(seed, tf.int64), tf.convert_to_tensor(temperature, tf.float32))
+
+    def generate(self, ids, length, seed, temperature):
+        """The ids that follow the prime `ids` ([P] int32; empty: a newline), `length` of them,
+        as a graph (no Python per chunk): [length] int32. What stream() yields, for the same
+        seed and temperature, in one call; the exported `generate` (export.py) runs it."""
+        ids = tf.cond(tf.size(ids) > 0, lambda: ids, lambda: self.vocab.encode("\n").astype(np.int32))
+        pending = ids[1:]
+        n_chunks = (tf.size(pending) + length + self.chunk - 1) // self.chunk
+
+        def body(c, token, states, out):
+            made, states, token = self.next_chunk(states, token, pending, c * self.chunk, seed, temperature)
+            return c + 1, token, states, out.write(c, made[0])
+
+        out = tf.TensorArray(tf.int32, size=n_chunks, element_shape=[self.chunk])
+        _, _, _, out = tf.while_loop(lambda c, *_: c < n_chunks, body,
+                                     (tf.constant(0), tf.reshape(ids[:1], [1]), self.model.initial_states(1), out))
+        return tf.reshape(out.stack(), [-1])[tf.size(pending):tf.size(pending) + length]
+
+    def stream(self, prime="", length=1000, samples=1, seed=None, primed=None):
         """Yield numpy arrays [samples, n] of generated ids, the prime excluded.
 
         length 0 streams forever; seed overrides the config's for this stream. The prime is encoded with the vocabulary
         (unknown characters map to the unknown symbol); with no prime the state
-        starts from a newline, as if a new paragraph began.
+        starts from a newline, as if a new paragraph began. primed(n), if given, is
+        called after each chunk that reads the prime, n its characters read so far.
         """
         self.sync_weights()
         ids = self.vocab.encode(prime or "\n").astype(np.int32)  # [P]
         token = tf.fill([samples], int(ids[0]))
         states = self.model.initial_states(samples)
-        pending = ids[1:]  # prime characters still to be forced
+        pending = ids[1:]  # prime characters forced after the first
+        seed = self.config.seed if seed is None else seed
         position, produced = 0, 0
         while length == 0 or produced < length:
-            forced = np.zeros([self.chunk], np.int32)
-            n_forced = min(len(pending), self.chunk)
-            forced[:n_forced] = pending[:n_forced]
-            pending = pending[n_forced:]
-            out, states, token = self.compiled_chunk(
-                states, token, tf.constant(np.tile(forced, (samples, 1))), tf.constant(n_forced),
-                tf.constant(position, tf.int64), tf.constant(self.config.seed if seed is None else seed, tf.int64),
-                tf.constant(self.config.temperature, tf.float32))
+            out, states, token = self.next_chunk(states, token, pending, position, seed, self.config.temperature)
+            n_forced = min(max(len(pending) - position, 0), self.chunk)
             position += self.chunk
+            if primed is not None and n_forced:
+                primed(min(position, len(pending)) + 1)
             out = out.numpy()[:, n_forced:]
             if length:
                 out = out[:, :length - produced]

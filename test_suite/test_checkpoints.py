@@ -42,6 +42,7 @@ class TestCheckpointDamage(unittest.TestCase):
         quiet_train(tiny(cls.tmp, max_steps=20))
         cls.pristine = os.path.join(cls.tmp, "pristine")
         shutil.copytree(os.path.join(cls.tmp, "ck", "r"), cls.pristine)
+        shutil.rmtree(os.path.join(cls.pristine, "best"))  # so that generation, too, reads the newest checkpoint
 
     @classmethod
     def tearDownClass(cls):
@@ -147,12 +148,13 @@ class HostileFolderTest(RunCopyTest):
         self.assertEqual(files_of(victim), before)
         self.assertRegex(err, r"warning: .*H/checkpoint lists '\.\./V/ckpt-10', '.*/V/ckpt-20', which are "
                               r"not checkpoints of .*H: ignored")
-        self.assertEqual(runs.load_for_generation("H", self.ck)[3], os.path.join(hostile, "ckpt-30"))
+        self.assertEqual(Path(runs.load_for_generation("H", self.ck)[3]).parent, Path(hostile, "best"))
         self.assertEqual(ckpts.read_index(hostile), [20, 30])
         self.assertNotIn("V", Path(hostile, "checkpoint").read_text() + Path(hostile, "best", "checkpoint").read_text())
 
     def test_a_newest_checkpoint_outside_the_folder_is_refused_by_both_tools(self):
         victim, hostile = self.copy("V"), self.copy("H")
+        shutil.rmtree(os.path.join(hostile, "best"))  # so that generation reads the newest checkpoint
         before = files_of(victim)
         for name in ("../V/ckpt-20", os.path.join(victim, "ckpt-20")):
             with self.subTest(name=name):

@@ -25,12 +25,12 @@ from unittest import mock
 import keras
 import numpy as np
 
-from charrnn import checkpoints as ckpts, distribute
+from charrnn import checkpoints as ckpts, distribute, runs
 import rnn_train
 from charrnn import training
 from charrnn.model import CharRNN
 from test_suite.helpers import (checkpoint_tensors, play, quiet_train, random_ids, random_states, tf, tiny,
-                                tiny_model_config)
+                                tiny_model_config, write)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("weights/", "optimizer/", "rng/", "state/", "progress/")
@@ -222,6 +222,42 @@ class RefusalTest(unittest.TestCase):
                 self.assertEqual(err.getvalue().count("\n"), 1, err.getvalue())
         self.assertEqual(distribute.read_tf_config(json.dumps({"cluster": cluster, "task": worker})),
                          (cluster, "worker", 0))
+
+
+class ScratchTest(unittest.TestCase):
+    def test_the_scratch_folders_of_killed_workers_are_removed_by_the_next_run(self):
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(tempfile, "tempdir", tmp):
+            def scratch(name, age):
+                folder = Path(tmp, f"{distribute.SCRATCH}{name}")
+                write(folder / "train" / "events.out", "x")
+                write(folder / runs.LOCK, "pid 1")
+                os.utime(folder / runs.LOCK, (time.time() - age,) * 2)
+                return folder
+
+            killed, young, live = scratch("killed", 60), scratch("young", 0), scratch("live", 60)
+            other = Path(tmp, "other-worker-1")  # not this tool's
+            write(other / runs.LOCK, "")
+            run = distribute.WorkerRun(Path(tmp, "ck", "r"), Path(tmp, "log", "r"), tiny(tmp))
+            with runs.RunLock(live), run.claimed():
+                self.assertTrue(run.scratch.is_dir())
+                distribute.remove_dead_scratch()  # as prepare_run does before the next run
+                self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()),
+                                 sorted([young.name, live.name, other.name, run.scratch.name, "corpus"]))
+            self.assertFalse(killed.exists())
+            self.assertFalse(run.scratch.exists())  # a worker that ends removes its own
+
+
+class StartUpTest(unittest.TestCase):
+    RUNS = 20  # the start-up race was seen in 2 of 17 new runs
+
+    def test_new_two_worker_runs_start_every_time(self):
+        # Both workers check that the run's name is free while the chief creates its folders.
+        with tempfile.TemporaryDirectory() as tmp:
+            flags = tiny_flags(tiny(tmp, layers=1, max_steps=1, val_every=1000, sample_every=1000))
+            for i in range(self.RUNS):
+                workers = Workers(tmp, f"new{i}", *flags, "--run", f"new{i}")
+                self.addCleanup(workers.kill)
+                workers.wait(self)
 
 
 class FreshProcessesTest(unittest.TestCase):

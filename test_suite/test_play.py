@@ -1,5 +1,7 @@
 """Generation from the command line (rnn_play.py), export, and what a console shows."""
 
+import contextlib
+import errno
 import io
 import math
 import os
@@ -8,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -15,12 +18,13 @@ from unittest import mock
 
 import numpy as np
 
-from charrnn import export, runs
+from charrnn import checkpoints as ckpts, export, runs
 import rnn_play
 from charrnn import training
 from charrnn.config import SamplingConfig
 import txt_utils
-from test_suite.helpers import RunCopyTest, play, quiet_train, read_scalars, set_mtimes, tf, tiny, write
+from test_suite.helpers import (CAN_MOUNT, RunCopyTest, play, quiet_train, read_scalars, set_mtimes, tf, tiny,
+                                tmpfs, write)
 
 
 class TestPlay(unittest.TestCase):
@@ -68,6 +72,50 @@ class TestPlay(unittest.TestCase):
         self.assertIn("--export", err)
         self.assertEqual(err.count("\n"), 1)
 
+    def test_the_exported_generate_refuses_what_rnn_play_refuses(self):
+        target = os.path.join(self.tmp, "exported-checked")
+        self.assertEqual(play("second", "--checkpoint-dir", self.ck, "--export", target)[0], 0)
+        exported = tf.saved_model.load(target)
+
+        def generate(length=10, temperature=1.0):
+            return exported.generate(prime=tf.constant("the"), length=tf.constant(length),
+                                     temperature=tf.constant(temperature), seed=tf.constant(1, tf.int64))["text"]
+
+        self.assertEqual(len(generate().numpy()), 10)
+        for temperature in (0.0, -1.0, float("nan")):
+            with self.subTest(temperature=temperature), \
+                    self.assertRaisesRegex(tf.errors.InvalidArgumentError, "temperature must be > 0 \\(not NaN\\)"):
+                generate(temperature=temperature)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "length must be >= 0"):
+            generate(length=-1)
+
+    def test_an_export_that_fails_half_way_leaves_nothing(self):
+        parent = os.path.join(self.tmp, "exports")
+        target = os.path.join(parent, "new", "model")
+        full = OSError(errno.ENOSPC, "No space left on device")
+        with mock.patch.object(export.shutil, "copy", side_effect=full):  # after the SavedModel is written
+            code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", target)
+        self.assertEqual(code, 2)
+        self.assertRegex(err, r"^error: --export \S+/new/model: no space left on the disk \(nothing was written\); "
+                              r"free some space or choose a folder on another disk\n$")
+        self.assertFalse(os.path.exists(parent))  # nor the folders made for it
+        os.makedirs(target)  # an empty folder is written into, and kept when that fails
+        with mock.patch.object(export.tf.saved_model, "save", side_effect=PermissionError(13, "Permission denied")):
+            code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", target)
+        self.assertRegex(err, r"^error: --export \S+: cannot write \(Permission denied\); choose another folder")
+        self.assertEqual(os.listdir(parent), ["new"])
+        self.assertEqual(os.listdir(os.path.dirname(target)), ["model"])
+        self.assertEqual(os.listdir(target), [])
+
+    @unittest.skipUnless(CAN_MOUNT, "needs root and mount -t tmpfs for a real full disk")
+    def test_an_export_onto_a_full_disk_leaves_nothing(self):
+        disk = os.path.join(self.tmp, "small-disk")
+        with tmpfs(disk, "192k"):
+            code, _, err = play("second", "--checkpoint-dir", self.ck, "--export", os.path.join(disk, "model"))
+            self.assertEqual(code, 2, err)
+            self.assertRegex(err, r"^error: --export \S+/model: no space left on the disk .*\n$")
+            self.assertEqual(os.listdir(disk), [])
+
     def test_a_run_with_only_its_best_checkpoint_is_played_from_it(self):
         with tempfile.TemporaryDirectory() as tmp:
             quiet_train(tiny(tmp, run="young", max_steps=20))
@@ -82,11 +130,12 @@ class TestPlay(unittest.TestCase):
             code, out, err = play("--checkpoint-dir", os.path.join(tmp, "ck"), "-n", "30")
             self.assertEqual((code, len(out)), (0, 30), err)
 
-    def test_length_is_exact_and_the_newest_checkpoint_is_the_default(self):
+    def test_length_is_exact_and_the_newest_run_s_best_checkpoint_is_the_default(self):
         code, out, err = play("--checkpoint-dir", self.ck, "-n", "300", "--seed", "1")
         self.assertEqual(code, 0)
         self.assertEqual(len(out), 300)
-        self.assertIn(os.path.join("second", "ckpt-30"), err)
+        best = ckpts.latest(os.path.join(self.ck, "second", "best"))
+        self.assertIn(f"generating from {best} (the run's best by validation loss), seed 1\n", err)
 
     def test_same_seed_same_text_across_processes(self):
         args = ["first", "--checkpoint-dir", self.ck, "-n", "400", "--seed", "5", "--temperature", "1.5"]
@@ -116,7 +165,7 @@ class TestPlay(unittest.TestCase):
 
     def test_choosing_a_checkpoint(self):
         run_dir = os.path.join(self.ck, "first")
-        for spec, expected in (("first", "first/ckpt-10"), (run_dir, "first/ckpt-10"),
+        for spec, expected in (("first", "first/best/ckpt-10"), (run_dir, "first/best/ckpt-10"),
                                (os.path.join(self.ck, "second", "ckpt-20"), "second/ckpt-20"),
                                (os.path.join("second", "ckpt-20"), "second/ckpt-20"),  # under --checkpoint-dir
                                (os.path.join(self.ck, "second", "best"), "second/best/ckpt-")):
@@ -142,8 +191,10 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0, err)
         validation = dict(read_scalars(os.path.join(self.tmp, "log", "second", "validation")))
         loss, bits, accuracy = map(float, re.fullmatch(r"loss (\S+) nats/char  (\S+) bits/char  accuracy (\S+)%\n", out).groups())
-        self.assertAlmostEqual(loss, validation[training.LOSS][-1][1], places=4)  # step 30, the checkpoint played
-        self.assertAlmostEqual(accuracy / 100, validation[training.ACCURACY][-1][1], places=4)
+        best = ckpts.step_of(ckpts.latest(os.path.join(self.ck, "second", "best")))  # the checkpoint played
+        self.assertAlmostEqual(loss, dict(validation[training.LOSS])[best], places=4)
+        self.assertAlmostEqual(accuracy / 100, dict(validation[training.ACCURACY])[best], places=4)
+        self.assertIn(f"second/best/ckpt-{best} (the run's best by validation loss): ", err)
         self.assertAlmostEqual(bits, loss / np.log(2), places=3)
         self.assertIn(f"{len(corpus.valid) - 1:,} characters predicted, 0 of", err)
         write(held_out, "the cat sat on the ñat ü.\n")  # two characters the run never saw
@@ -151,6 +202,50 @@ class TestPlay(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("25 characters predicted, 2 of the text's 26 outside the run's vocabulary", err)
         self.assertEqual(play("second", "--checkpoint-dir", self.ck, "--eval", held_out, "--export", "x")[0], 2)
+
+    def test_eval_reads_standard_input_and_named_pipes(self):
+        text = "the cat sat on the log.\n" * 20
+        path = os.path.join(self.tmp, "eval-file.txt")
+        write(path, text)
+        code, expected, err = play("second", "--checkpoint-dir", self.ck, "--eval", path)
+        self.assertEqual(code, 0, err)
+        with mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode()))):
+            code, out, err = play("second", "--checkpoint-dir", self.ck, "--eval", "-")
+        self.assertEqual((code, out), (0, expected), err)
+        self.assertIn("scored - with ", err)
+        fifo = os.path.join(self.tmp, "eval-fifo")
+        os.mkfifo(fifo)
+        self.addCleanup(os.remove, fifo)
+        writer = threading.Thread(target=write, args=(fifo, text))
+        writer.start()
+        code, out, err = play("second", "--checkpoint-dir", self.ck, "--eval", fifo)
+        writer.join(60)
+        self.assertEqual((code, out), (0, expected), err)
+        for stdin, argv, message in ((b"", ["--eval", "-"], r"every file matched by 'standard input' was empty"),
+                                     (b"\xff\xfe", ["--eval", "-"], r"standard input: invalid UTF-8 at byte 0"),
+                                     (b"a", ["--eval", "-", "--prime-file", "-"], r"--eval - and --prime-file - both")):
+            with self.subTest(argv=argv), mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin))):
+                code, _, err = play("second", "--checkpoint-dir", self.ck, *argv)
+                self.assertEqual(code, 2)
+                self.assertRegex(err, f"^error: {message}.*\n$")
+
+    def test_long_priming_and_scoring_show_progress_on_a_terminal(self):
+        class Terminal(io.StringIO):
+            def isatty(self):
+                return True
+
+        path = os.path.join(self.tmp, "long.txt")
+        write(path, "the cat sat on the mat.\n" * 400)
+        for argv, shown in ((["--prime-file", path, "-n", "5"], "reading the prime:"),
+                            (["--eval", path], f"scoring {path}:")):
+            with self.subTest(argv=argv):
+                err = Terminal()
+                with mock.patch.object(rnn_play, "PROGRESS_DELAY", 0), contextlib.redirect_stderr(err), \
+                        contextlib.redirect_stdout(io.StringIO()):
+                    self.assertEqual(rnn_play.main(["second", "--checkpoint-dir", self.ck, *argv]), 0)
+                self.assertRegex(err.getvalue(), re.escape(shown) + r" +\d+%\|")
+                _, _, plain = play("second", "--checkpoint-dir", self.ck, *argv)  # not a terminal: no bar
+                self.assertNotIn(shown, plain)
 
     def test_prime_file(self):
         path = os.path.join(self.tmp, "prime.txt")
@@ -231,24 +326,77 @@ class TestConsole(unittest.TestCase):
         self.assertEqual(rnn_play.printable(["é", "€"], "cp1252"), "'é', '€'")
 
 
+def rotate(folder):
+    """What a run training with --keep 1 does to folder: its newest checkpoint saved 10 steps
+    later, the index rewritten, the old one deleted; returns the old step."""
+    step = ckpts.step_of(ckpts.latest(folder))
+    for path in Path(folder).glob(f"ckpt-{step}.*"):
+        shutil.copy(path, str(path).replace(f"ckpt-{step}", f"ckpt-{step + 10}"))
+    write(os.path.join(folder, "checkpoint"), f'model_checkpoint_path: "ckpt-{step + 10}"\n')
+    for path in Path(folder).glob(f"ckpt-{step}.*"):
+        path.unlink()
+    return step
+
+
 class LiveRunTest(RunCopyTest):
+    def play_while_rotated(self, spec, times, *flags):
+        """rnn_play.py spec, the checkpoint it picked rotated away `times` times just
+        before it is read; (exit code, stdout, stderr, the steps it picked)."""
+        restore, picked = ckpts.restore, []
+
+        def rotated_then_restored(checkpoint, prefix, **kwargs):
+            picked.append(ckpts.step_of(prefix))
+            if len(picked) <= times:
+                rotate(Path(prefix).parent)
+            return restore(checkpoint, prefix, **kwargs)
+
+        with mock.patch.object(ckpts, "restore", rotated_then_restored):
+            return *play(spec, "--checkpoint-dir", self.ck, *flags), picked
+
     def test_a_checkpoint_rotated_away_while_it_is_read_gives_way_to_the_newest(self):
         run_dir = self.copy()
-        resolve, seen = runs.resolve, []
-
-        def then_rotated(spec, checkpoint_dir):
-            found = resolve(spec, checkpoint_dir)
-            if not seen:  # a trainer with --keep 1 saves ckpt-30 and deletes ckpt-20 just after the index was read
-                for path in Path(run_dir).glob("ckpt-20.*"):
-                    shutil.copy(path, str(path).replace("ckpt-20", "ckpt-30"))
-                write(os.path.join(run_dir, "checkpoint"), 'model_checkpoint_path: "ckpt-30"\n')
-                for path in Path(run_dir).glob("ckpt-[12]0.*"):
-                    path.unlink()
-            seen.append(found[1])
-            return found
-
-        with mock.patch.object(runs, "resolve", then_rotated):
-            code, out, err = play("r", "--checkpoint-dir", self.ck, "-n", "10")
+        best = ckpts.step_of(ckpts.latest(os.path.join(run_dir, "best")))
+        code, out, err, picked = self.play_while_rotated("r", 3, "-n", "10")
         self.assertEqual((code, len(out)), (0, 10), err)
-        self.assertEqual([os.path.basename(p) for p in seen], ["ckpt-20", "ckpt-30"])
-        self.assertIn(os.path.join("r", "ckpt-30"), err)
+        self.assertEqual(picked, [best, best + 10, best + 20, best + 30])
+        self.assertIn(f"{run_dir}/best/ckpt-{best + 30} (the run's best", err)
+        shutil.rmtree(os.path.join(run_dir, "best"))  # the newest, when there is no best
+        held_out = os.path.join(self.tmp, "corpus", "part0.txt")
+        code, out, err, picked = self.play_while_rotated("r", 1, "--eval", held_out)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(picked, [20, 30])
+        self.assertIn(f"with {run_dir}/ckpt-30 (the run's newest: it has no best/ checkpoint): ", err)
+
+    def test_a_checkpoint_rotated_away_at_every_try_is_said_so(self):
+        run_dir = self.copy()
+        for spec in ("r", "r/ckpt-20"):
+            with self.subTest(spec=spec):
+                code, _, err, picked = self.play_while_rotated(spec, 100, "-n", "10")
+                self.assertEqual(code, 2)
+                self.assertRegex(err, r"^error: \S+/ckpt-\d+ was rotated away \(deleted by the run training into "
+                                      r"\S+/r, which keeps only its newest checkpoints\) while it was being read; "
+                                      r"try again.*\n$")
+                self.assertNotIn("damaged", err)
+                self.assertEqual(len(picked), runs.READ_TRIES if spec == "r" else 1)
+
+    def test_a_run_plays_from_its_best_checkpoint_and_resumes_from_its_newest(self):
+        run_dir = self.copy()
+        best = os.path.join(run_dir, "best")
+        for path in Path(best).glob("ckpt-*"):  # the best is now step 10, the newest step 20
+            path.unlink()
+        for path in Path(run_dir).glob("ckpt-10.*"):
+            shutil.copy(path, best)
+        write(os.path.join(best, "checkpoint"), 'model_checkpoint_path: "ckpt-10"\n')
+        held_out = os.path.join(self.tmp, "corpus", "part0.txt")
+        for flags in (["-n", "5"], ["--eval", held_out], ["--export", os.path.join(self.tmp, "exported")]):
+            with self.subTest(flags=flags):
+                code, _, err = play("r", "--checkpoint-dir", self.ck, *flags)
+                self.assertEqual(code, 0, err)
+                self.assertIn(f" {best}/ckpt-10 (the run's best by validation loss)", err)
+        for spec, read in (("r/ckpt-20", f"{run_dir}/ckpt-20, seed"), ("r/best", f"{best}/ckpt-10 (the run's best")):
+            code, _, err = play(spec, "--checkpoint-dir", self.ck, "-n", "5")
+            self.assertEqual(code, 0, err)
+            self.assertIn(f"generating from {read}", err)
+        with contextlib.redirect_stderr(io.StringIO()):
+            resumed = runs.open_run(self.cfg(), resume="r")
+        self.assertTrue(resumed.prefix.endswith(f"{os.sep}r{os.sep}ckpt-20"))

@@ -92,6 +92,28 @@ class RunFolderTest(RunCopyTest):
             code, out, err = play(os.path.join(disk, "r"), "-n", "5")  # generation writes nothing
             self.assertEqual((code, len(out)), (0, 5), err)
 
+    def test_a_new_run_is_not_refused_for_a_write_probe_in_its_log_folder(self):
+        # The chief of a multi-worker run probes its new log folder while the other
+        # worker checks that the run's name is free.
+        cfg = self.cfg(run="fresh")
+        write(os.path.join(cfg.log_dir, "fresh", ".write-test-abc"), "")
+        self.assertEqual(runs.open_run(cfg).name, "fresh")
+        write(os.path.join(cfg.log_dir, "fresh", "events.out"), "")  # a log: the name is taken
+        with self.assertRaisesRegex(UserError, r"log/fresh already exists; continue it with `--resume fresh`"):
+            runs.open_run(cfg)
+
+    def test_a_taken_name_whose_lock_is_held_is_left_to_the_lock(self):
+        # The chief holds the run's lock from the moment it creates the folders: what it
+        # writes then is not another run's, and a real other run is refused by the lock.
+        run_dir = self.copy()
+        with runs.RunLock(run_dir):
+            run = runs.open_run(self.cfg(run="r"))
+            with self.assertRaisesRegex(UserError, r"^\S+/r is being trained by pid \d+; wait for it"):
+                with run.claimed():
+                    pass
+        with self.assertRaisesRegex(UserError, r"/r already exists; continue it with `--resume r`"):
+            runs.open_run(self.cfg(run="r"))
+
     def test_the_saved_data_is_shown_before_it_is_read(self):
         self.copy()
         err = train_stderr(self.cfg(max_steps=20), resume="r", given={"max_steps"})

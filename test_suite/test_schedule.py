@@ -1,6 +1,7 @@
 """The learning-rate schedule, --max-time's plan (schedule.py), and AdamW (training.make_optimizer)."""
 
 import contextlib
+import io
 import math
 import os
 import signal
@@ -80,6 +81,19 @@ class LearningRateTest(unittest.TestCase):
                 rnn_train.parse(argv)
         for text, seconds in (("90s", 90), ("10m", 600), ("1h30m", 5400), ("2h", 7200), ("1.5m", 90)):
             self.assertEqual(rnn_train.parse(["--max-time", text])[0].max_seconds, seconds)
+
+    def test_a_warm_up_longer_than_the_run_is_warned_about(self):
+        def stderr_of(*argv):
+            err = io.StringIO()
+            with mock.patch.object(training, "train", return_value=0), contextlib.redirect_stderr(err):
+                self.assertEqual(rnn_train.main(list(argv)), 0)
+            return err.getvalue()
+
+        self.assertEqual(stderr_of("--warmup-steps", "1000", "--max-steps", "40", "--lr", "0.002"),
+                         "warning: --warmup-steps 1000 is longer than the run's 40 steps (--max-steps): the "
+                         "learning rate stops at 8e-05 and never reaches --lr 0.002; lower --warmup-steps\n")
+        self.assertEqual(stderr_of("--warmup-steps", "40", "--max-steps", "40"), "")
+        self.assertEqual(stderr_of("--warmup-steps", "1000"), "")  # --epochs: the steps follow from the corpus
 
 
 class BudgetTest(unittest.TestCase):
