@@ -752,8 +752,9 @@ def child_gpus(args):
 
 
 def child_gpu_cells(args):
-    """30 steps on one batch, learnt by heart, of each cell on the stock layers (cuDNN) in each
-    precision, fp16 with loss scaling: {"cell precision": first and last loss, or the error}."""
+    """30 steps of each cell on the stock layers (cuDNN) in each precision, fp16 with loss scaling,
+    on a text whose next character is the code after this one: {"cell precision": first and last
+    loss, or the error}."""
     import keras
     import numpy as np
     from charrnn.config import ModelConfig
@@ -761,7 +762,8 @@ def child_gpu_cells(args):
     from charrnn.precision import LossScale
     from charrnn.training import make_train_step
     import tensorflow as tf
-    data = np.random.default_rng(0).integers(0, VOCAB, (64, 65), dtype=np.int32)  # [B, T + 1]
+    starts = np.random.default_rng(0).integers(0, VOCAB, (64, 1))
+    data = ((starts + np.arange(65)) % VOCAB).astype(np.int32)  # [B, T + 1], each row counting up
     results = {}
     for cell in ("gru", "lstm", "rnn"):
         for precision in ("fp32", "bf16", "fp16"):
@@ -877,10 +879,11 @@ def gpu_speed(args):
 
 
 def gpu_cells():
-    """A row for each cell and precision: it must learn one batch (the loss falls)."""
+    """A row for each cell and precision: it must learn to count. The loss falls by 0.2 nats at least
+    (measured on a CPU at 1x32, 0.5 to 1.5 nats; a step that learns nothing moves it by about 0)."""
     for combination, r in run_child("gpu_cells").items():
-        learnt = "error" not in r and math.isfinite(r["last"]) and r["last"] < r["first"] - 0.05
-        detail = r.get("error") or f"loss {r['first']:.3f} -> {r['last']:.3f} in 30 steps on one batch"
+        learnt = "error" not in r and math.isfinite(r["last"]) and r["last"] < r["first"] - 0.2
+        detail = r.get("error") or f"loss {r['first']:.3f} -> {r['last']:.3f} in 30 steps"
         yield f"stock layers (cuDNN), {combination}", learnt, detail
 
 
