@@ -6,6 +6,7 @@ writes in a temporary folder: about 3 minutes on 2 cores.
 """
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -47,11 +48,17 @@ class NotebookTest(unittest.TestCase):
         import nbformat
         before = sorted(os.listdir(ROOT))
         with tempfile.TemporaryDirectory() as tmp:
+            # The kernel is this Python, whatever kernels the machine has registered (JUPYTER_PATH comes first).
+            kernel = Path(tmp, "kernels", "python3")
+            kernel.mkdir(parents=True)
+            (kernel / "kernel.json").write_text(json.dumps({
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3", "language": "python"}))
             executed = os.path.join(tmp, "executed.ipynb")
             done = subprocess.run(
                 [sys.executable, "-m", "papermill", str(NOTEBOOK), executed, "--cwd", str(NOTEBOOK.parent),
                  "-k", "python3", "-p", "MAX_TIME", "60s", "-p", "DATA", str(SONNETS), "-p", "WORKDIR", tmp],
-                capture_output=True, text=True, timeout=900)
+                capture_output=True, text=True, timeout=900, env={**os.environ, "JUPYTER_PATH": tmp})
             self.assertEqual(done.returncode, 0, done.stderr[-3000:])
             out = outputs_by_tag(nbformat.read(executed, as_version=4))
             self.assertIn("nothing to install", out["install"][0])
