@@ -884,7 +884,7 @@ def gpu_cells():
     for combination, r in run_child("gpu_cells").items():
         learnt = "error" not in r and math.isfinite(r["last"]) and r["last"] < r["first"] - 0.2
         detail = r.get("error") or f"loss {r['first']:.3f} -> {r['last']:.3f} in 30 steps"
-        yield f"stock layers (cuDNN), {combination}", learnt, detail
+        yield f"stock layers, {combination}", learnt, detail
 
 
 def report_gpu(args, matmul):
