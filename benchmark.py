@@ -6,6 +6,7 @@
     python3 benchmark.py train --precision fp32    # the training figures in fp32 only
     python3 benchmark.py precision --data input.txt  # validation loss after training in fp32 and in bf16
     python3 benchmark.py quality --data tinyshakespeare.txt   # the README's ten-minute command, its curve
+    python3 benchmark.py gpu              # the GPU path, checked (README: On a GPU)
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
 - corpus:   reading a 1 GB ASCII file with read_corpus (two streamed passes):
@@ -55,12 +56,21 @@
             replicas do the work of the one device's two row groups, plus the
             all-reduce and the gathered state: the ratio is the overhead of
             tf.distribute, not a speed-up. Not in the default set.
+- gpu:      on a machine with NVIDIA GPUs, checks in at most 8 minutes what had run
+            only on CPUs: each cell on the stock layers (cuDNN) in fp32, bf16 and
+            fp16; rnn_train.py there, --resume, the checkpoint played and resumed on
+            the CPU's fused kernels and back; generation; --distribute mirrored
+            over every GPU and over one; (a) and (b)'s training speed against
+            PyTorch's cuDNN nn.GRU when --peer-python has torch with CUDA. One
+            table; exit code 1 when a check fails. Without a GPU, one line, exit
+            code 0. Not in the default set.
 
 Throughput on a shared 2-core machine is noisy: each figure is the median of
 several windows after a warm-up, and ratios are best compared within one run.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -82,7 +92,8 @@ CONFIGS = {  # name: (model kwargs, batch, seqlen)
     "b": (dict(cell="gru", layers=2, units=256), 64, 64),
 }
 VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
-SECTIONS = ("text", "corpus", "memory", "matmul", "train", "peer", "generate", "precision", "quality", "distribute")
+SECTIONS = ("text", "corpus", "memory", "matmul", "train", "peer", "generate", "precision", "quality", "distribute",
+            "gpu")
 DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 
 
@@ -271,7 +282,8 @@ def child_peer(args):
     kwargs, batch, seqlen = CONFIGS[args.config]
     layers, units = kwargs["layers"], kwargs["units"]
     torch.manual_seed(0)
-    data = torch.randint(0, VOCAB, (16, seqlen + 1, batch))
+    device = args.device  # "cpu", or "cuda" for the gpu section
+    data = torch.randint(0, VOCAB, (16, seqlen + 1, batch), device=device)
 
     class Peer(torch.nn.Module):
         def __init__(self):
@@ -284,13 +296,13 @@ def child_peer(args):
             return self.readout(self.dropout(y)), h
 
     def make_step(precision):
-        model = Peer()
+        model = Peer().to(device)
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-        state = [torch.zeros(layers, batch, units), 0]
+        state = [torch.zeros(layers, batch, units, device=device), 0]
 
         def one_step():
             d = data[state[1] % len(data)]
-            with (torch.autocast("cpu", torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
+            with (torch.autocast(device, torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
                 logits, h = model(d[:-1], state[0])
                 loss = F.cross_entropy(logits.reshape(-1, VOCAB), d[1:].reshape(-1))
             state[0], state[1] = h.detach().float(), state[1] + 1  # the carried state stays fp32
@@ -504,7 +516,7 @@ def make_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help=f"what to measure, any of {', '.join(SECTIONS)}; corpus and memory write large files, peer "
-                        f"needs PyTorch and distribute measures tf.distribute's cost, so they run only when named (default: {' '.join(DEFAULT_SECTIONS)})")
+                        f"needs PyTorch, distribute measures tf.distribute's cost and gpu checks GPUs, so they run only when named (default: {' '.join(DEFAULT_SECTIONS)})")
     p.add_argument("--seconds", type=float, default=10, metavar="SECONDS",
                    help="length of each measuring window: longer windows average out a busy machine "
                         "(default: %(default)s)")
@@ -532,6 +544,7 @@ def make_parser():
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--config", default="a", choices=CONFIGS, help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     return p
 
 
@@ -556,7 +569,8 @@ def main():
                     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         print(json.dumps(globals()[f"child_{args.child}"](args)))
         return
-    print(f"machine: {os.cpu_count()} CPUs; each figure the median of {args.windows} windows of {args.seconds:g} s")
+    if args.sections != ["gpu"]:  # gpu prints its own table, or its one line without a GPU
+        print(f"machine: {os.cpu_count()} CPUs; each figure the median of {args.windows} windows of {args.seconds:g} s")
     matmul = {}  # GFLOP/s by precision: the FLOP bounds of train and peer
     for name in SECTIONS:
         if name == "matmul" and {"matmul", "train", "peer"} & set(args.sections):
@@ -721,6 +735,197 @@ def report_memory(args, matmul):
     print(f"memory: the peak grows by {(l['peak_mb'] - s['peak_mb']) * 2**20 / (large - small):.2f} bytes a byte of "
           f"text (the run on {small / 2**20:.0f} MB is TensorFlow and the model); validating every held-out "
           f"character moves the peak by {runs[2][1]['peak_mb'] - l['peak_mb']:+,.0f} MB")
+
+
+# ---------------------------------------------------------------- gpu: the GPU path, checked
+
+GPU_BUDGET_S = 8 * 60  # the whole check; what is left undone past it fails
+GPU_CHECK_FLAGS = ("--layers 2 --units 128 --seqlen 64 --batch-size 64 --validation tail --log-every 10 "
+                   "--val-every 20 --checkpoint-every 20 --sample-every 1000")
+
+
+def child_gpus(args):
+    import tensorflow as tf
+    details = [tf.config.experimental.get_device_details(g) for g in tf.config.list_physical_devices("GPU")]
+    return {"tensorflow": tf.__version__,
+            "gpus": [[d.get("device_name", "GPU"), d.get("compute_capability")] for d in details]}
+
+
+def child_gpu_cells(args):
+    """30 steps of each cell on the stock layers (cuDNN) in each precision, fp16 with loss scaling,
+    on a text whose next character is the code after this one: {"cell precision": first and last
+    loss, or the error}."""
+    import keras
+    import numpy as np
+    from charrnn.config import ModelConfig
+    from charrnn.model import CharRNN
+    from charrnn.precision import LossScale
+    from charrnn.training import make_train_step
+    import tensorflow as tf
+    starts = np.random.default_rng(0).integers(0, VOCAB, (64, 1))
+    data = ((starts + np.arange(65)) % VOCAB).astype(np.int32)  # [B, T + 1], each row counting up
+    results = {}
+    for cell in ("gru", "lstm", "rnn"):
+        for precision in ("fp32", "bf16", "fp16"):
+            try:
+                keras.utils.set_random_seed(0)
+                model = CharRNN(ModelConfig(vocab_size=VOCAB, cell=cell, layers=2, units=256), implementation="keras",
+                                precision=precision)
+                variables = list(model.named_variables().values())
+                states = [tf.Variable(s, trainable=False) for s in model.initial_states(64)]
+                step = make_train_step(model, keras.optimizers.Adam(3e-3), variables, states, clip_norm=5.0,
+                                       loss_scale=LossScale() if precision == "fp16" else None)
+                losses = [float(step(data[:, :-1], data[:, 1:])[0]) for _ in range(30)]
+                results[f"{cell} {precision}"] = {"first": losses[0], "last": losses[-1]}
+            except Exception as e:  # one failing combination must not hide the others
+                first_line = (str(e).strip().splitlines() or [""])[0][:160]
+                results[f"{cell} {precision}"] = {"error": f"{type(e).__name__}: {first_line}"}
+    return results
+
+
+@contextlib.contextmanager
+def visible_gpus(devices):
+    """CUDA_VISIBLE_DEVICES for the processes started inside: "" for none, "0" for the first."""
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
+def first_gpu():
+    """The first GPU this process may use, for CUDA_VISIBLE_DEVICES."""
+    return (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+
+
+def script(folder, *args):
+    """Run rnn_train.py or rnn_play.py (args[0]) in folder: (stdout, stderr); its error line on failure."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.join(here, args[0]), *map(str, args[1:])], cwd=folder,
+                         capture_output=True, text=True, timeout=240)
+    if out.returncode:
+        raise RuntimeError(f"{args[0]} exit {out.returncode}: " + (out.stderr.strip().splitlines() or [""])[-1][:200])
+    return out.stdout, out.stderr
+
+
+def eval_loss(stdout):
+    return float(stdout.split("loss ", 1)[1].split()[0])
+
+
+def gpu_end_to_end(tmp, text):
+    """The user's commands on the GPU, on the CPU's fused kernels and back: (check, ok, detail)s; raises on failure."""
+    flags = shlex.split(GPU_CHECK_FLAGS) + ["--data", text, "--run", "gpu"]
+    _, err = script(tmp, "rnn_train.py", *flags, "--max-steps", 40)
+    new_run = next((line for line in err.splitlines() if line.startswith("new run")), "")
+    yield "train on the GPU (auto: stock layers)", True, "precision " + new_run.rpartition(", precision ")[2]
+    script(tmp, "rnn_train.py", "--resume", "gpu", "--max-steps", 60)
+    yield "resume on the GPU", True, "steps 40 -> 60"
+    gpu_loss = eval_loss(script(tmp, "rnn_play.py", "gpu", "--eval", text)[0])
+    with visible_gpus(""):
+        cpu_loss = eval_loss(script(tmp, "rnn_play.py", "gpu", "--eval", text)[0])
+        sample = script(tmp, "rnn_play.py", "gpu", "-n", 300, "--seed", 0)[0]
+        if len(sample.strip()) < 200:
+            raise RuntimeError(f"the CPU wrote {len(sample.strip())} of 300 characters")
+        if abs(gpu_loss - cpu_loss) > 0.01:
+            raise RuntimeError(f"--eval {gpu_loss:.4f} on the GPU, {cpu_loss:.4f} on the CPU")
+        yield ("GPU checkpoint played on the CPU", True,
+               f"--eval {gpu_loss:.4f} GPU, {cpu_loss:.4f} CPU; 300 chars written")
+        script(tmp, "rnn_train.py", "--resume", "gpu", "--max-steps", 70, "--implementation", "fused")
+        yield "resumed on the CPU, fused kernels", True, "steps 60 -> 70"
+    script(tmp, "rnn_train.py", "--resume", "gpu", "--max-steps", 80)
+    yield "and back on the GPU", True, "steps 70 -> 80"
+    start = time.perf_counter()
+    sample = script(tmp, "rnn_play.py", "gpu", "-n", 2000, "--seed", 0)[0]
+    if len(sample.strip()) < 1500:
+        raise RuntimeError(f"the GPU wrote {len(sample.strip())} of 2000 characters")
+    seconds = time.perf_counter() - start
+    yield "generate on the GPU", True, f"2,000 chars in {seconds:.1f} s, TensorFlow's start included"
+
+
+def gpu_mirrored(text, gpus):
+    """--distribute mirrored on one GPU against no strategy (tensorflow#40421: it can keep the GRU off
+    cuDNN), and over every GPU, 64 rows each: (check, ok, detail)s."""
+    flags = f"{GPU_CHECK_FLAGS} --max-steps 60"
+    with visible_gpus(first_gpu()):
+        plain = train_command(text, flags)["chars_s"]
+        one = train_command(text, f"{flags} --distribute mirrored")["chars_s"]
+    yield "--distribute mirrored on 1 GPU", True, f"{one:,.0f} chars/s, x{one / plain:.2f} the speed without it"
+    if gpus > 1:
+        wide = flags.replace("--batch-size 64", f"--batch-size {64 * gpus}")
+        every = train_command(text, f"{wide} --distribute mirrored")["chars_s"]
+        yield f"--distribute mirrored over {gpus} GPUs", True, (f"{every:,.0f} chars/s at batch {64 * gpus}: "
+                                                                 f"x{every / one:.2f} the speed of 1 GPU at 64")
+
+
+def gpu_speed(args):
+    """Training chars/s at (a) and (b), stock layers on cuDNN, and PyTorch's cuDNN nn.GRU when importable."""
+    peer = not subprocess.run([args.peer_python, "-c", "import torch; assert torch.cuda.is_available()"],
+                              capture_output=True).returncode
+    for name, (kwargs, batch, seqlen) in CONFIGS.items():
+        ours = run_child("train", config=name, implementation="keras", precision="fp32,bf16", seconds=2, windows=3)
+        shape = f"({name}) GRU {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, batch {batch}"
+        detail = ", ".join(f"{p} {ours[p]['chars_s']:,.0f}" for p in ("fp32", "bf16"))
+        if peer:
+            theirs = run_child("peer", python=args.peer_python, config=name, precision="fp32,bf16", seconds=2,
+                               windows=3, device="cuda")
+            detail += "; PyTorch nn.GRU " + ", ".join(f"{p} {theirs[p]['chars_s']:,.0f} (ours x"
+                                                      f"{ours[p]['chars_s'] / theirs[p]['chars_s']:.2f})"
+                                                      for p in ("fp32", "bf16"))
+        yield f"train speed {shape}", True, detail + " chars/s" + ("" if peer else "; PyTorch with CUDA not importable")
+
+
+def gpu_cells():
+    """A row for each cell and precision: it must learn to count. The loss falls by 0.2 nats at least
+    (measured on a CPU at 1x32, 0.5 to 1.5 nats; a step that learns nothing moves it by about 0)."""
+    for combination, r in run_child("gpu_cells").items():
+        learnt = "error" not in r and math.isfinite(r["last"]) and r["last"] < r["first"] - 0.2
+        detail = r.get("error") or f"loss {r['first']:.3f} -> {r['last']:.3f} in 30 steps"
+        yield f"stock layers, {combination}", learnt, detail
+
+
+def report_gpu(args, matmul):
+    """Everything that had run only on CPUs, on this machine's GPUs: one table; exit 1 if a check failed."""
+    from charrnn import precision
+    found = run_child("gpus")
+    if not found["gpus"]:
+        print(f"gpu: no NVIDIA GPU visible to TensorFlow {found['tensorflow']}; nothing measured (a GPU machine "
+              f"needs `pip install tensorflow[and-cuda]=={found['tensorflow']}` and the NVIDIA driver)")
+        return
+    capabilities = [tuple(c) if c else None for _, c in found["gpus"]]
+    rows = [("GPUs", "ok", 0.0, ", ".join(f"{n} ({'.'.join(map(str, c)) if c else '?'})" for n, c in found["gpus"])),
+            ("--precision auto", "ok", 0.0, precision.resolve("auto", precision.cpu_flags(), capabilities).describe())]
+    deadline = time.perf_counter() + GPU_BUDGET_S
+    with tempfile.TemporaryDirectory() as tmp:
+        text = os.path.join(tmp, "text.txt")
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "walkthrough", "sonnets.txt")) as f:
+            sonnet = f.read()
+        with open(text, "w") as f:
+            f.write(sonnet * 30)  # about 200 KB: enough batches for short runs and their validation
+        stages = [("cells and precisions", gpu_cells), ("end to end", lambda: gpu_end_to_end(tmp, text)),
+                  ("mirrored", lambda: gpu_mirrored(text, len(found["gpus"]))), ("speed", lambda: gpu_speed(args))]
+        for stage, checks in stages:
+            start = time.perf_counter()
+            if start > deadline:
+                rows.append((stage, "FAIL", 0.0, f"not run: the {GPU_BUDGET_S // 60}-minute budget is spent"))
+                continue
+            try:
+                for name, ok, detail in checks():
+                    rows.append((name, "ok" if ok else "FAIL", time.perf_counter() - start, detail))
+                    start = time.perf_counter()
+            except (Exception, SystemExit) as e:  # run_child and train_command exit on a failed child
+                rows.append((stage, "FAIL", time.perf_counter() - start, str(e).strip().splitlines()[-1][:300]))
+    width = max(len(r[0]) for r in rows)
+    print(f"gpu: {'check':<{width}}  result  seconds  detail")
+    for name, result, seconds, detail in rows:
+        print(f"gpu: {name:<{width}}  {result:<6}  {seconds:7.1f}  {detail}")
+    failed = [r[0] for r in rows if r[1] == "FAIL"]
+    if failed:
+        sys.exit(f"gpu: {len(failed)} check{'s' * (len(failed) > 1)} failed: {', '.join(failed)}")
+
 
 if __name__ == "__main__":
     main()

@@ -10,10 +10,16 @@ Adam's slots, the carried state, the gate non-linearities, the loss and the
 softmax stay fp32. Only computation is cast, so a checkpoint holds the same
 fp32 variables in every precision and a run may resume in another one.
 
-`auto` picks bf16 where the hardware multiplies bf16 natively (a CPU with the
-amx_bf16 or avx512_bf16 flag, a GPU of compute capability 8.0 or more) and fp32
-elsewhere. Standard library only at import: resolve() is plain logic over the
-flags text and the capabilities, so it is tested without the hardware.
+`auto` on a CPU picks bf16 where it multiplies bf16 natively (the amx_bf16 or
+avx512_bf16 flag) and fp32 elsewhere. On a GPU it picks fp32, from the reports
+below, until a GPU run measures otherwise (`benchmark.py gpu`): the stock layers
+run there, on cuDNN, whose RNN kernels compute bf16 in fp32 (tensorflow PR
+#60108; bf16 element-wise kernels were missing on GPUs, tensorflow#59743), so
+bf16 only adds casts; Keras's RNN layers have failed under mixed_float16 with a
+carried state (keras#14047, #15140); and from compute capability 8.0 (Ampere)
+TensorFlow already multiplies fp32 as TF32 on the tensor cores by default.
+Standard library only at import: resolve() is plain logic over the flags text
+and the capabilities, so it is tested without the hardware.
 """
 
 from dataclasses import dataclass
@@ -24,7 +30,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the matmuls' dtype
 KERAS_POLICIES = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # the stock layers'
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of bf16 dot-product instructions
-NATIVE_BF16_GPU = (8, 0)  # Ampere and later: bf16 tensor cores
+NATIVE_BF16_GPU = (8, 0)  # Ampere and later: bf16 tensor cores, and TF32 for fp32 matmuls (TensorFlow's default)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ def resolve(requested, cpu_flags, gpu_capabilities):
         device = "this CPU"
         why_native = f"this CPU multiplies bf16 natively, {' and '.join(flags)}"
         why_not = f"this CPU has no native bf16 (no {' or '.join(NATIVE_BF16_CPU_FLAGS)} flag)"
+    if requested == "auto" and gpu_capabilities:
+        return Choice("fp32", f"auto: {gpu_auto_reason(native, shown)}")
     if requested == "auto":
         return Choice("bf16", f"auto: {why_native}") if native else Choice("fp32", f"auto: {why_not}")
     if requested == "fp32":
@@ -75,6 +83,16 @@ def resolve(requested, cpu_flags, gpu_capabilities):
     return Choice("bf16", f"as asked; emulated: {why_not}",
                   warning=f"warning: --precision bf16 on {device}, which has no native bf16: its matmuls are "
                           f"emulated and will be slower than fp32; --precision auto picks fp32 here")
+
+
+def gpu_auto_reason(tf32, shown):
+    """Why `auto` is fp32 on a GPU (see the module docstring), for the new-run line."""
+    if tf32:
+        return (f"on this GPU, compute capability {shown}, fp32 matmuls run as TF32 on the tensor cores, "
+                f"and cuDNN's RNN kernels compute bf16 in fp32 (tensorflow#60108)")
+    return (f"this GPU, compute capability {shown}, has no bf16 or TF32 tensor cores (they need 8.0), and "
+            f"Keras's RNN layers have failed under mixed_float16 with a carried state (keras#14047); "
+            f"--precision fp16 tries it")
 
 
 def cpu_flags(path="/proc/cpuinfo"):

@@ -55,12 +55,27 @@ class ResolveTest(unittest.TestCase):
             choice = resolve("auto", flags, [])
             self.assertEqual(choice.precision, "fp32", flags)
             self.assertIn("this CPU has no native bf16", choice.reason)
-        # A GPU decides when there is one, whatever the CPU.
-        self.assertEqual(resolve("auto", ZEN3, [(8, 0)]).precision, "bf16")
-        self.assertIn("compute capability 9.0", resolve("auto", ZEN3, [(9, 0)]).reason)
-        self.assertEqual(resolve("auto", ZEN4, [(7, 5)]).precision, "fp32")
-        self.assertEqual(resolve("auto", ZEN4, [None]).precision, "fp32")
         self.assertEqual(resolve("fp32", ZEN4, []).precision, "fp32")
+
+    def test_auto_picks_fp32_on_every_gpu_and_says_why(self):
+        # A GPU decides when there is one, whatever the CPU: cuDNN computes bf16 in fp32, and
+        # from 8.0 fp32 already runs as TF32 (precision.py's docstring has the reports).
+        for capability, shown in (((8, 0), "8.0"), ((8, 6), "8.6"), ((9, 0), "9.0"), ((12, 0), "12.0")):
+            choice = resolve("auto", SAPPHIRE_RAPIDS, [capability, (7, 0)])
+            self.assertEqual(choice.precision, "fp32", capability)
+            self.assertEqual(choice.warning, "")
+            self.assertIn(f"compute capability {shown}, fp32 matmuls run as TF32", choice.reason)
+            self.assertIn("tensorflow#60108", choice.reason)
+        for capability, shown in (((7, 5), "7.5"), ((7, 0), "7.0"), ((6, 1), "6.1"), (None, "unknown")):
+            choice = resolve("auto", ZEN4, [capability])
+            self.assertEqual(choice.precision, "fp32", capability)
+            self.assertIn(f"compute capability {shown}, has no bf16 or TF32 tensor cores", choice.reason)
+            self.assertIn("keras#14047", choice.reason)
+        self.assertTrue(resolve("auto", ZEN3, [(9, 0)]).describe().startswith("precision fp32 (auto: on this GPU"))
+        # Asked for, bf16 and fp16 still run on a GPU; bf16 below 8.0 with the emulation warning.
+        self.assertEqual(resolve("bf16", ZEN3, [(9, 0)]), precision.Choice(
+            "bf16", "as asked; this GPU multiplies bf16 natively, compute capability 9.0"))
+        self.assertEqual(resolve("fp16", ZEN3, [(8, 0)]).precision, "fp16")
 
     def test_bf16_without_native_support_runs_emulated_with_a_one_line_warning(self):
         choice = resolve("bf16", ZEN3, [])
