@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import sys
 
-from charrnn import schedule
+from charrnn import budget
 from charrnn.config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from charrnn.errors import UserError, safe_console
 from charrnn.precision import PRECISIONS
@@ -225,7 +225,7 @@ def parse(argv):
 
 
 def main(argv=None):
-    started = schedule.now()  # --max-time counts the start-up (TensorFlow's import) too
+    started = budget.now()  # --max-time counts the start-up (TensorFlow's import) too
     argv = sys.argv[1:] if argv is None else argv
     safe_console()
     try:

@@ -28,7 +28,7 @@ import numpy as np
 
 from charrnn import checkpoints as ckpts, precision
 import rnn_train
-from charrnn import training
+from charrnn import steps, training
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
 from charrnn.precision import LossScale, resolve
@@ -128,7 +128,7 @@ class NumericsTest(unittest.TestCase):
         for name, model, loss_scale in (("fp16", fp16, scale), ("fp32", fp32, None)):
             variables = list(model.named_variables().values())
             states = [tf.Variable(s) for s in model.initial_states(8)]
-            steps[name] = training.make_train_step(model, keras.optimizers.SGD(0.5), variables, states, 1e9,
+            steps[name] = steps.make_train_step(model, keras.optimizers.SGD(0.5), variables, states, 1e9,
                                                    loss_scale)
         start = {name: v.numpy() for name, v in fp16.named_variables().items()}
         skipped = 0
