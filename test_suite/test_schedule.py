@@ -169,6 +169,20 @@ class ResumeWithScheduleTest(unittest.TestCase):
         assert_same_run(self, *(ckpts.latest(os.path.join(self.tmp, "ck", run)) for run in ("old", "whole")))
 
 
+    def test_a_checkpoint_with_the_retired_counters_resumes(self):
+        # Earlier versions also saved epoch, batch and nonfinite (the first two follow from the step).
+        real = ckpts.training_checkpoint
+        with_counters = lambda model, optimizer, progress, states, *rest: real(
+            model, optimizer, {**progress, **{n: tf.Variable(7, dtype=tf.int64) for n in ckpts.RETIRED}}, states, *rest)
+        with mock.patch("charrnn.checkpoints.training_checkpoint", with_counters):
+            quiet_train(tiny(self.tmp, run="old", max_steps=10))
+        self.assertIn("progress/epoch/.ATTRIBUTES/VARIABLE_VALUE",
+                      checkpoint_tensors(ckpts.latest(os.path.join(self.tmp, "ck", "old")), "progress/"))
+        quiet_train(tiny(self.tmp, max_steps=20), resume="old", given={"max_steps"})
+        quiet_train(tiny(self.tmp, run="whole", max_steps=20))
+        assert_same_run(self, *(ckpts.latest(os.path.join(self.tmp, "ck", run)) for run in ("old", "whole")))
+
+
 class WeightDecayTest(unittest.TestCase):
     def test_adamw_shrinks_the_weight_matrices_alone_by_lr_times_decay(self):
         model = CharRNN(tiny_model_config(embedding=4), "fused")
