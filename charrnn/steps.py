@@ -78,12 +78,15 @@ def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=N
     replica and is called outside the scope; built without a strategy it is a plain call.
     A step whose loss, gradient or updated weights are not finite changes nothing: no
     weight, no optimizer slot, no state. It returns (loss, accuracy, finite) over the batch.
-    loss_scale: a precision.LossScale for fp16 (one device only), else None.
+    optimizer: built (make_optimizer builds it). loss_scale: a precision.LossScale for fp16
+    (one device only), else None.
     counter: an int64 variable the step adds one to (skipped steps too); learning_rate(step):
     the rate of the update that makes that step, set before it. window: a float64 [3]
     variable that sums the loss, the accuracy and the count of the finite steps, for the log;
     last: a float32 [2] variable, the step's loss and accuracy (NaN when it was skipped).
     """
+    if not optimizer.built:  # its slots must exist now: a non-finite step restores them
+        raise ValueError("build the optimizer on the variables first (make_optimizer does)")
     strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
     replicas = strategy.num_replicas_in_sync if strategy else 1
     if states[0].shape[0] % replicas:

@@ -41,7 +41,9 @@ class TrainStepTest(unittest.TestCase):
                 ids, y = random_ids(64, 6), random_ids(64, 6, seed=5)
                 states = [tf.Variable(s) for s in fused.initial_states(64)]
                 variables = list(fused.named_variables().values())
-                step = steps.make_train_step(fused, keras.optimizers.Adam(1e-2), variables, states, clip_norm=5.0)
+                adam = keras.optimizers.Adam(1e-2)
+                adam.build(variables)
+                step = steps.make_train_step(fused, adam, variables, states, clip_norm=5.0)
                 reference, optimizer = list(stock.named_variables().values()), keras.optimizers.Adam(1e-2)
                 stock_states = stock.initial_states(64)
                 for _ in range(2):
