@@ -119,24 +119,6 @@ def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=N
     def local(value):  # this process's first replica's; every replica holds the same after the all-reduce
         return strategy.experimental_local_results(value)[0] if strategy else value
 
-    def apply(grads, new_states):
-        before = [tf.identity(v) for v in kept]  # weights, Adam's slots and counters
-        optimizer.apply([local(g) for g in grads], variables)  # reduced already: applied to every copy as is
-        # A finite gradient can still overflow a weight (a huge learning rate): undo it all then.
-        applied = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
-
-        def keep():
-            for s, new in zip(states, new_states):
-                s.assign(new)  # with a strategy, each device's copy from its own replica's gathered rows
-            return tf.constant(True)
-
-        def undo():
-            for v, old in zip(kept, before):
-                v.assign(old)
-            return tf.constant(False)
-
-        return tf.cond(applied, keep, undo)
-
     @tf.function(reduce_retracing=True)
     def train_step(x, y):  # x, y: [B, T] int
         if strategy and tf.distribute.in_cross_replica_context():
@@ -146,7 +128,8 @@ def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=N
         if counter is not None:
             counter.assign_add(1)
             optimizer.learning_rate.assign(learning_rate(counter))
-        finite = tf.cond(finite, lambda: apply(grads, new_states), lambda: tf.constant(False))
+        update = lambda: _update(optimizer, variables, kept, [local(g) for g in grads], states, new_states)
+        finite = tf.cond(finite, update, lambda: tf.constant(False))
         if loss_scale:
             loss_scale.update(finite)
         if window is not None:
@@ -156,6 +139,28 @@ def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=N
         return loss, accuracy, finite
 
     return train_step
+
+
+def _update(optimizer, variables, kept, grads, states, new_states):
+    """Apply the gradients (reduced already: applied to every copy as is) and take the new
+    states; when a weight comes out non-finite, undo it all (kept: the weights, Adam's slots
+    and counters). Returns whether the update was kept."""
+    before = [tf.identity(v) for v in kept]
+    optimizer.apply(grads, variables)
+    # A finite gradient can still overflow a weight (a huge learning rate).
+    applied = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+
+    def keep():
+        for s, new in zip(states, new_states):
+            s.assign(new)  # with a strategy, each device's copy from its own replica's gathered rows
+        return tf.constant(True)
+
+    def undo():
+        for v, old in zip(kept, before):
+            v.assign(old)
+        return tf.constant(False)
+
+    return tf.cond(applied, keep, undo)
 
 
 def make_validate(model, seqlen, max_chars=0):
