@@ -184,29 +184,22 @@ def child_matmul(args):
 
 
 def child_train(args):
-    import keras
+    import dataclasses
+
     import numpy as np
-    import tensorflow as tf
-    from charrnn.config import ModelConfig
-    from charrnn.model import CharRNN
-    from charrnn.training import make_train_step
+    from charrnn.config import TrainConfig
+    from charrnn.trainer import Trainer
     kwargs, batch, seqlen = CONFIGS[args.config]
-    config = ModelConfig(vocab_size=VOCAB, **kwargs)
+    cfg = TrainConfig(**kwargs, batch_size=batch, seqlen=seqlen, implementation=args.implementation)
     data = np.random.default_rng(0).integers(0, VOCAB, (16, batch, seqlen + 1), dtype=np.int32)
 
     def make_step(precision):
-        model = CharRNN(config, implementation=args.implementation, precision=precision)
-        variables = list(model.named_variables().values())
-        optimizer = keras.optimizers.Adam(1e-3)
-        optimizer.build(variables)
-        states = [tf.Variable(s, trainable=False) for s in model.initial_states(batch)]
-        step = make_train_step(model, optimizer, variables, states, clip_norm=5.0)
+        trainer = Trainer(cfg.model_config(VOCAB), dataclasses.replace(cfg, precision=precision))  # rnn_train.py's
         i = iter(range(1 << 60))
 
         def one_step():
             d = data[next(i) % len(data)]
-            loss, _, _ = step(d[:, :-1], d[:, 1:])
-            float(loss)
+            trainer.train_step(d[:, :-1], d[:, 1:])
             return batch * seqlen
 
         for _ in range(3):
@@ -226,35 +219,25 @@ def interleaved(steps, args):
 
 
 def child_distribute(args):
-    import keras
     import numpy as np
-    import tensorflow as tf
     from charrnn import distribute
-    from charrnn.config import ModelConfig
-    from charrnn.model import CharRNN
-    from charrnn.training import make_train_step
+    from charrnn.config import TrainConfig
+    from charrnn.trainer import Trainer
     kwargs, batch, seqlen = CONFIGS["b"]
-    config = ModelConfig(vocab_size=VOCAB, **kwargs)
+    cfg = TrainConfig(**kwargs, batch_size=batch, seqlen=seqlen, implementation="fused", precision="fp32")
     strategy = distribute.make_strategy("mirrored")
 
-    def build(scope, make_step):
+    def build(scope):
         with scope:
-            model = CharRNN(config, implementation="fused")
-            variables = list(model.named_variables().values())
-            optimizer = keras.optimizers.Adam(1e-3)
-            optimizer.build(variables)
-            states = [tf.Variable(s, trainable=False) for s in model.initial_states(batch)]
-            return make_step(model, optimizer, variables, states, clip_norm=5.0)
+            return Trainer(cfg.model_config(VOCAB), cfg)  # rnn_train.py's setup, its step per replica in a scope
 
-    steps = {"one": build(distribute.scope(None), make_train_step),
-             "two": build(strategy.scope(), distribute.make_distributed_train_step)}
+    steps = {"one": build(distribute.scope(None)), "two": build(strategy.scope())}
     data = np.random.default_rng(0).integers(0, VOCAB, (16, batch, seqlen + 1), dtype=np.int32)
     i = iter(range(1 << 60))
 
-    def one_step(step):
+    def one_step(trainer):
         d = data[next(i) % len(data)]
-        loss, _, _ = step(d[:, :-1], d[:, 1:])
-        float(loss)
+        trainer.train_step(d[:, :-1], d[:, 1:])
         return batch * seqlen
 
     for step in steps.values():

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import sys
 
-from charrnn import schedule
+from charrnn import budget
 from charrnn.cli import ArgumentParser
 from charrnn.config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
 from charrnn.errors import UserError, safe_console
@@ -234,7 +234,7 @@ def warn_about(cfg):
 
 
 def main(argv=None):
-    started = schedule.now()  # --max-time counts the start-up (TensorFlow's import) too
+    started = budget.now()  # --max-time counts the start-up (TensorFlow's import) too
     argv = sys.argv[1:] if argv is None else argv
     safe_console()
     try:

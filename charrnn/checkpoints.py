@@ -44,6 +44,7 @@ PREFIX = "ckpt"
 # so that no checkpoint holds NaN or Inf.
 NOT_VALIDATED = float(np.finfo(np.float64).max)
 VOCABULARY = "vocabulary/sha256/.ATTRIBUTES/VARIABLE_VALUE"  # absent from checkpoints of earlier versions
+RETIRED = ("epoch", "batch", "nonfinite")  # progress counters of earlier versions: epoch and batch follow from the step
 
 _NAME = re.compile(PREFIX + r"-(\d+)")
 _BUNDLE_FILE = re.compile(PREFIX + r"-(\d+)\.(index|data-\d+-of-\d+)")
@@ -62,7 +63,7 @@ def training_checkpoint(model, optimizer, progress, states, vocabulary):
              a checkpoint written by the CPU kernels loads into cuDNN layers;
     rng:     the dropout seed generators' states (save_weights misses them);
     optimizer: Adam's slots and iteration count;
-    progress:  step, epoch, batch position, counters (dict of tf.Variable);
+    progress:  the step, the best validation loss, the run's clock (dict of tf.Variable);
     state:     the RNN state carried into the next batch;
     vocabulary: the fingerprint (Vocabulary.fingerprint, hex) of the vocabulary the
                rows of the weights stand for, checked against vocab.json on loading;
@@ -372,7 +373,7 @@ def verify_files(prefix):
     return reader
 
 
-def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=None):
+def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=None, optional=()):
     """Restore every object of `checkpoint` from `prefix`; a partial restore is an error.
 
     extra_ok: the file may hold sections that `checkpoint` does not ask for
@@ -381,6 +382,8 @@ def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=No
     model does not have are an error, not ignored.
     vocabulary: (fingerprint, vocab file) that the checkpoint's recorded
     vocabulary must match; a checkpoint written before fingerprints has none.
+    optional: progress entries that an earlier version's checkpoint may lack (they keep
+    their values); the counters of RETIRED that it may hold are read and dropped.
     """
     reader = verify_files(prefix)
     saved = set(reader.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
@@ -390,8 +393,13 @@ def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=No
             raise UserError(f"{vocab_file} is not the vocabulary {prefix} was trained with (other characters, "
                             f"or another order); restore the run's vocab.json from a backup")
     sections = tf.train.TrackableView(checkpoint).children(checkpoint)
-    if "vocabulary" in sections and VOCABULARY not in saved:  # written by an earlier version
-        checkpoint = tf.train.Checkpoint(**{k: v for k, v in sections.items() if k not in ("vocabulary", "save_counter")})
+    kept = {k: v for k, v in sections.items() if k != "save_counter"}
+    if "vocabulary" in kept and VOCABULARY not in saved:  # written by an earlier version
+        del kept["vocabulary"]
+    if "progress" in kept:
+        kept["progress"] = _progress_saved(kept["progress"], saved, optional)
+    if any(kept.get(k) is not v for k, v in sections.items() if k != "save_counter"):
+        checkpoint = tf.train.Checkpoint(**kept)
     for name, section in sections.items() if extra_ok else ():  # the sections asked for are used whole
         expected = {f"{name}/{key}" for key in _variable_keys(section)}
         unused = sorted(k.split("/.ATTRIBUTES")[0].replace(".S", "/") for k in saved
@@ -410,6 +418,19 @@ def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=No
         raise UserError(f"{prefix} does not match this {what}: {first_line(e)[:300]}") from None
     except (tf.errors.OpError, ValueError) as e:
         raise UserError(f"{prefix} cannot be restored ({first_line(e)[:300]})") from None
+
+
+def _progress_saved(progress, saved, optional):
+    """The progress section as `saved` holds it: without the optional entries it lacks,
+    with stand-ins for the retired counters it has; the section itself when it matches."""
+    entries = tf.train.TrackableView(progress).children(progress)
+    key = "progress/{}/.ATTRIBUTES/VARIABLE_VALUE".format
+    missing = {name for name in optional if key(name) not in saved}
+    retired = [name for name in RETIRED if key(name) in saved and name not in entries]
+    if not missing and not retired:
+        return progress
+    return tf.train.Checkpoint(**{name: v for name, v in entries.items() if name not in missing},
+                               **{name: tf.Variable(0, dtype=tf.int64) for name in retired})
 
 
 def _variable_keys(trackable, view=None):

@@ -165,7 +165,8 @@ class TrainConfig:
             value, kind = getattr(self, f.name), _KINDS.get(f.type)
             if kind is not None and not kind[0](value):
                 raise UserError(f"{flag(f.name)} must be {kind[1]} (got {value!r})")
-        for name, choices in (("cell", CELLS), ("implementation", IMPLEMENTATIONS), ("validation", VALIDATION_SPLITS)):
+        for name, choices in (("cell", CELLS), ("implementation", IMPLEMENTATIONS), ("validation", VALIDATION_SPLITS),
+                              ("distribute", DISTRIBUTE), ("decay", DECAYS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{flag(name)} must be one of {', '.join(choices)} (got {getattr(self, name)!r})")
         positive = ["layers", "units", "seqlen", "batch_size", "epochs", "val_every", "sample_every",
@@ -181,19 +182,15 @@ class TrainConfig:
                             "at least one character)")
         if not 0 <= self.seed < 2 ** 32:
             raise UserError(f"--seed must be in [0, 2**32) (got {self.seed})")
-        for name in ("dropout", "weight_drop"):
-            if not 0 <= getattr(self, name) < 1:
+        for name in ("dropout", "weight_drop"):  # the rule of ModelConfig, which would name no flag
+            if not _is_rate(getattr(self, name)):
                 raise UserError(f"{flag(name)} must be in [0, 1) (got {getattr(self, name)})")
         if not self.lr > 0 or not self.clip_norm > 0:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
-        if self.distribute not in DISTRIBUTE:
-            raise UserError(f"--distribute must be one of {', '.join(DISTRIBUTE)} (got {self.distribute!r})")
         try:  # the vocabulary is not known yet: the smallest one, so no model that fits is refused
             self.model_config(max(self.max_vocab, 2)).check_fits(TRAINING_COPIES)
         except ValueError as e:
             raise UserError(f"--layers {self.layers} --units {self.units}: {e}; choose a smaller model") from None
-        if self.decay not in DECAYS:
-            raise UserError(f"--decay must be one of {', '.join(DECAYS)} (got {self.decay!r})")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio})")
         if not 0 <= self.weight_decay < 1:

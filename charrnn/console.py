@@ -62,7 +62,6 @@ class Console:
         """total_steps: None while unknown (a --max-time run before its plan); see set_total."""
         self.total, self.step, self.start_step = total_steps, start_step, start_step
         self.chars_per_step = chars_per_step
-        self.window = Window(0.0, 0.0, 0.0, 0)
         self.window_chars, self.window_start = 0, time.perf_counter()
         self.started = time.perf_counter()
         self.speed = None     # smoothed chars/s
@@ -99,24 +98,20 @@ class Console:
         tqdm.write(text, file=sys.stdout)
         sys.stdout.flush()
 
-    def advance(self, step, loss):
-        """One step done; loss: (loss, accuracy), or None for a skipped step."""
+    def advance(self, step):
+        """One step done."""
         self.step = step
         self.window_chars += self.chars_per_step
-        if loss is not None:
-            w = self.window
-            w.loss, w.accuracy, w.steps = w.loss + loss[0], w.accuracy + loss[1], w.steps + 1
         if not self.plain:
             self.bar.postfix[0] = self.postfix()
             self.bar.update(1)
 
-    def log_window(self):
-        """Close the current window: show it, and return it averaged for the logs."""
+    def log_window(self, loss, accuracy, steps):
+        """Close the current window, whose finite steps had this mean loss and accuracy:
+        show it, and return it for the logs."""
         now = time.perf_counter()
-        w = self.window
-        window = Window(w.loss / w.steps, w.accuracy / w.steps, self.window_chars / max(now - self.window_start, 1e-9),
-                        w.steps)
-        self.window, self.window_chars, self.window_start = Window(0.0, 0.0, 0.0, 0), 0, now
+        window = Window(loss, accuracy, self.window_chars / max(now - self.window_start, 1e-9), steps)
+        self.window_chars, self.window_start = 0, now
         # The first window of a process includes compiling the step: its speed is shown,
         # but the smoothed speed and the estimate of the run's duration start after it.
         self.windows += 1
@@ -174,6 +169,7 @@ class Console:
 
     def summary(self, trainer, run, total_steps):
         """What the run reached and what to run next."""
+        from charrnn.checkpoints import step_of  # here: the console itself runs without TensorFlow
         elapsed = time.perf_counter() - self.started
         speed = (self.step - self.start_step) * self.chars_per_step / max(elapsed, 1e-9)
         lines = [f"done: step {self.step} of {total_steps} in {format_duration(elapsed)}, {speed:,.0f} chars/s"]
@@ -184,14 +180,14 @@ class Console:
             lines.append(f"  training loss    {nats(trainer.last_loss[0])}, the last step")
         best = trainer.best_val_loss
         if best is not None and trainer.best.latest:
-            lines.append(f"  best validation  {nats(best)} at step {trainer.best.latest.rsplit('-', 1)[-1]}")
+            lines.append(f"  best validation  {nats(best)} at step {step_of(trainer.best.latest)}")
             lines.append(f"  best checkpoint  {trainer.best.latest}")
         lines.append(f"  generate text    {command('rnn_play.py', run.name, *self._checkpoint_dir_flag(run))}")
         lines.append(f"  see the curves   {tensorboard_command(run.config.log_dir)}")
         print("\n".join(lines), file=sys.stderr)
 
     def interrupted(self, signum, trainer, run):
-        saved = f"; checkpoint {trainer.latest.latest}" if trainer.latest.latest else ""
+        saved = f"; checkpoint {trainer.recent.latest}" if trainer.recent.latest else ""
         log_dir = () if run.config.log_dir == "log" else ("--log-dir", run.config.log_dir)  # not saved with the run
         resume = command("rnn_train.py", "--resume", run.name, *self._checkpoint_dir_flag(run), *log_dir)
         print(f"\ninterrupted by signal {signum} at step {self.step}{saved}\n"

@@ -9,28 +9,10 @@
                                      gets a WorkerRun: it reads the run, writes only to a scratch folder
                                      (killed workers' are removed: remove_dead_scratch)
     note_replicas(run)               a line when a checkpoint resumes with another replica count
-    make_distributed_train_step      training.make_train_step over the replicas, same contract
 
-How a step divides the work. Every replica receives the whole global batch
-[B, T] and takes its own rows: replica r of R reads rows [r·B/R, (r+1)·B/R) of
-the batch and of the carried state. The state stays what it is on one device, one
-[B, S] variable per layer (mirrored: every device holds all rows); after a step
-the replicas' new rows are gathered in replica order and every copy takes all of
-them. So row i of the text continues row i of the state whatever the replica
-count, a checkpoint holds the same tensors as a single-device run's (it plays in
-rnn_play.py on one CPU), and a run resumed with another replica count simply
-cuts the same state into other slices.
-
-The loss of a replica is the mean over its rows. Its gradients are summed over
-the replicas in one all-reduce and divided by R, which is the gradient of the
-mean over the global batch (every replica has B/R rows), then clipped by their
-global norm, as on one device. Keras 3's optimizer, when `apply` runs in a
-replica context, sums the gradients across replicas itself, and cannot be told
-not to. So `apply` runs after strategy.run, outside strategy.scope(), on the
-reduced gradient of this process's first replica (every replica holds the same):
-there Keras reduces nothing and writes the update into every device's copy of
-each variable. (In cross-replica context inside the scope, Keras would make a
-merge_call, which only a replica context can: the step refuses to run there.)
+The training step itself is steps.make_train_step: built under strategy.scope(),
+it runs on every replica, each on its own rows of the batch and of the carried
+state (its docstring says how the work divides).
 
 Dropout draws its masks from a seed generator whose state is a mirrored
 variable: every replica advances its own copy alike, and folds its replica id
@@ -227,6 +209,7 @@ class NoCheckpoints:
     """A non-chief worker's stand-in for checkpoints.Manager: saves nothing, knows none."""
 
     latest = None
+    steps = []
 
     def save(self, step):
         return None
@@ -246,81 +229,3 @@ def note_replicas(run):
               f"the carried state is re-split by rows, {run.config.batch_size // run.replicas} per replica (each "
               f"row keeps its state, the global batch is unchanged); the steps round differently from here than "
               f"with {before} (reduction order, dropout masks)", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- the training step
-
-def state_rows(states, first, rows):
-    """A replica's rows [first, first + rows) of each carried state [B, S]."""
-    return [_rows(s, first, rows) for s in states]
-
-
-def _rows(tensor, first, rows):
-    return tf.slice(tensor, [first, 0], [rows, tensor.shape[1] or -1])  # [rows, ...], static when known
-
-
-def make_distributed_train_step(model, optimizer, variables, states, clip_norm):
-    """training.make_train_step over the replicas of the strategy in scope.
-
-    The same contract: step(x, y) on a global batch [B, T] returns (loss, accuracy,
-    finite), the loss and accuracy over the whole batch, and a step whose loss,
-    gradient or updated weights are not finite changes nothing: no weight, no
-    optimizer slot, no state.
-    Build it inside strategy.scope(), with the variables made there; call it outside.
-    """
-    strategy = tf.distribute.get_strategy()
-    replicas, batch = strategy.num_replicas_in_sync, states[0].shape[0]
-    if batch % replicas:
-        raise ValueError(f"a batch of {batch} rows does not divide among {replicas} replicas")
-    rows = batch // replicas
-    if not optimizer.built:
-        optimizer.build(variables)
-    kept = list(variables) + list(optimizer.variables)  # what a step may change, states aside
-
-    def replica_step(x, y):  # x, y: [B, T], the whole batch, on every replica
-        context = tf.distribute.get_replica_context()
-        first = context.replica_id_in_sync_group * rows
-        x, y = _rows(x, first, rows), _rows(y, first, rows)  # [B/R, T]
-        with tf.GradientTape() as tape:
-            logits, new_states = model(x, state_rows(states, first, rows), training=True)  # [B/R, T, V]
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]  # dense, as on one device
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32))
-        # One all-reduce for everything: the means over the global batch.
-        loss, accuracy, *grads = [t / replicas for t in
-                                  context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, accuracy, *grads])]
-        grads, norm = tf.clip_by_global_norm(grads, clip_norm)
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
-        new_states = context.all_gather(new_states, axis=0)  # [B, S] each: every replica's rows, in order
-        return loss, accuracy, finite, grads, new_states
-
-    @tf.function(reduce_retracing=True)
-    def train_step(x, y):  # x, y: [B, T] int
-        if tf.distribute.in_cross_replica_context():
-            raise RuntimeError("call the distributed training step outside strategy.scope()")
-        loss, accuracy, finite, grads, new_states = strategy.run(replica_step, args=(x, y))
-
-        def local(value):  # this process's first replica's; every replica holds the same after the all-reduce
-            return strategy.experimental_local_results(value)[0]
-
-        def apply():
-            before = [tf.identity(v) for v in kept]
-            optimizer.apply([local(g) for g in grads], variables)  # reduced already: applied to every copy as is
-            applied = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
-
-            def keep():
-                for s, new in zip(states, new_states):
-                    s.assign(new)  # each device's copy from its own replica's gathered rows
-                return tf.constant(True)
-
-            def undo():  # as training.make_train_step: an update that overflowed a weight is undone
-                for v, old in zip(kept, before):
-                    v.assign(old)
-                return tf.constant(False)
-
-            return tf.cond(applied, keep, undo)
-
-        finite = tf.cond(local(finite), apply, lambda: tf.constant(False))
-        return local(loss), local(accuracy), finite
-
-    return train_step

@@ -34,9 +34,9 @@ class TestProgressBar(unittest.TestCase):
                 mock.patch("tqdm.std.tqdm.write"), Console(total, 0, 6000) as console:
             console.bar.mininterval = 0  # draw every step
             for step in range(1, steps + 1):
-                console.advance(step, (4.0 - step / total, 0.3))
+                console.advance(step)
                 if step % 10 == 0:
-                    console.log_window()
+                    console.log_window(4.0 - (step - 4.5) / total, 0.3, 10)  # the mean over the last 10 steps
                 if step == 50:
                     console.validated(step, 2.5, 0.4, best=True)
         return terminal.frames()

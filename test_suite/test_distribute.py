@@ -25,7 +25,7 @@ from unittest import mock
 import keras
 import numpy as np
 
-from charrnn import checkpoints as ckpts, distribute, runs
+from charrnn import checkpoints as ckpts, distribute, runs, steps
 import rnn_train
 from charrnn import training
 from charrnn.model import CharRNN
@@ -51,16 +51,16 @@ from charrnn import tf_setup
 with tf_setup.starting_tensorflow() as tf:  # before TensorFlow starts: two logical CPU devices
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from charrnn import distribute, model, training
+from charrnn import distribute, model, steps, training
 from charrnn.config import TrainConfig
 from charrnn.errors import UserError
 
 base = json.loads(sys.argv[1])
-rows = distribute.state_rows
+rows = steps.state_rows
 faults = {"swapped": lambda states, first, n: rows(states, n - first, n),  # the other replica's rows
           "dropped": lambda states, first, n: [tf.zeros_like(s) for s in rows(states, first, n)]}
 for run, kind in (("one", "none"), ("two", "mirrored"), ("swapped", "mirrored"), ("dropped", "mirrored")):
-    with mock.patch.object(distribute, "state_rows", faults.get(run, rows)), \\
+    with mock.patch.object(steps, "state_rows", faults.get(run, rows)), \\
             contextlib.redirect_stdout(io.StringIO()):
         training.train(TrainConfig(**base, run=run, distribute=kind), strategy=distribute.make_strategy(kind))
 result = {}
@@ -159,11 +159,16 @@ class OneDeviceTest(unittest.TestCase):
         self.assertIsNone(distribute.make_strategy("none"))
         with tempfile.TemporaryDirectory() as tmp:
             for run, kind in (("one", "none"), ("mirrored", "mirrored")):
-                with mock.patch.object(distribute, "make_distributed_train_step",
-                                       wraps=distribute.make_distributed_train_step) as distributed:
+                scoped, build = [], steps.make_train_step
+
+                def built_with(*args, **kwargs):  # whether a strategy was in scope when the step was built
+                    scoped.append(tf.distribute.has_strategy())
+                    return build(*args, **kwargs)
+
+                with mock.patch.object(steps, "make_train_step", built_with):
                     quiet_train(tiny(tmp, run=run, distribute=kind, sample_every=1000),
                                 strategy=distribute.make_strategy(kind))
-                self.assertEqual(distributed.call_count, kind != "none")  # the default builds no strategy
+                self.assertEqual(scoped, [kind != "none"])  # the default builds no strategy
             one = ckpts.latest(os.path.join(tmp, "ck", "one"))
             mirrored = ckpts.latest(os.path.join(tmp, "ck", "mirrored"))
             self.assertTrue(one.endswith("ckpt-20") and mirrored.endswith("ckpt-20"))
@@ -182,7 +187,7 @@ class OneDeviceTest(unittest.TestCase):
             optimizer = keras.optimizers.Adam(1e-2)
             optimizer.build(variables)
             states = [tf.Variable(s) for s in random_states(model, 4)]
-            step = distribute.make_distributed_train_step(model, optimizer, variables, states, clip_norm=5.0)
+            step = steps.make_train_step(model, optimizer, variables, states, clip_norm=5.0)
         x, y = random_ids(4, 6), random_ids(4, 6, seed=5)
         self.assertTrue(bool(step(x, y)[2]))
         variables[0].assign(tf.fill(variables[0].shape, float("nan")))

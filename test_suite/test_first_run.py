@@ -167,7 +167,7 @@ class UntrainedRunTest(RunCopyTest):
     def test_a_run_that_trained_no_step_is_never_the_newest(self):
         self.copy("trained")  # step 20, its files from a few seconds ago
         later = itertools.count(0, 100).__next__  # each reading of the clock 100 s on: spent before a step
-        with mock.patch("charrnn.schedule.now", later):
+        with mock.patch("charrnn.budget.now", later):
             quiet_train(self.cfg(run="late", max_steps=0, max_time="30s"))
         self.assertTrue(checkpoints.latest(os.path.join(self.ck, "late")).endswith("ckpt-0"))  # what it left
         self.assertEqual(runs.newest_run(self.ck).name, "trained")

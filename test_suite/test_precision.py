@@ -28,7 +28,7 @@ import numpy as np
 
 from charrnn import checkpoints as ckpts, precision
 import rnn_train
-from charrnn import training
+from charrnn import steps, training
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
 from charrnn.precision import LossScale, resolve
@@ -139,17 +139,18 @@ class NumericsTest(unittest.TestCase):
         copy_weights(fp32, fp16)
         ids, y = random_ids(8, 6), random_ids(8, 6, seed=5)
         scale = LossScale(initial=2.0 ** 40, growth_steps=3)  # 2^40 times the loss overflows fp16 (max 65504)
-        steps = {}
+        train_steps = {}
         for name, model, loss_scale in (("fp16", fp16, scale), ("fp32", fp32, None)):
             variables = list(model.named_variables().values())
             states = [tf.Variable(s) for s in model.initial_states(8)]
-            steps[name] = training.make_train_step(model, keras.optimizers.SGD(0.5), variables, states, 1e9,
-                                                   loss_scale)
+            sgd = keras.optimizers.SGD(0.5)
+            sgd.build(variables)
+            train_steps[name] = steps.make_train_step(model, sgd, variables, states, 1e9, loss_scale)
         start = {name: v.numpy() for name, v in fp16.named_variables().items()}
         skipped = 0
         while True:
             previous = float(scale.scale)
-            _, _, finite = steps["fp16"](ids, y)
+            _, _, finite = train_steps["fp16"](ids, y)
             if bool(finite):
                 break
             skipped += 1
@@ -157,9 +158,9 @@ class NumericsTest(unittest.TestCase):
             for name, v in fp16.named_variables().items():
                 np.testing.assert_array_equal(v.numpy(), start[name], err_msg=name)
         self.assertGreater(skipped, 3)
-        steps["fp32"](ids, y)
+        train_steps["fp32"](ids, y)
         for _ in range(2):
-            for step in steps.values():
+            for step in train_steps.values():
                 self.assertTrue(bool(step(ids, y)[2]))
         self.assertEqual(float(scale.scale), 2 * previous)  # doubled after growth_steps finite steps
         for name, v in fp16.named_variables().items():

@@ -10,7 +10,7 @@ from unittest import mock
 
 from charrnn import config
 import rnn_train
-from charrnn import runs, training
+from charrnn import runs, trainer
 from charrnn.errors import UserError
 from test_suite.helpers import CAN_MOUNT, RunCopyTest, play, quiet_train, tmpfs, train_stderr, write
 
@@ -46,7 +46,7 @@ class SavedConfigTest(RunCopyTest):
                                         for section in ("model", "training")])
         too_large = r"a gru of 1000000 layers of 1000000000 units has .* weights; .* more than this machine's"
         built = mock.Mock(side_effect=AssertionError("a model was built"))
-        with mock.patch.object(runs, "CharRNN", built), mock.patch.object(training, "CharRNN", built):
+        with mock.patch.object(runs, "CharRNN", built), mock.patch.object(trainer, "CharRNN", built):
             for refuse in (lambda: quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"}),
                            lambda: runs.load_for_generation("r", self.ck),
                            lambda: rnn_train.parse(["--layers", "1000000", "--units", "1000000000"])):

@@ -1,4 +1,4 @@
-"""The learning-rate schedule, --max-time's plan (schedule.py), and AdamW (training.make_optimizer)."""
+"""The learning-rate schedule (schedule.py), --max-time's plan (budget.py), and AdamW (steps.make_optimizer)."""
 
 import contextlib
 import io
@@ -13,7 +13,7 @@ import numpy as np
 
 from charrnn import checkpoints as ckpts
 import rnn_train
-from charrnn import schedule, training
+from charrnn import budget as budgets, logs, schedule, steps, training
 from charrnn.config import TrainConfig
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
@@ -21,7 +21,7 @@ from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf
 
 
 class FakeClock:
-    """schedule.now for tests: each reading advances the time by `tick` seconds."""
+    """budget.now for tests: each reading advances the time by `tick` seconds."""
 
     def __init__(self, tick=0.01):
         self.time, self.tick = 0.0, tick
@@ -38,7 +38,7 @@ def sigterm_after(step):
 
     def train_step(trainer, x, y):
         done = original(trainer, x, y)
-        if done == step:
+        if trainer.step == step:
             signal.raise_signal(signal.SIGTERM)
         return done
 
@@ -99,8 +99,8 @@ class LearningRateTest(unittest.TestCase):
 class BudgetTest(unittest.TestCase):
     def test_the_plan_fills_the_time_left_at_the_measured_speeds(self):
         clock = FakeClock(tick=0.0)
-        with mock.patch("charrnn.schedule.now", clock):
-            budget = schedule.Budget(100.0, spent=10.0)
+        with mock.patch("charrnn.budget.now", clock):
+            budget = budgets.Budget(100.0, spent=10.0)
             budget.stepped(1, first_step=0)
             self.assertIsNone(budget.window_start)  # the first two steps trace: not timed
             budget.stepped(2, first_step=0)
@@ -112,20 +112,20 @@ class BudgetTest(unittest.TestCase):
         self.assertAlmostEqual(per_step, 0.1)   # 5 s over the 50 steps since the window opened
         # left: 100 - (10 + 9) spent - the reserve for the last validation (1 s timed) and checkpoint,
         # at 0.1 + 1/10 s a step
-        reserve = schedule.VALIDATION_MARGIN * 1 + schedule.SAVE_SECONDS
+        reserve = budgets.VALIDATION_MARGIN * 1 + budgets.SAVE_SECONDS
         self.assertEqual(planned, 52 + math.floor((100 - 19 - reserve) / 0.2))
         self.assertFalse(budget.ready_to_plan())
 
     def test_the_deadline_keeps_back_the_last_validation_and_checkpoint(self):
         clock = FakeClock(tick=0.0)
-        with mock.patch("charrnn.schedule.now", clock):
-            budget = schedule.Budget(60.0, spent=50.0)
+        with mock.patch("charrnn.budget.now", clock):
+            budget = budgets.Budget(60.0, spent=50.0)
             budget.validations, budget.validation_seconds = 2, 3.0
-            clock.time += 60 - 50 - schedule.VALIDATION_MARGIN * 3 - schedule.SAVE_SECONDS - 0.5
+            clock.time += 60 - 50 - budgets.VALIDATION_MARGIN * 3 - budgets.SAVE_SECONDS - 0.5
             self.assertFalse(budget.over())
             clock.time += 1.0
             self.assertTrue(budget.over())
-            self.assertFalse(schedule.Budget(None).over())  # no --max-time: the clock only counts
+            self.assertFalse(budgets.Budget(None).over())  # no --max-time: the clock only counts
 
 
 class ResumeWithScheduleTest(unittest.TestCase):
@@ -145,7 +145,7 @@ class ResumeWithScheduleTest(unittest.TestCase):
         whole, split = (ckpts.latest(os.path.join(self.tmp, "ck", run)) for run in ("whole", "split"))
         self.assertTrue(whole.endswith("ckpt-24") and split.endswith("ckpt-24"))
         assert_same_run(self, whole, split)
-        curve = dict(read_scalars(os.path.join(self.tmp, "log", "whole", "train"))[training.LEARNING_RATE])
+        curve = dict(read_scalars(os.path.join(self.tmp, "log", "whole", "train"))[logs.LEARNING_RATE])
         cfg = tiny(self.tmp, **options)
         for step in (1, 3, 5, 6, 15, 24):  # the rate of the update that made the step
             self.assertAlmostEqual(curve[step], schedule.learning_rate(cfg, step, 24), places=7)
@@ -155,18 +155,18 @@ class ResumeWithScheduleTest(unittest.TestCase):
         options = dict(max_steps=0, max_time="30s", warmup_steps=5, decay="cosine", val_every=25,
                        checkpoint_every=100, keep=20, sample_every=1000)
         tick = 0.01 * 30 / 8  # the clock of an 8 s budget read at 0.01 s a call, stretched to the 30 s minimum
-        with mock.patch("charrnn.schedule.now", FakeClock(tick)):
+        with mock.patch("charrnn.budget.now", FakeClock(tick)):
             quiet_train(tiny(self.tmp, run="whole", **options))
         whole = ckpts.latest(os.path.join(self.tmp, "ck", "whole"))
         planned = int(checkpoint_tensors(whole, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"])
         self.assertGreater(planned, 60)  # planned after the calibration window (1.5 fake seconds)
         self.assertLess(planned, 400, planned)
         self.assertGreater(ckpts.step_of(whole), 400)  # after its plan, the run went on until the deadline
-        steps = [step for step, _ in read_scalars(os.path.join(self.tmp, "log", "whole", "validation"))[training.LOSS]]
+        steps = [step for step, _ in read_scalars(os.path.join(self.tmp, "log", "whole", "validation"))[logs.LOSS]]
         self.assertEqual(len(steps), len(set(steps)), steps)  # the plan's timing validation is not logged again
-        with mock.patch("charrnn.schedule.now", FakeClock(tick)), sigterm_after(50):
+        with mock.patch("charrnn.budget.now", FakeClock(tick)), sigterm_after(50):
             quiet_train(tiny(self.tmp, run="split", **options))
-        with mock.patch("charrnn.schedule.now", FakeClock(tick / 2)):  # a faster machine: the plan must not change
+        with mock.patch("charrnn.budget.now", FakeClock(tick / 2)):  # a faster machine: the plan must not change
             quiet_train(tiny(self.tmp), resume="split")
         assert_same_run(self, *(os.path.join(self.tmp, "ck", run, "ckpt-400") for run in ("whole", "split")))
 
@@ -174,11 +174,25 @@ class ResumeWithScheduleTest(unittest.TestCase):
         # Checkpoints written before --max-time hold no clock or plan: they resume as they were.
         real = ckpts.training_checkpoint
         without_clock = lambda model, optimizer, progress, states, *rest: real(
-            model, optimizer, {k: v for k, v in progress.items() if k not in training.CLOCK}, states, *rest)
+            model, optimizer, {k: v for k, v in progress.items() if k not in budgets.CLOCK}, states, *rest)
         with mock.patch("charrnn.checkpoints.training_checkpoint", without_clock):
             quiet_train(tiny(self.tmp, run="old", max_steps=10))
         self.assertNotIn("progress/seconds/.ATTRIBUTES/VARIABLE_VALUE",
                          checkpoint_tensors(ckpts.latest(os.path.join(self.tmp, "ck", "old")), "progress/", clock=True))
+        quiet_train(tiny(self.tmp, max_steps=20), resume="old", given={"max_steps"})
+        quiet_train(tiny(self.tmp, run="whole", max_steps=20))
+        assert_same_run(self, *(ckpts.latest(os.path.join(self.tmp, "ck", run)) for run in ("old", "whole")))
+
+
+    def test_a_checkpoint_with_the_retired_counters_resumes(self):
+        # Earlier versions also saved epoch, batch and nonfinite (the first two follow from the step).
+        real = ckpts.training_checkpoint
+        with_counters = lambda model, optimizer, progress, states, *rest: real(
+            model, optimizer, {**progress, **{n: tf.Variable(7, dtype=tf.int64) for n in ckpts.RETIRED}}, states, *rest)
+        with mock.patch("charrnn.checkpoints.training_checkpoint", with_counters):
+            quiet_train(tiny(self.tmp, run="old", max_steps=10))
+        self.assertIn("progress/epoch/.ATTRIBUTES/VARIABLE_VALUE",
+                      checkpoint_tensors(ckpts.latest(os.path.join(self.tmp, "ck", "old")), "progress/"))
         quiet_train(tiny(self.tmp, max_steps=20), resume="old", given={"max_steps"})
         quiet_train(tiny(self.tmp, run="whole", max_steps=20))
         assert_same_run(self, *(ckpts.latest(os.path.join(self.tmp, "ck", run)) for run in ("old", "whole")))
@@ -190,13 +204,13 @@ class WeightDecayTest(unittest.TestCase):
         named = model.named_variables()
         for v in named.values():
             v.assign(tf.ones_like(v))
-        optimizer = training.make_optimizer(TrainConfig(lr=0.01, weight_decay=0.5), named)
+        optimizer = steps.make_optimizer(TrainConfig(lr=0.01, weight_decay=0.5), named)
         optimizer.apply([tf.zeros_like(v) for v in named.values()], list(named.values()))  # no gradient
         for name, v in named.items():
             expected = 1 - 0.01 * 0.5 if name.endswith("kernel") else 1.0  # biases and the embedding stay
             np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=name)
-        self.assertIn("rnn_1/recurrent_kernel", [n for n in named if training.decayed(n)])
-        plain = training.make_optimizer(TrainConfig(lr=0.01), named)
+        self.assertIn("rnn_1/recurrent_kernel", [n for n in named if steps.decayed(n)])
+        plain = steps.make_optimizer(TrainConfig(lr=0.01), named)
         plain.apply([tf.zeros_like(v) for v in named.values()], list(named.values()))
         np.testing.assert_allclose(named["readout/kernel"].numpy(), 1 - 0.01 * 0.5, rtol=1e-6)  # Adam: unchanged
 

@@ -17,7 +17,7 @@ from unittest import mock
 import keras
 import numpy as np
 
-from charrnn import checkpoints as ckpts, cli, runs, training
+from charrnn import checkpoints as ckpts, cli, logs, runs, steps, training
 from charrnn.config import flag
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
@@ -26,7 +26,7 @@ from test_suite.helpers import (V, checkpoint_tensors, copy_weights, play, mean_
 
 
 class TrainStepTest(unittest.TestCase):
-    """The compiled training step (training.make_train_step) and training through the model."""
+    """The compiled training step (steps.make_train_step) and training through the model."""
 
     def test_the_training_step_gives_adam_dense_gradients(self):
         # Keras's Adam squares an IndexedSlices gradient (a row gather's or an
@@ -41,7 +41,9 @@ class TrainStepTest(unittest.TestCase):
                 ids, y = random_ids(64, 6), random_ids(64, 6, seed=5)
                 states = [tf.Variable(s) for s in fused.initial_states(64)]
                 variables = list(fused.named_variables().values())
-                step = training.make_train_step(fused, keras.optimizers.Adam(1e-2), variables, states, clip_norm=5.0)
+                adam = keras.optimizers.Adam(1e-2)
+                adam.build(variables)
+                step = steps.make_train_step(fused, adam, variables, states, clip_norm=5.0)
                 reference, optimizer = list(stock.named_variables().values()), keras.optimizers.Adam(1e-2)
                 stock_states = stock.initial_states(64)
                 for _ in range(2):
@@ -127,7 +129,7 @@ class ValidationTest(unittest.TestCase):
     def test_every_character_is_scored_once_from_a_zero_state_per_row(self):
         model = CharRNN(tiny_model_config(), "fused")
         codes = np.random.default_rng(0).integers(0, V, 3000)
-        loss, accuracy = training.make_validate(model, seqlen=64)(codes)
+        loss, accuracy = steps.make_validate(model, seqlen=64)(codes)
         # 2,999 predictions in 2 rows of 24 chunks of 64, the second row padded at its end
         rows = [(codes[:1536], codes[1:1537]), (codes[1536:-1], codes[1537:])]
         ce, correct = 0.0, 0.0
@@ -148,7 +150,7 @@ class TestTraining(unittest.TestCase):
     def test_loss_falls_on_learnable_text(self):
         quiet_train(tiny(self.tmp, max_steps=150, val_every=15, dropout=0.0, units=32))
         events = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
-        losses = [v for _, v in events[training.LOSS]]
+        losses = [v for _, v in events[logs.LOSS]]
         self.assertLess(losses[-1], 0.5 * losses[0])
         self.assertLess(losses[-1], 1.0)  # nats/char: the text is nearly deterministic
 
@@ -540,7 +542,7 @@ class SafeStepTest(unittest.TestCase):
         optimizer = keras.optimizers.Adam(1e39)  # inf in float32: the loss and gradient are finite, the update is not
         optimizer.build(variables)
         states = [tf.Variable(s) for s in model.initial_states(4)]
-        step = training.make_train_step(model, optimizer, variables, states, clip_norm=5.0)
+        step = steps.make_train_step(model, optimizer, variables, states, clip_norm=5.0)
         changed_by_a_step = variables + list(optimizer.variables) + states
         before = [v.numpy() for v in changed_by_a_step]
         loss, _, finite = step(random_ids(4, 6), random_ids(4, 6, seed=5))
@@ -564,7 +566,7 @@ class ValidationScoringTest(unittest.TestCase):
         codes = np.random.default_rng(0).integers(0, V, 2_000_001).astype(np.uint8)
         for max_chars, chunks in ((100_000, 16), (0, 313)):  # 64 rows of 1,600 or 31,300 chars (the last padded), by 100
             with self.subTest(max_chars=max_chars):
-                validate, asked = training.make_validate(Uniform(), 100, max_chars), []
+                validate, asked = steps.make_validate(Uniform(), 100, max_chars), []
                 validate(codes[:200_000])  # traced outside the measurement
                 tracemalloc.start()
                 loss, _ = validate(codes, lambda: asked.append(1))
@@ -576,7 +578,7 @@ class ValidationScoringTest(unittest.TestCase):
         self.assertIsNone(validate(codes, lambda: True))
 
     def test_a_signal_during_validation_stops_it_and_nothing_is_logged(self):
-        make_validate = training.make_validate
+        make_validate = steps.make_validate
 
         def signalled_during_validation(*args):
             validate = make_validate(*args)
@@ -587,7 +589,7 @@ class ValidationScoringTest(unittest.TestCase):
             return signalled
 
         with tempfile.TemporaryDirectory() as tmp, \
-                mock.patch.object(training, "make_validate", signalled_during_validation):
+                mock.patch.object(steps, "make_validate", signalled_during_validation):
             code = quiet_train(tiny(tmp, max_steps=40, val_every=10, sample_every=100))
             self.assertEqual(code, 128 + signal.SIGTERM)
             self.assertNotIn("loss", read_scalars(os.path.join(tmp, "log", "r", "validation")))
