@@ -30,6 +30,13 @@ const CharRNN = (() => {
     return out;
   }
 
+  function decodeBase64(b64) {  // a native decoder where there is one: atob's string is slow to copy
+    if (typeof Uint8Array.fromBase64 === "function") return Uint8Array.fromBase64(b64);
+    const s = atob(b64), out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+
   /* {name: Float32Array} from a TensorFlow.js-style weightsManifest and its bytes. */
   function decodeWeights(manifest, bytes) {
     const weights = {};
@@ -52,24 +59,106 @@ const CharRNN = (() => {
     return weights;
   }
 
-  /* W [rows, cols] row-major -> its transpose [cols, rows], so each output is one contiguous dot product. */
-  function transpose(w, rows, cols) {
-    const t = new Float32Array(rows * cols);
-    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) t[j * rows + i] = w[i * cols + j];
-    return t;
-  }
+  /* The one hot loop, out[j] = bias[j] + sum_i x[i] * W[i, j], in WebAssembly SIMD:
+   * matvec(out, wt, x, bias, n, m), byte addresses into the imported memory, wt the
+   * transpose of W [n, m] with m a multiple of 16 (rows zero-padded): per output one
+   * dot product, four f32x4 accumulators, 16 floats a turn. Hand-assembled below (no
+   * toolchain); the plain JavaScript `matvecJS` computes the same where WebAssembly
+   * SIMD is missing. */
+  const SIMD = 0xfd, f32x4add = [SIMD, 0xe4, 0x01], f32x4mul = [SIMD, 0xe6, 0x01];
+  const get = (i) => [0x20, i], set = (i) => [0x21, i];
+  const load = (base, offset) => [...get(2), ...get(6), 0x6a, SIMD, 0x00, 0x04, offset,  // x[i + offset]
+    ...get(base), ...get(6), 0x6a, SIMD, 0x00, 0x04, offset, ...f32x4mul];               // * wt[i + offset]
+  const accumulate = (acc, offset) => [...get(acc), ...load(1, offset), ...f32x4add, ...set(acc)];
+  const zero = (acc) => [SIMD, 0x0c, ...new Array(16).fill(0), ...set(acc)];
+  const lane = (k) => [...get(8), SIMD, 0x1f, k];
+  const body = [
+    0x02, 0x02, 0x7f, 0x04, 0x7b,  // locals: 6 i, 7 m in bytes (i32); 8-11 accumulators (v128)
+    ...get(5), 0x41, 2, 0x74, ...set(7),
+    0x02, 0x40, ...get(4), 0x45, 0x0d, 0,  // block; n == 0: done
+    0x03, 0x40,  // loop over the outputs
+    ...zero(8), ...zero(9), ...zero(10), ...zero(11), 0x41, 0, ...set(6),
+    0x03, 0x40,  // loop over the inputs, 16 at a time (offsets 0, 16, 32, 48 bytes)
+    ...accumulate(8, 0), ...accumulate(9, 16), ...accumulate(10, 32), ...accumulate(11, 48),
+    ...get(6), 0x41, 0xc0, 0x00, 0x6a, 0x22, 6, ...get(7), 0x49, 0x0d, 0, 0x0b,  // i += 64; i < m: again
+    ...get(8), ...get(9), ...f32x4add, ...get(10), ...f32x4add, ...get(11), ...f32x4add, ...set(8),
+    ...get(0), ...get(3), 0x2a, 0x02, 0x00,  // out, bias[j]
+    ...lane(0), ...lane(1), 0x92, ...lane(2), 0x92, ...lane(3), 0x92, 0x92, 0x38, 0x02, 0x00,  // out[j] = bias[j] + sum
+    ...get(0), 0x41, 4, 0x6a, ...set(0), ...get(3), 0x41, 4, 0x6a, ...set(3),
+    ...get(1), ...get(7), 0x6a, ...set(1),
+    ...get(4), 0x41, 1, 0x6b, 0x22, 4, 0x0d, 0, 0x0b,  // n -= 1; n != 0: again
+    0x0b, 0x0b,  // end block, end function
+  ];
+  const leb = (n) => { const out = []; do { let b = n & 0x7f; n >>>= 7; if (n) b |= 0x80; out.push(b); } while (n); return out; };
+  const section = (id, bytes) => [id, ...leb(bytes.length), ...bytes];
+  const text = (s) => [s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
+  const WASM = new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, [1, 0x60, 6, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0]),    // type: (i32 x 6) -> ()
+    ...section(2, [1, ...text("env"), ...text("memory"), 0x02, 0x00, 1]),   // import env.memory
+    ...section(3, [1, 0]),                                                  // one function
+    ...section(7, [1, ...text("matvec"), 0x00, 0]),                         // exported
+    ...section(10, [1, ...leb(body.length), ...body]),
+  ]);
 
-  /* out[j] = bias[j] + sum_i x[i] * W[i, j], with wt = transpose(W) [n, m]. */
-  function matvec(out, wt, x, bias, n, m) {
+  /* out[j] = bias[j] + sum_i x[i] * wt[j * m + i], j < n: matvec in plain JavaScript. */
+  function matvecJS(out, wt, x, bias, n, m) {
     for (let j = 0; j < n; j++) {
       const row = j * m;
-      let s0 = 0, s1 = 0, s2 = 0, s3 = 0, i = 0;
-      for (; i + 3 < m; i += 4) {
+      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (let i = 0; i < m; i += 4) {  // m is a multiple of 16
         s0 += x[i] * wt[row + i]; s1 += x[i + 1] * wt[row + i + 1];
         s2 += x[i + 2] * wt[row + i + 2]; s3 += x[i + 3] * wt[row + i + 3];
       }
-      for (; i < m; i++) s0 += x[i] * wt[row + i];
       out[j] = bias[j] + (s0 + s1) + (s2 + s3);
+    }
+  }
+
+  const pad16 = (n) => Math.ceil(n / 16) * 16;
+
+  /* The float32 heap the weights and the vectors live in: a WebAssembly memory when
+   * WebAssembly SIMD runs here (then `simd` is its matvec), else a plain buffer. */
+  class Heap {
+    constructor(floats, useWasm) {
+      const bytes = floats * 4 + 4096;
+      this.simd = null;
+      if (useWasm && typeof WebAssembly === "object" && WebAssembly.validate(WASM)) {
+        this.memory = new WebAssembly.Memory({initial: Math.ceil(bytes / 65536)});
+        const instance = new WebAssembly.Instance(new WebAssembly.Module(WASM), {env: {memory: this.memory}});
+        this.simd = instance.exports.matvec;
+        this.buffer = this.memory.buffer;
+      } else {
+        this.buffer = new ArrayBuffer(bytes);
+      }
+      this.top = 0;
+    }
+    alloc(n) {  // a zeroed Float32Array of n floats, 64-byte aligned
+      const view = new Float32Array(this.buffer, this.top, n);
+      this.top += Math.ceil(n / 16) * 64;
+      return view;
+    }
+  }
+
+  /* A weight matrix W [rows, cols] (row-major, Keras's layout) held transposed and
+   * padded in the heap; apply(x) -> bias + x W, a view overwritten by the next apply. */
+  class Matrix {
+    constructor(heap, w, rows, cols, bias) {
+      this.heap = heap; this.n = cols; this.m = pad16(rows);
+      this.wt = heap.alloc(cols * this.m);
+      for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) this.wt[j * this.m + i] = w[i * cols + j];
+      this.bias = heap.alloc(cols);
+      if (bias) this.bias.set(bias);
+      this.x = heap.alloc(this.m);
+      this.out = heap.alloc(cols);
+    }
+    apply(x) {
+      this.x.set(x);
+      if (this.heap.simd) {
+        this.heap.simd(this.out.byteOffset, this.wt.byteOffset, this.x.byteOffset, this.bias.byteOffset, this.n, this.m);
+      } else {
+        matvecJS(this.out, this.wt, this.x, this.bias, this.n, this.m);
+      }
+      return this.out;
     }
   }
 
@@ -124,8 +213,9 @@ const CharRNN = (() => {
   }
 
   class Model {
-    /* manifest: the parsed model.json; bytes: Uint8Array of weights.bin. */
-    constructor(manifest, bytes) {
+    /* manifest: the parsed model.json; bytes: Uint8Array of weights.bin; wasm: false
+     * runs the plain JavaScript matvec even where WebAssembly SIMD runs. */
+    constructor(manifest, bytes, {wasm = true} = {}) {
       const c = manifest.model;
       if (!(c.cell in GATES)) throw new Error(`unknown cell ${c.cell}`);
       this.config = c;
@@ -134,37 +224,39 @@ const CharRNN = (() => {
       this.unknown = manifest.unknown;
       this.ids = new Map(this.vocabulary.map((ch, i) => [ch, i]));
       const w = decodeWeights(manifest, bytes);
-      const G = GATES[c.cell] * c.units, V = c.vocab_size;
+      const U = c.units, G = GATES[c.cell] * U, V = c.vocab_size;
+      const shapes = [[U, V]];  // every matrix, [rows, cols], to size the heap
+      for (let l = 0; l < c.layers; l++) {
+        shapes.push([U, G]);
+        if (l > 0 || c.embedding) shapes.push([l > 0 ? U : c.embedding, G]);
+      }
+      const heap = new Heap(shapes.reduce((sum, [r, k]) => sum + pad16(k * pad16(r)) + 2 * pad16(k) + pad16(r), 0), wasm);
+      this.engine = heap.simd ? "WebAssembly SIMD" : "JavaScript";
       this.embedding = c.embedding ? w["embedding/embeddings"] : null;
       this.layers = [];
       for (let l = 0; l < c.layers; l++) {
-        const inputs = l > 0 ? c.units : c.embedding || V, b = w[`rnn_${l}/bias`];
-        const oneHot = l === 0 && !c.embedding;
+        const b = w[`rnn_${l}/bias`], oneHot = l === 0 && !c.embedding;
+        const inputBias = c.cell === "gru" ? b.subarray(0, G) : b;  // GRU reset_after: bias [2, G]
         this.layers.push({
-          inputs, oneHot,
-          kernel: oneHot ? w[`rnn_${l}/kernel`] : transpose(w[`rnn_${l}/kernel`], inputs, G),
-          recurrent: transpose(w[`rnn_${l}/recurrent_kernel`], c.units, G),
-          inputBias: c.cell === "gru" ? b.subarray(0, G) : b,
-          recurrentBias: c.cell === "gru" ? b.subarray(G) : new Float32Array(G),
+          oneHot, inputBias,
+          input: oneHot ? w[`rnn_${l}/kernel`] : new Matrix(heap, w[`rnn_${l}/kernel`], l > 0 ? U : c.embedding, G, inputBias),
+          recurrent: new Matrix(heap, w[`rnn_${l}/recurrent_kernel`], U, G, c.cell === "gru" ? b.subarray(G) : null),
+          xw: new Float32Array(G),
         });
       }
-      this.readout = transpose(w["readout/kernel"], c.units, V);
-      this.readoutBias = w["readout/bias"];
-      this.xw = new Float32Array(G);
-      this.hw = new Float32Array(G);
-      this.logits = new Float32Array(V);
+      this.readout = new Matrix(heap, w["readout/kernel"], U, V, w["readout/bias"]);
     }
 
-    static fromPage(doc = document) {
+    static fromPage(doc = document, options = {}) {
       const manifest = JSON.parse(doc.getElementById("charrnn-model").textContent);
       const b64 = doc.getElementById("charrnn-weights").textContent.trim();
-      return new Model(manifest, Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0)));
+      return new Model(manifest, decodeBase64(b64), options);
     }
 
-    static async load(url) {
+    static async load(url, options = {}) {
       const manifest = await (await fetch(url)).json();
       const bin = new URL(manifest.weightsManifest[0].paths[0], new URL(url, location.href));
-      return new Model(manifest, new Uint8Array(await (await fetch(bin)).arrayBuffer()));
+      return new Model(manifest, new Uint8Array(await (await fetch(bin)).arrayBuffer()), options);
     }
 
     encode(text) {
@@ -179,16 +271,16 @@ const CharRNN = (() => {
 
     /* Read one id, update state in place; returns the logits [V] (overwritten by the next step). */
     step(state, id) {
-      const c = this.config, U = c.units, G = GATES[c.cell] * U, xw = this.xw, hw = this.hw;
+      const c = this.config, U = c.units, G = GATES[c.cell] * U;
       let x = this.embedding ? this.embedding.subarray(id * c.embedding, (id + 1) * c.embedding) : null;
       this.layers.forEach((layer, l) => {
-        if (layer.oneHot) {
-          for (let j = 0; j < G; j++) xw[j] = layer.kernel[id * G + j] + layer.inputBias[j];
+        let xw = layer.xw;
+        if (layer.oneHot) {  // one_hot(id) @ kernel: a row of it
+          for (let j = 0; j < G; j++) xw[j] = layer.input[id * G + j] + layer.inputBias[j];
         } else {
-          matvec(xw, layer.kernel, x, layer.inputBias, G, layer.inputs);
+          xw = layer.input.apply(x);
         }
-        const s = state[l];
-        matvec(hw, layer.recurrent, s, layer.recurrentBias, G, U);  // reads h, the first U of s
+        const s = state[l], hw = layer.recurrent.apply(s.subarray(0, U));  // h: the first U of s
         if (c.cell === "gru") {  // Keras's GRU, reset_after=True: gates z, r, h
           for (let j = 0; j < U; j++) {
             const z = sigmoid(xw[j] + hw[j]), r = sigmoid(xw[U + j] + hw[U + j]);
@@ -207,8 +299,7 @@ const CharRNN = (() => {
         }
         x = s.subarray(0, U);
       });
-      matvec(this.logits, this.readout, x, this.readoutBias, c.vocab_size, U);
-      return this.logits;
+      return this.readout.apply(x);
     }
 
     /* The next-character distribution after text (from a zero state), an Array [V];
