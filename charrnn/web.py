@@ -149,3 +149,29 @@ def export_web(model, vocab, run_dir, prefix, directory, storage="float32"):
     step, best = checkpoints.progress_of(prefix)
     info = run_info(run_dir, prefix, step, best if best < checkpoints.NOT_VALIDATED else None)
     return write_page(model, vocab, info, directory, storage)
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def open_chromium(profile_dir):
+    """A headless Chromium driven by Selenium, with a fresh profile in profile_dir,
+    for the tests and benchmark.py web. Raises RuntimeError saying why when there is
+    none (Debian: apt-get install chromium chromium-driver; pip install selenium)."""
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+    except ImportError as e:
+        raise RuntimeError(f"selenium is not installed ({e}); pip install -r requirements.txt") from None
+    driver = shutil.which("chromedriver")
+    if driver is None:
+        raise RuntimeError("no chromedriver on the PATH; on Debian: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={profile_dir}",):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages, for the tests
+    try:  # the driver is given, so Selenium looks nothing up on the network
+        return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    except WebDriverException as e:
+        raise RuntimeError(f"Chromium did not start: {(e.msg or str(e)).strip().splitlines()[0]}") from None
