@@ -92,6 +92,10 @@ class TestWebModel(WebPageTest):
                 self.assertEqual(self.browser.execute_script("return model.engine"), "WebAssembly SIMD")
         # the plain JavaScript matvec, where WebAssembly SIMD is missing, computes the same
         np.testing.assert_allclose(self.page_probabilities(text, wasm=False), expected, rtol=0, atol=1e-5)
+        # the page's loss on a text: the mean of -log p(next character)
+        ids = vocab.encode(text)
+        loss = -np.mean(np.log(expected[np.arange(len(text) - 1), ids[1:]]))
+        self.assertAlmostEqual(self.browser.execute_script("return model.loss(arguments[0])", text), loss, delta=1e-5)
 
     def test_float16_and_int8_pages_compute_with_the_stored_weights(self):
         vocab = Vocabulary(UNICODE)

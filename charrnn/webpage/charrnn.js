@@ -8,6 +8,7 @@
  *   for (const ch of model.stream({...same options})) ...   // one character at a time
  *   model.probabilities("ROMEO")   // -> [V] next-character distribution after the text
  *   model.probabilities("ROMEO", {each: true})   // -> the distribution after every character
+ *   model.loss(text)               // -> nats/char of predicting text, one character after another
  *   model.vocabulary, model.config, model.run        // what the page shows
  *
  * As rnn_play.py does, the state starts at zero and reads the prime (a newline
@@ -316,6 +317,21 @@ const CharRNN = (() => {
       }
       if (dist === null) throw new Error("probabilities needs a text of at least one character");
       return each ? all : dist;
+    }
+
+    /* The mean loss in nats/char of predicting each character of text from those before
+     * it (the first is read, not predicted), from a zero state, as one sequence. */
+    loss(text) {
+      const ids = this.encode(text), state = this.initialState();
+      if (ids.length < 2) throw new Error("loss needs a text of at least 2 characters");
+      let total = 0;
+      for (let t = 0; t + 1 < ids.length; t++) {
+        const logits = this.step(state, ids[t]), top = Math.max(...logits);
+        let sum = 0;
+        for (const v of logits) sum += Math.exp(v - top);
+        total += top + Math.log(sum) - logits[ids[t + 1]];
+      }
+      return total / (ids.length - 1);
     }
 
     /* Yield the generated characters one at a time (the prime excluded); length 0: no end. */
