@@ -60,7 +60,7 @@
             the default 3x512 (random weights), the page's size per weight storage
             (float32, float16, int8), the time from opening the page to its model
             being ready and from Generate to the first character; and, for a GRU 2x128
-            trained for --steps (300 here at most) on --data, the page's loss on 30,000
+            trained for 300 steps on --data, the page's loss on 30,000
             held-out characters with each storage next to Python's on the same
             characters. Not in the default set (needs chromium and chromium-driver).
 
@@ -501,6 +501,7 @@ def first_char_seconds(checkpoint_dir):
 
 WEB_SHAPES = {"2x512, embedding 64": dict(layers=2, units=512, embedding=64), "3x512": dict(layers=3, units=512)}
 WEB_LOSS_CHARS = 30_000
+WEB_TRAIN_STEPS = 300  # a model that writes words, trained in a minute or two
 
 
 def child_web(args):
@@ -514,7 +515,7 @@ def child_web(args):
     try:
         vocab = Vocabulary([chr(c) for c in range(32, 32 + VOCAB - 2)] + ["\n"])
         out = {"speed": {}, "sizes": {}, "ready_ms": {}, "first_ms": {}}
-        info = {"name": "bench", "checkpoint": "bench/ckpt-0", "step": 0, "validation_loss": None}
+        info = {"name": "bench", "checkpoint": "bench/ckpt-0", "step": 0, "best_validation_loss": None}
         for name, shape in WEB_SHAPES.items():
             model = CharRNN(ModelConfig(vocab_size=len(vocab), **shape), "fused")
             for storage in web.STORAGE:
@@ -559,7 +560,7 @@ def web_losses(args, browser):
     from charrnn.config import TrainConfig
     from charrnn.runs import load_for_generation
     import txt_utils
-    steps = min(args.steps, 300)
+    steps = WEB_TRAIN_STEPS
     cfg = TrainConfig(data=[args.data], validation="tail", layers=2, units=128, seqlen=64, batch_size=32, lr=3e-3,
                       dropout=0.0, max_steps=steps, val_every=steps, sample_every=steps + 1, checkpoint_every=steps,
                       log_every=steps, checkpoint_dir=os.path.join(args.tmp, "ck"),
@@ -576,7 +577,7 @@ def web_losses(args, browser):
         loss, states = chunk_loss(tf.constant(chunk[:, :-1]), tf.constant(chunk[:, 1:]),
                                   states or model.initial_states(1))
         total += float(loss)
-    losses = {"python": total / (len(ids) - 1), "chars": len(ids), "steps": steps}
+    losses = {"python": total / (len(ids) - 1), "chars": len(ids) - 1, "steps": steps}
     for storage in web.STORAGE:
         folder = web.export_web(model, vocab, run_dir, prefix, os.path.join(args.tmp, f"loss-{storage}"), storage)
         browser.get(Path(folder, "index.html").as_uri())
@@ -797,8 +798,9 @@ def report_quality(args, matmul):
 
 def report_web(args, matmul):
     with tempfile.TemporaryDirectory() as tmp:
-        r = run_child("web", tmp=tmp, data=text_path(args), steps=args.steps, **timing(args))
-    print(f"web: headless Chromium {r['browser']}, the model in {r['engine']}, batch 1, random weights")
+        r = run_child("web", tmp=tmp, data=text_path(args), **timing(args))
+    print(f"web: headless Chromium {r['browser']}, the model in {r['engine']}, batch 1, random weights; load "
+          f"average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     for name, rates in r["speed"].items():
         print(f"web: GRU {name}: {statistics.median(rates):,.0f} chars/s (windows "
               f"{' '.join(f'{x:,.0f}' for x in rates)}); page open to model ready {r['ready_ms'][name]:,.0f} ms, "
@@ -806,8 +808,8 @@ def report_web(args, matmul):
     for name, (weights, page) in r["sizes"].items():
         print(f"web: GRU {name}: weights.bin {weights:,} bytes, index.html {page:,} bytes")
     loss = r["loss"]
-    print(f"web: GRU 2x128 trained {loss['steps']} steps; loss on {loss['chars']:,} held-out characters, one "
-          f"sequence: Python {loss['python']:.4f}, page float32 {loss['float32']:.4f}, float16 "
+    print(f"web: GRU 2x128 trained {loss['steps']} steps; loss predicting {loss['chars']:,} held-out characters, "
+          f"one sequence: Python {loss['python']:.4f}, page float32 {loss['float32']:.4f}, float16 "
           f"{loss['float16']:.4f} ({loss['float16'] - loss['float32']:+.4f}), int8 {loss['int8']:.4f} "
           f"({loss['int8'] - loss['float32']:+.4f}) nats/char")
 

@@ -103,10 +103,12 @@ def page(model_json, weights_bytes):
     return re.sub("|".join(parts), lambda m: parts[m.group(0)], html)
 
 
-def run_info(run_dir, prefix, step, validation_loss):
-    """What the page shows about the run (untrusted text: the page shows it as text)."""
+def run_info(run_dir, prefix, step, best_validation_loss):
+    """What the page shows about the run (untrusted text: the page shows it as text); the
+    best validation loss is the run's so far, as the checkpoint records it."""
+    loss = None if best_validation_loss is None else float(best_validation_loss)
     return {"name": Path(run_dir).name, "checkpoint": str(Path(prefix).relative_to(Path(run_dir).parent)),
-            "step": int(step), "validation_loss": None if validation_loss is None else float(validation_loss)}
+            "step": int(step), "best_validation_loss": loss}
 
 
 def write_page(model, vocab, info, directory, storage="float32"):

@@ -20,7 +20,7 @@ from test_suite.helpers import files_of, play, quiet_train, tf, tiny
 
 UNICODE = "abc de\nfgh.,;:'\"éßΩж中文🙂\t"  # astral, CJK, quotes, a tab
 HOSTILE = "</script><img src=x onerror=alert(1)>&\"'\u2028\u2029\0`${}\\"
-INFO = {"name": "r", "checkpoint": "r/ckpt-1", "step": 1, "validation_loss": 2.5}
+INFO = {"name": "r", "checkpoint": "r/ckpt-1", "step": 1, "best_validation_loss": 2.5}
 
 
 def random_model(vocab, seed=0, **config):

@@ -17,8 +17,8 @@
   $("run-checkpoint").textContent = `${run.checkpoint || ""} (step ${run.step})`;
   $("run-model").textContent = `${c.cell.toUpperCase()} ${c.layers}\u00d7${c.units}, ` +
     `${c.embedding ? `embedding ${c.embedding}` : "one-hot input"}, ${c.parameters.toLocaleString("en")} weights`;
-  $("run-loss").textContent = run.validation_loss == null ? "not validated"
-    : `${run.validation_loss.toFixed(4)} nats/char (${(run.validation_loss / Math.LN2).toFixed(4)} bits/char)`;
+  $("run-loss").textContent = run.best_validation_loss == null ? "not validated"
+    : `${run.best_validation_loss.toFixed(4)} nats/char (${(run.best_validation_loss / Math.LN2).toFixed(4)} bits/char)`;
   $("vocabulary").textContent = `${model.vocabulary.length} symbols: ` + model.vocabulary.map(show).join(" ");
 
   let running = null;  // the stream being shown, until it ends or Stop
