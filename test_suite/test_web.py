@@ -1,9 +1,12 @@
 """The web page export (rnn_play.py --export-web, charrnn/web.py), run in headless Chromium."""
 
+import functools
+import http.server
 import json
 import os
 import re
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -131,6 +134,27 @@ class TestWebModel(WebPageTest):
         entries = manifest["weightsManifest"][0]["weights"]
         self.assertEqual(sum(4 * int(np.prod(e["shape"])) for e in entries), (folder / "weights.bin").stat().st_size)
         self.assertEqual([e["name"] for e in entries], list(random_model(vocab, layers=1, units=8).named_variables()))
+
+
+    def test_over_http_the_page_works_and_a_page_of_one_s_own_loads_model_json(self):
+        vocab = Vocabulary(UNICODE)
+        folder = self.export(random_model(vocab, cell="lstm", layers=2, units=8), vocab)
+        (folder / "mine.html").write_text('<!DOCTYPE html><meta charset="utf-8"><script src="charrnn.js"></script>')
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *args: None
+        with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                self.browser.get(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+                expected = self.browser.execute_script("return model.probabilities('abc de')")
+                self.browser.get(f"http://127.0.0.1:{server.server_address[1]}/mine.html")
+                loaded = self.browser.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "CharRNN.load('model.json').then(m => done(m.probabilities('abc de')), e => done(String(e)))")
+            finally:
+                server.shutdown()
+        self.assertIsInstance(loaded, list, loaded)
+        np.testing.assert_allclose(loaded, expected, rtol=0, atol=1e-7)
 
 
 class TestWebPage(WebPageTest):
