@@ -48,6 +48,11 @@ def some_text(vocab, n, seed=0):
     return "".join(chars[i] for i in np.random.default_rng(seed).integers(0, len(chars), n))
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # not a line on stderr per request
+        pass
+
+
 class WebPageTest(unittest.TestCase):
     """One headless Chromium for the class; skipped, saying why, where there is none."""
 
@@ -140,8 +145,7 @@ class TestWebModel(WebPageTest):
         vocab = Vocabulary(UNICODE)
         folder = self.export(random_model(vocab, cell="lstm", layers=2, units=8), vocab)
         (folder / "mine.html").write_text('<!DOCTYPE html><meta charset="utf-8"><script src="charrnn.js"></script>')
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-        handler.log_message = lambda *args: None
+        handler = functools.partial(QuietHandler, directory=str(folder))
         with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
             threading.Thread(target=server.serve_forever, daemon=True).start()
             try:
