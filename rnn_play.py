@@ -5,6 +5,7 @@
     python3 rnn_play.py RUN --prime "ROMEO:" --temperature 0.7 --seed 1
     python3 rnn_play.py checkpoints/RUN/best/ckpt-1500 --samples 4
     python3 rnn_play.py RUN --export exported/   # a SavedModel that generates on its own
+    python3 rnn_play.py RUN --export-web page/  # a web page that generates in any browser
     python3 rnn_play.py RUN --eval held-out.txt  # loss, bits/char and accuracy on a text
     python3 rnn_play.py --list                    # the runs, newest first
 
@@ -73,6 +74,12 @@ def make_parser():
                         "which generates without this project (TensorFlow Serving, any TensorFlow "
                         "program): a text-in, text-out `generate` signature (top-k/top-p/argmax fixed "
                         "from these flags) and a bare `step` signature; see export.py")
+    p.add_argument("--export-web", metavar="DIR",
+                   help="instead of generating, write a static web page to the new folder DIR that generates "
+                        "text in any browser, with no server: open DIR/index.html; see web.py")
+    p.add_argument("--web-weights", choices=("float32", "float16", "int8"), default="float32",
+                   help="how --export-web stores the weights: float16 halves the page and int8 quarters it, "
+                        "the arithmetic stays float32 (default: %(default)s, the exact weights)")
     p.add_argument("--eval", metavar="FILE",
                    help="instead of generating, score the model on the text of FILE (or a glob of files, a "
                         "named pipe, or - for standard input): "
@@ -111,6 +118,8 @@ def check(args):
         raise UserError("--eval and --export are both given; pass one of them")
     if args.eval == "-" and args.prime_file == "-":
         raise UserError("--eval - and --prime-file - both read standard input; give one of them a file")
+    if args.export_web is not None and (args.eval is not None or args.export is not None):
+        raise UserError("--export-web goes alone: pass it without --export or --eval")
     if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
         raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -134,6 +143,11 @@ def play(args, sampling):
     model, vocab, run_dir, prefix = runs.load_for_generation(args.checkpoint, args.checkpoint_dir)
     if args.eval is not None:
         return evaluate(args.eval, model, vocab, run_dir, prefix)
+    if args.export_web is not None:
+        from charrnn import web
+        target = web.export_web(model, vocab, run_dir, prefix, args.export_web, args.web_weights)
+        print(f"wrote a web page of {prefix} to {target}: open {target / 'index.html'}", file=sys.stderr)
+        return 0
     if args.export is not None:
         from charrnn import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)
