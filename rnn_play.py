@@ -146,7 +146,8 @@ def play(args, sampling):
     if args.export_web is not None:
         from charrnn import web
         target = web.export_web(model, vocab, run_dir, prefix, args.export_web, args.web_weights)
-        print(f"wrote a web page of {prefix} to {target}: open {target / 'index.html'}", file=sys.stderr)
+        print(f"wrote a web page of {runs.describe(run_dir, prefix)} to {target}: open {target / 'index.html'}",
+              file=sys.stderr)
         return 0
     if args.export is not None:
         from charrnn import export  # only here: it is not needed to generate
