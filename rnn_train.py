@@ -16,6 +16,7 @@ Ctrl-C/SIGTERM after writing a checkpoint (continue with --resume).
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from charrnn import schedule
 from charrnn.config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
@@ -224,6 +225,27 @@ def parse(argv):
     return cfg, set(given), resume
 
 
+def quality_recipe(cfg, argv, resume):
+    """--preset quality on a new run: the model, dropout and validation that charrnn.recipe
+    chooses for this text, budget and machine (a probe of its speed, about a second);
+    flags typed with the preset win. Prints the choice and why."""
+    typed = vars(make_parser().parse_args(argv))
+    if typed.get("preset") != "quality" or resume is not None:
+        return cfg
+    from charrnn import precision, recipe
+    from charrnn.config import DEFAULT_DATA
+    from charrnn.shakespeare import ensure_shakespeare
+    if cfg.data == [DEFAULT_DATA]:
+        ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
+    train_chars, valid_chars = recipe.training_chars(cfg.data)
+    probe = recipe.measure_probe(precision.for_this_machine(cfg.precision).precision)
+    choice = recipe.choose(train_chars, valid_chars, cfg.max_seconds, probe)
+    chosen = {k: v for k, v in choice.flags.items() if k not in typed}
+    kept = ", ".join(f"{flag(k)} {typed[k]}" for k in choice.flags if k in typed)
+    print(f"recipe: {choice.reason}" + (f" (kept as given: {kept})" if kept else ""), file=sys.stderr)
+    return dataclasses.replace(cfg, **chosen).check()
+
+
 def main(argv=None):
     started = schedule.now()  # --max-time counts the start-up (TensorFlow's import) too
     argv = sys.argv[1:] if argv is None else argv
@@ -235,6 +257,7 @@ def main(argv=None):
         with tf_setup.starting_tensorflow():  # imported; no op has run yet
             from charrnn import distribute
             strategy = distribute.make_strategy(cfg.distribute)  # multi-worker sets up collective ops: first
+        cfg = quality_recipe(cfg, argv, resume)
         from charrnn.training import train
         return train(cfg, resume=resume, given=explicit, strategy=strategy, started=started)
     except UserError as e:
