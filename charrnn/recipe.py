@@ -21,7 +21,7 @@ text they read. The rule (docs/recipe.md has the grid it comes from):
   to keep a best checkpoint near the best point) of as many held-out characters as that
   share pays for, between MIN_VAL_CHARS and the default cap.
 
-Standard library only at import; measure_probe imports TensorFlow when called.
+No TensorFlow at import (numpy, through text.py); measure_probe imports it when called.
 """
 
 import math
@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.precision import DTYPES
+from charrnn.text import find_files
 
 WIDTHS = (256, 384, 512, 768)  # the candidates: 2 GRU layers of these units (wider: not measured)
 LAYERS, EMBEDDING, BATCH, SEQLEN = 2, 64, 64, 64
@@ -110,7 +112,6 @@ def validation_for(planned_steps, valid_chars, seconds, probe_seconds, vocab=100
 def training_chars(globs, tail=0.1):
     """(training, held-out) characters of the text, estimated from the files' sizes in
     bytes: what the recipe needs before the text is read."""
-    from charrnn.text import find_files
     total = sum(os.path.getsize(p) for p in find_files(globs))
     return int(total * (1 - tail)), int(total * tail)
 
@@ -120,7 +121,6 @@ def measure_probe(precision, repeats=5):
     row groups of PROBE_ROWS rows, in the matmuls' dtype: the median of a few timings,
     so a shared machine's load counts as training will feel it. About a second."""
     import tensorflow as tf
-    from charrnn.precision import DTYPES
     dtype = getattr(tf, DTYPES[precision])
     U = PROBE_UNITS
     kernel = tf.cast(tf.random.normal([U, 3 * U], stddev=U ** -0.5, seed=1), dtype)
