@@ -19,7 +19,8 @@ text they read. The rule (docs/recipe.md has the grid it comes from):
   doubling of the passes beyond two, up to MAX_DROPOUT;
 - validation takes about VALIDATION_SHARE of the budget: VALIDATIONS validations (enough
   to keep a best checkpoint near the best point) of as many held-out characters as that
-  share pays for, between MIN_VAL_CHARS and the default cap.
+  share pays for, between MIN_VAL_CHARS and the default cap; where even MIN_VAL_CHARS
+  would cost more, fewer validations (MIN_VALIDATIONS at least).
 
 No TensorFlow at import (numpy, through text.py); measure_probe imports it when called.
 """
@@ -41,7 +42,9 @@ MAX_PARAMS_PER_CHAR = 5.0  # weights per training character
 MAX_DROPOUT = 0.4
 VALIDATION_SHARE = 0.05    # of the budget
 VALIDATIONS = 10           # in a run: the best checkpoint is within a tenth of the run of the best point
+MIN_VALIDATIONS = 4        # on a slow machine, fewer, but enough to keep a best checkpoint
 MIN_VAL_CHARS = 100_000    # fewer give a loss too noisy to rank checkpoints (about 0.005 nats)
+FEWEST_VAL_CHARS = 20_000  # ... but a machine too slow for even those validates at least these
 MAX_VAL_CHARS = TrainConfig.val_chars
 STARTUP_SECONDS = 30.0     # TensorFlow's import, tracing the step and the first validation, the last checkpoint
 ELEMENTWISE_FLOPS = 4000.0  # a step's element-wise work, per layer, unit and character, in matmul FLOPs
@@ -84,12 +87,15 @@ def choose(train_chars, valid_chars, seconds, probe_seconds, vocab=100):
     units = max(fitting, default=WIDTHS[0])
     planned = steps(units)
     passes = planned * BATCH * SEQLEN / max(1, train_chars)
+    eval_chars_s = EVAL_SPEEDUP * chars_per_second(units, probe_seconds, vocab)
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
-                 dropout=dropout_for(passes), **validation_for(planned, valid_chars, seconds, probe_seconds, vocab))
+                 dropout=dropout_for(passes), **validation_for(planned, valid_chars, seconds, eval_chars_s))
+    read = min(flags["val_chars"], valid_chars)
+    share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
     reason = (f"{train_chars / 1e6:.1f} MB, about {passes:.2g} passes in {seconds / 60:.3g} min "
               f"({planned:,.0f} steps at an estimated {chars_per_second(units, probe_seconds, vocab):,.0f} chars/s): "
               f"GRU {LAYERS}x{units}, dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
-              f"on {min(flags['val_chars'], valid_chars):,} chars, about {VALIDATION_SHARE:.0%} of the time")
+              f"on {read:,} chars, about {share:.0%} of the time")
     return Choice(flags, reason)
 
 
@@ -99,12 +105,18 @@ def dropout_for(passes):
     return round(min(MAX_DROPOUT, rate) * 20) / 20  # to 0.05
 
 
-def validation_for(planned_steps, valid_chars, seconds, probe_seconds, vocab=100):
-    """--val-every and --val-chars that spend about VALIDATION_SHARE of the budget."""
-    rate = EVAL_SPEEDUP * chars_per_second(PROBE_UNITS, probe_seconds, vocab)  # a 2x512's, the cost's scale
-    affordable = VALIDATION_SHARE * seconds / (VALIDATIONS + 1) * rate  # +1: the plan times one more
-    val_chars = int(min(MAX_VAL_CHARS, max(MIN_VAL_CHARS, affordable)) // 1000 * 1000)
-    val_every = max(50, int(planned_steps / VALIDATIONS) // 50 * 50)
+def validation_for(planned_steps, valid_chars, seconds, eval_chars_s):
+    """--val-every and --val-chars that spend about VALIDATION_SHARE of the budget:
+    VALIDATIONS validations of as many held-out characters as the share pays for (at least
+    MIN_VAL_CHARS); where that many cost more, fewer validations, and on a machine too slow
+    for MIN_VALIDATIONS of them, fewer characters."""
+    paid = VALIDATION_SHARE * seconds * eval_chars_s  # held-out characters the share pays for
+    read = min(valid_chars, max(MIN_VAL_CHARS, paid / (VALIDATIONS + 1))) or 1  # +1: the plan times one more
+    validations = min(VALIDATIONS, int(paid / read) - 1)
+    if validations < MIN_VALIDATIONS:
+        validations, read = MIN_VALIDATIONS, max(FEWEST_VAL_CHARS, paid / (MIN_VALIDATIONS + 1))
+    val_chars = int(min(MAX_VAL_CHARS, max(read, FEWEST_VAL_CHARS)) // 1000 * 1000)
+    val_every = max(10, int(planned_steps / validations))
     return dict(val_every=val_every, val_chars=val_chars, sample_every=max(val_every, 1000),
                 checkpoint_every=max(val_every, 1000))
 
