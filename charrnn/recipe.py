@@ -116,7 +116,8 @@ def validation_for(planned_steps, valid_chars, seconds, eval_chars_s):
     if validations < MIN_VALIDATIONS:
         validations, read = MIN_VALIDATIONS, max(FEWEST_VAL_CHARS, paid / (MIN_VALIDATIONS + 1))
     val_chars = int(min(MAX_VAL_CHARS, max(read, FEWEST_VAL_CHARS)) // 1000 * 1000)
-    val_every = max(10, int(planned_steps / validations))
+    every = planned_steps / validations
+    val_every = int(every) // 10 * 10 if every >= 50 else max(1, int(every))  # >= 50: on a logged step
     return dict(val_every=val_every, val_chars=val_chars, sample_every=max(val_every, 1000),
                 checkpoint_every=max(val_every, 1000))
 

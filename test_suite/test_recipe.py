@@ -74,9 +74,11 @@ class RecipeTest(unittest.TestCase):
             validations = planned / flags["val_every"]
             spent = (validations + 1) * min(flags["val_chars"], 0.1 * megabytes * MB) / eval_chars_s
             self.assertGreaterEqual(validations, recipe.MIN_VALIDATIONS, (megabytes, minutes, chars_s))
-            self.assertLessEqual(validations, recipe.VALIDATIONS + 1, (megabytes, minutes, chars_s))
+            self.assertLessEqual(validations, 1.2 * recipe.VALIDATIONS + 1, (megabytes, minutes, chars_s))
             if flags["val_chars"] > recipe.FEWEST_VAL_CHARS:  # else the machine is too slow for the share
-                self.assertLessEqual(spent, 1.05 * recipe.VALIDATION_SHARE * seconds, (megabytes, minutes, chars_s))
+                self.assertLessEqual(spent, 1.2 * recipe.VALIDATION_SHARE * seconds, (megabytes, minutes, chars_s))
+            if flags["val_every"] >= 50:
+                self.assertEqual(flags["val_every"] % 10, 0)  # validated on a step whose training is logged
             self.assertLessEqual(flags["val_chars"], recipe.MAX_VAL_CHARS)
         self.assertEqual(choose(50, 2, 700).flags["val_chars"], recipe.FEWEST_VAL_CHARS)
         self.assertEqual(choose(50, 10, 17_000).flags["val_chars"] // 1000,
