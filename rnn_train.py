@@ -239,9 +239,9 @@ def quality_recipe(cfg, argv, resume):
     from charrnn.shakespeare import ensure_shakespeare
     if cfg.data == [DEFAULT_DATA]:
         ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
-    train_chars, valid_chars = recipe.training_chars(cfg.data)
+    train_chars, valid_chars, vocab = recipe.text_size(cfg.data)
     probe = recipe.measure_probe(precision.for_this_machine(cfg.precision).precision)
-    choice = recipe.choose(train_chars, valid_chars, cfg.max_seconds, probe)
+    choice = recipe.choose(train_chars, valid_chars, cfg.max_seconds, probe, min(vocab, cfg.max_vocab or vocab))
     chosen = {k: v for k, v in choice.flags.items() if k not in typed}
     kept = ", ".join(f"{flag(k)} {typed[k]}" for k in choice.flags if k in typed)
     print(f"recipe: {choice.reason}" + (f" (kept as given: {kept})" if kept else ""), file=sys.stderr)

@@ -3,7 +3,7 @@ from the size of the text, the time budget and this machine's speed.
 
     choose(train_chars, valid_chars, seconds, probe_seconds, vocab)  -> Choice(flags, reason)
     measure_probe(precision)     seconds of a small GRU-like recurrence here, now (TensorFlow)
-    training_chars(globs)        the characters a run will train on and hold out, from file sizes
+    text_size(globs)             the characters a run will train on and hold out, and its symbols
 
 The model is built before the run's own calibration, so the choice keys on a probe
 timed before the run starts: a few hundred steps of a small GRU-like recurrence in the
@@ -50,6 +50,7 @@ STARTUP_SECONDS = 30.0     # TensorFlow's import, tracing the step and the first
 ELEMENTWISE_FLOPS = 4000.0  # a step's element-wise work, per layer, unit and character, in matmul FLOPs
 PROBE_UNITS, PROBE_ROWS, PROBE_STEPS = 512, 32, 64
 PROBE_TO_CHAR = 5.4        # a training character of 2x512 costs this many probe row-steps (fitted)
+SAMPLE_BYTES = 8 << 20     # read to estimate the vocabulary: a fraction of a second
 EVAL_SPEEDUP = 3.0         # a validated character costs a third of a trained one (no backward)
 
 
@@ -68,8 +69,8 @@ def char_cost(units, layers=LAYERS, vocab=100):
 
 def chars_per_second(units, probe_seconds, vocab=100):
     """Training characters a second of GRU 2xunits, from the probe's time (measure_probe)."""
-    reference = PROBE_TO_CHAR * probe_seconds / (PROBE_ROWS * PROBE_STEPS)  # seconds a char of 2x512
-    return char_cost(PROBE_UNITS, vocab=vocab) / (char_cost(units, vocab=vocab) * reference)
+    reference = PROBE_TO_CHAR * probe_seconds / (PROBE_ROWS * PROBE_STEPS)  # seconds a char of 2x512, 100 symbols
+    return char_cost(PROBE_UNITS) / (char_cost(units, vocab=vocab) * reference)
 
 
 def choose(train_chars, valid_chars, seconds, probe_seconds, vocab=100):
@@ -122,11 +123,22 @@ def validation_for(planned_steps, valid_chars, seconds, eval_chars_s):
                 checkpoint_every=max(val_every, 1000))
 
 
-def training_chars(globs, tail=0.1):
-    """(training, held-out) characters of the text, estimated from the files' sizes in
-    bytes: what the recipe needs before the text is read."""
-    total = sum(os.path.getsize(p) for p in find_files(globs))
-    return int(total * (1 - tail)), int(total * tail)
+def text_size(globs, tail=0.1, sample_bytes=SAMPLE_BYTES):
+    """(training characters, held-out characters, symbols) of the text, estimated before it
+    is read: the characters from the files' sizes in bytes, the vocabulary (which sets the
+    readout's cost) from the distinct characters of the first sample_bytes, plus the
+    unknown symbol."""
+    files = find_files(globs)
+    total = sum(os.path.getsize(p) for p in files)
+    seen, left = set(), sample_bytes
+    for path in files:
+        if left <= 0:
+            break
+        with open(path, "rb") as f:
+            raw = f.read(left)
+        left -= len(raw)
+        seen.update(raw.decode("utf-8", errors="ignore"))
+    return int(total * (1 - tail)), int(total * tail), len(seen) + 1
 
 
 def measure_probe(precision, repeats=5):

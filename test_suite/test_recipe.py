@@ -97,12 +97,19 @@ class RecipeTest(unittest.TestCase):
         self.assertAlmostEqual(ratio, recipe.char_cost(512) / recipe.char_cost(256))
         self.assertTrue(2 < ratio < 4)  # a quarter of the FLOPs, but the element-wise work only halves
 
-    def test_training_chars_come_from_the_files_sizes(self):
+    def test_the_text_size_comes_from_the_files_sizes_and_a_sample_of_their_symbols(self):
         with tempfile.TemporaryDirectory() as tmp:
-            for name, size in (("a.txt", 600), ("b.txt", 400)):
-                with open(os.path.join(tmp, name), "w") as f:
-                    f.write("x" * size)
-            self.assertEqual(recipe.training_chars([os.path.join(tmp, "*.txt")]), (900, 100))
+            for name, text in (("a.txt", "ab" * 300), ("b.txt", "\u00e9" * 200)):  # é: 2 bytes in UTF-8
+                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+            self.assertEqual(recipe.text_size([os.path.join(tmp, "*.txt")]), (900, 100, 4))  # a, b, é, unknown
+            self.assertEqual(recipe.text_size([os.path.join(tmp, "*.txt")], sample_bytes=10)[2], 3)
+
+    def test_a_large_vocabulary_makes_a_character_dearer(self):
+        self.assertLess(recipe.chars_per_second(256, 0.2, vocab=5000), 0.5 * recipe.chars_per_second(256, 0.2))
+        steps = lambda vocab: float(recipe.choose(45 * MB, 5 * MB, 600, probe_for(17_000), vocab).reason
+                                    .split("(")[1].split(" steps")[0].replace(",", ""))
+        self.assertLess(steps(5000), steps(100))
 
 
 class PresetTest(unittest.TestCase):
@@ -120,7 +127,8 @@ class PresetTest(unittest.TestCase):
             with open(data, "w") as f:
                 f.write("to be or not to be\n" * 60_000)  # 1.1 MB
             cfg, printed = self.adapted(["--preset", "quality", "--data", data, "--max-time", "30m"])
-            expected = recipe.choose(*recipe.training_chars([data]), 1800, probe_for(17_000))
+            expected = recipe.choose(*recipe.text_size([data])[:2], 1800, probe_for(17_000),
+                                     recipe.text_size([data])[2])
             self.assertEqual({k: getattr(cfg, k) for k in expected.flags}, expected.flags)
             self.assertEqual(printed, f"recipe: {expected.reason}\n")
             cfg, printed = self.adapted(["--preset", "quality", "--data", data, "--units", "128", "--dropout", "0"])
