@@ -1,12 +1,13 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
     python3 benchmark.py                  # everything (about 8 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate (corpus memory peer precision quality distribute)
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus memory peer precision quality distribute grid)
     python3 benchmark.py train peer --peer-python ~/torch-venv/bin/python
     python3 benchmark.py train --precision fp32    # the training figures in fp32 only
     python3 benchmark.py precision --data input.txt  # validation loss after training in fp32 and in bf16
     python3 benchmark.py quality --data tinyshakespeare.txt   # the README's ten-minute command, its curve
     python3 benchmark.py gpu              # the GPU path, checked (README: On a GPU)
+    python3 benchmark.py grid --grid-data a.txt b.txt --grid-times 2m 10m   # the recipe over texts and budgets
 
 - text:     vocabulary encoding/decoding speed on a 100 MB ASCII text.
 - corpus:   reading a 1 GB ASCII file with read_corpus (two streamed passes):
@@ -45,6 +46,12 @@
             (TensorFlow's import and the validations included): the loss at 2, 5,
             10 (30, 60...) minutes, the best and the final, and the training chars/s. Not
             in the default set (the run's --max-time, 10 minutes by default).
+- grid:     the quality section's command (or several, --grid-flags) on each text of
+            --grid-data for each --max-time of --grid-times, optionally on fewer
+            cores (--grid-cpus, through taskset): one table row a run, with the
+            recipe's choice, the steps, the best and final validation loss, the
+            share of the wall time spent validating, the chars/s and the load
+            average. Not in the default set (the sum of its budgets; docs/recipe.md).
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,
             as a baseline, from one tf.function call per character; the time
             from launching `rnn_play.py` to its first character, TensorFlow import
@@ -92,6 +99,7 @@ import time
 from pathlib import Path
 
 from charrnn.config import IMPLEMENTATIONS
+from charrnn.text import find_files
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children import TensorFlow through tf_setup
 
@@ -101,7 +109,7 @@ CONFIGS = {  # name: (model kwargs, batch, seqlen)
 }
 VOCAB = 98  # the Shakespeare corpus's vocabulary size with the unknown symbol
 SECTIONS = ("text", "corpus", "memory", "matmul", "train", "peer", "generate", "precision", "quality", "distribute",
-            "gpu", "web")
+            "gpu", "web", "grid")
 DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 
 
@@ -355,6 +363,8 @@ def child_curve(args):
     def scalars(folder, tag):
         events = EventAccumulator(os.path.join(args.tmp, folder), size_guidance={"tensors": 0})
         events.Reload()
+        if tag not in events.Tags()["tensors"]:  # a run too short to log it
+            return []
         return [(e.wall_time, e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
 
     speed = scalars("train", training.CHARS_PER_S)
@@ -362,15 +372,15 @@ def child_curve(args):
             "train": [(wall, step) for wall, step, _ in speed]}
 
 
-def train_command(data, flags):
-    """Run `rnn_train.py FLAGS --data DATA` in a temporary folder. Returns its
-    validation curve [(seconds since the start, step, loss)], its wall seconds, the
-    median training chars/s, its first line of output, the process's peak memory
-    (MB) and the seconds each validation took (from the last training event before
-    it to the validation's event)."""
+def train_command(data, flags, prefix=()):
+    """Run `rnn_train.py FLAGS --data DATA` in a temporary folder (after the command
+    prefix, e.g. taskset's). Returns its validation curve [(seconds since the start,
+    step, loss)], its wall seconds, the median training chars/s, its new-run line and
+    --preset quality's recipe line, the process's peak memory (MB) and the seconds each
+    validation took (from the last training event before it to the validation's event)."""
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, os.path.join(here, "rnn_train.py"), *shlex.split(flags), "--data", data,
+        command = [*prefix, sys.executable, os.path.join(here, "rnn_train.py"), *shlex.split(flags), "--data", data,
                    "--run", "run", "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")]
         start = time.time()
         with open(os.path.join(tmp, "err"), "w+") as err:
@@ -385,8 +395,13 @@ def train_command(data, flags):
     points = [(wall - start, step, loss) for wall, step, loss in curve["validation"]]
     validation_seconds = [wall - max((w for w, s in curve["train"] if s <= step and w <= wall), default=start)
                           for wall, step, _ in curve["validation"]]
-    return dict(points=points, seconds=seconds, chars_s=statistics.median(curve["chars_s"]),
-                new_run=stderr.splitlines()[0], peak_mb=usage.ru_maxrss / 1024, validation_seconds=validation_seconds)
+    return dict(points=points, seconds=seconds, chars_s=statistics.median(curve["chars_s"] or [0]),
+                new_run=first_line(stderr, "new run"), recipe=first_line(stderr, "recipe: "),
+                peak_mb=usage.ru_maxrss / 1024, validation_seconds=validation_seconds)
+
+
+def first_line(text, start):
+    return next((line for line in text.splitlines() if line.startswith(start)), "")
 
 
 def print_quality(points, seconds, chars_s):
@@ -617,6 +632,16 @@ def make_parser():
                    help="size of the large text of the memory section (default: %(default)s)")
     p.add_argument("--steps", type=int, default=1500, metavar="N",
                    help="training steps of each precision run: enough to compare fp32 and bf16 (default: %(default)s)")
+    p.add_argument("--grid-data", nargs="+", default=None, metavar="PATH",
+                   help="the texts of the grid section (default: the Shakespeare corpus)")
+    p.add_argument("--grid-times", nargs="+", default=["2m", "10m"], metavar="DURATION",
+                   help="the --max-time budgets of the grid section (default: 2m 10m)")
+    p.add_argument("--grid-flags", nargs="+", default=["--preset quality"], metavar="FLAGS",
+                   help="rnn_train.py commands of the grid section, each one quoted string; --max-time, --data, "
+                        "--run and the folders are added (default: --preset quality)")
+    p.add_argument("--grid-cpus", default="", metavar="LIST",
+                   help="run the grid's commands under taskset -c LIST, e.g. 0 for one core: a slower machine "
+                        "(default: every core)")
     # What the parent passes to each measuring process: not for the command line.
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--config", default="a", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -786,7 +811,7 @@ def report_quality(args, matmul):
     data = text_path(args)
     r = train_command(data, args.train_flags)
     print(f"quality: rnn_train.py {args.train_flags} --data {data}")
-    print(f"quality: {r['new_run']}")
+    print(f"quality: {r['recipe']}\nquality: {r['new_run']}" if r["recipe"] else f"quality: {r['new_run']}")
     print("quality: validation curve (min, step, nats): " + ", ".join(
         f"{t / 60:.1f} {step} {loss:.3f}" for t, step, loss in r["points"]))
     print_quality(r["points"], r["seconds"], r["chars_s"])
@@ -1020,6 +1045,36 @@ def report_gpu(args, matmul):
     failed = [r[0] for r in rows if r[1] == "FAIL"]
     if failed:
         sys.exit(f"gpu: {len(failed)} check{'s' * (len(failed) > 1)} failed: {', '.join(failed)}")
+
+GRID_COLUMNS = ("text", "MB", "cores", "budget", "command", "recipe's choice", "steps", "best (min)", "final",
+                "final - best", "validation share", "chars/s", "load")
+
+
+def report_grid(args, matmul):
+    """The README's command (or --grid-flags) on each text for each budget: one table row
+    a run, printed as it ends. Minutes are of the whole command's wall time."""
+    texts = [os.path.abspath(os.path.expanduser(d)) for d in args.grid_data] if args.grid_data else [text_path(args)]
+    prefix = ("taskset", "-c", args.grid_cpus) if args.grid_cpus else ()
+    cores = f"taskset -c {args.grid_cpus}" if args.grid_cpus else str(os.cpu_count())
+    print("grid: | " + " | ".join(GRID_COLUMNS) + " |\ngrid: |" + "---|" * len(GRID_COLUMNS), flush=True)
+    for data in texts:
+        megabytes = sum(os.path.getsize(f) for f in find_files(data)) / 1e6
+        for budget in args.grid_times:
+            for flags in args.grid_flags:
+                r = train_command(data, f"{flags} --max-time {budget}", prefix)
+                print("grid: | " + " | ".join(grid_row(r, os.path.basename(data), megabytes, cores, budget, flags))
+                      + " |", flush=True)
+
+
+def grid_row(r, name, megabytes, cores, budget, flags):
+    choice = r["recipe"].split(": ", 2)[-1]  # "recipe: 1.0 MB, about 9 passes in 10 min: GRU ..." -> "GRU ..."
+    row = [name, f"{megabytes:.1f}", cores, budget, f"`{flags}`", choice]
+    if not r["points"]:
+        return row + ["no validation"] + [""] * 6
+    best, final = min(r["points"], key=lambda p: p[2]), r["points"][-1]
+    return row + [f"{final[1]:,}", f"{best[2]:.4f} ({best[0] / 60:.1f})", f"{final[2]:.4f}",
+                  f"{final[2] - best[2]:+.4f}", f"{sum(r['validation_seconds']) / r['seconds']:.1%}",
+                  f"{r['chars_s']:,.0f}", f"{os.getloadavg()[0]:.1f}"]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Ctrl-C/SIGTERM after writing a checkpoint (continue with --resume).
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from charrnn import budget
 from charrnn.cli import ArgumentParser
@@ -32,8 +33,10 @@ PRESETS = {  # name: (what it is for, its flags)
               "defaults train for hours there)",
               dict(layers=2, units=256, seqlen=64, batch_size=64, lr=0.003, dropout=0.0, max_steps=300,
                    val_every=100, sample_every=100)),
-    "quality": ("the lowest validation loss in ten minutes on a 2-core CPU; a longer --max-time "
-                "stretches the schedule, but overfits a small text (README: what loss to expect)",
+    "quality": ("the lowest validation loss this machine gives in --max-time (ten minutes by default): "
+                "before the run, the width, the dropout and the validation are chosen from the text's size, "
+                "the budget and a one-second probe of this machine's speed, and said on the recipe: line "
+                "(docs/recipe.md); these flags are the starting point",
                 dict(layers=2, units=512, embedding=64, seqlen=64, batch_size=64, lr=0.003, warmup_steps=100,
                      decay="cosine", min_lr_ratio=0.05, dropout=0.1, weight_decay=0.1, max_time="10m",
                      val_every=250, sample_every=1000, checkpoint_every=1000)),
@@ -233,6 +236,27 @@ def warn_about(cfg):
         print(line, file=sys.stderr)
 
 
+def quality_recipe(cfg, argv, resume):
+    """--preset quality on a new run: the model, dropout and validation that charrnn.recipe
+    chooses for this text, budget and machine (a probe of its speed, about a second);
+    flags typed with the preset win. Prints the choice and why."""
+    typed = vars(make_parser().parse_args(argv))
+    if typed.get("preset") != "quality" or resume is not None:
+        return cfg
+    from charrnn import precision, recipe
+    from charrnn.config import DEFAULT_DATA
+    from charrnn.shakespeare import ensure_shakespeare
+    if cfg.data == [DEFAULT_DATA]:
+        ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
+    train_chars, valid_chars, vocab = recipe.text_size(cfg.data)
+    probe = recipe.measure_probe(precision.for_this_machine(cfg.precision).precision)
+    choice = recipe.choose(train_chars, valid_chars, cfg.max_seconds, probe, min(vocab, cfg.max_vocab or vocab))
+    chosen = {k: v for k, v in choice.flags.items() if k not in typed}
+    kept = ", ".join(f"{flag(k)} {typed[k]}" for k in choice.flags if k in typed)
+    print(f"recipe: {choice.reason}" + (f" (kept as given: {kept})" if kept else ""), file=sys.stderr)
+    return dataclasses.replace(cfg, **chosen).check()
+
+
 def main(argv=None):
     started = budget.now()  # --max-time counts the start-up (TensorFlow's import) too
     argv = sys.argv[1:] if argv is None else argv
@@ -245,6 +269,7 @@ def main(argv=None):
         with tf_setup.starting_tensorflow():  # imported; no op has run yet
             from charrnn import distribute
             strategy = distribute.make_strategy(cfg.distribute)  # multi-worker sets up collective ops: first
+        cfg = quality_recipe(cfg, argv, resume)
         from charrnn.training import train
         return train(cfg, resume=resume, given=explicit, strategy=strategy, started=started)
     except UserError as e:

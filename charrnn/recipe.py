@@ -1,0 +1,170 @@
+"""The --preset quality recipe: the model, its regularisation and its validation, chosen
+from the size of the text, the time budget and this machine's speed.
+
+    choose(train_chars, valid_chars, seconds, probe_seconds, vocab)  -> Choice(flags, reason)
+    measure_probe(precision)     seconds of a small GRU-like recurrence here, now (TensorFlow)
+    text_size(globs)             the characters a run will train on and hold out, and its symbols
+
+The model is built before the run's own calibration, so the choice keys on a probe
+timed before the run starts: a few hundred steps of a small GRU-like recurrence in the
+run's precision, which tracks both the matmul rate and the element-wise work (and the
+load of a shared machine). From it, each candidate shape's speed follows from its cost
+(`char_cost`), and with the budget: the steps it would make and the passes over the
+text they read. The rule (docs/recipe.md has the grid it comes from):
+
+- the widest candidate whose steps reach MIN_STEPS (the learning-rate schedule needs that
+  many to pay off) and whose weights do not outnumber the training characters by more
+  than MAX_PARAMS_PER_CHAR (more only memorises a small text);
+- dropout grows with the passes over the text: none on a first pass, then 0.1 per
+  doubling of the passes beyond two, up to MAX_DROPOUT;
+- validation takes about VALIDATION_SHARE of the budget: VALIDATIONS validations (enough
+  to keep a best checkpoint near the best point) of as many held-out characters as that
+  share pays for, between MIN_VAL_CHARS and the default cap; where even MIN_VAL_CHARS
+  would cost more, fewer validations (MIN_VALIDATIONS at least).
+
+No TensorFlow at import (numpy, through text.py); measure_probe imports it when called.
+"""
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.precision import DTYPES
+from charrnn.text import find_files
+
+WIDTHS = (256, 384, 512, 768)  # the candidates: 2 GRU layers of these units (wider: not measured)
+LAYERS, EMBEDDING, BATCH, SEQLEN = 2, 64, 64, 64
+MIN_STEPS = 1500           # steps the warm-up and cosine decay need to reach a low loss
+MAX_PARAMS_PER_CHAR = 5.0  # weights per training character
+MAX_DROPOUT = 0.4
+VALIDATION_SHARE = 0.05    # of the budget
+VALIDATIONS = 10           # in a run: the best checkpoint is within a tenth of the run of the best point
+MIN_VALIDATIONS = 4        # on a slow machine, fewer, but enough to keep a best checkpoint
+MIN_VAL_CHARS = 100_000    # fewer give a loss too noisy to rank checkpoints (about 0.005 nats)
+FEWEST_VAL_CHARS = 20_000  # ... but a machine too slow for even those validates at least these
+MAX_VAL_CHARS = TrainConfig.val_chars
+STARTUP_SECONDS = 30.0     # TensorFlow's import, tracing the step and the first validation, the last checkpoint
+ELEMENTWISE_FLOPS = 4000.0  # a step's element-wise work, per layer, unit and character, in matmul FLOPs
+PROBE_UNITS, PROBE_ROWS, PROBE_STEPS = 512, 32, 64
+PROBE_TO_CHAR = 5.4        # a training character of 2x512 costs this many probe row-steps (fitted)
+SAMPLE_BYTES = 8 << 20     # read to estimate the vocabulary: a fraction of a second
+EVAL_SPEEDUP = 3.0         # a validated character costs a third of a trained one (no backward)
+
+
+@dataclass(frozen=True)
+class Choice:
+    flags: dict   # TrainConfig fields
+    reason: str   # for the new-run line
+
+
+def char_cost(units, layers=LAYERS, vocab=100):
+    """A training character's cost in matmul FLOPs: forward and backward matmuls, plus
+    the element-wise work, which grows with the units, not their square."""
+    model = ModelConfig(vocab_size=vocab, layers=layers, units=units, embedding=EMBEDDING)
+    return 3 * model.flops_per_char() + ELEMENTWISE_FLOPS * layers * units
+
+
+def chars_per_second(units, probe_seconds, vocab=100):
+    """Training characters a second of GRU 2xunits, from the probe's time (measure_probe)."""
+    reference = PROBE_TO_CHAR * probe_seconds / (PROBE_ROWS * PROBE_STEPS)  # seconds a char of 2x512, 100 symbols
+    return char_cost(PROBE_UNITS) / (char_cost(units, vocab=vocab) * reference)
+
+
+def choose(train_chars, valid_chars, seconds, probe_seconds, vocab=100):
+    """The recipe for a run of `seconds` on train_chars characters (valid_chars held out),
+    on a machine whose probe took probe_seconds. Returns a Choice."""
+    train_seconds = max(1.0, seconds * (1 - VALIDATION_SHARE) - STARTUP_SECONDS)
+
+    def steps(units):
+        return train_seconds * chars_per_second(units, probe_seconds, vocab) / (BATCH * SEQLEN)
+
+    def params(units):
+        return ModelConfig(vocab_size=vocab, layers=LAYERS, units=units, embedding=EMBEDDING).parameters()
+
+    fitting = [u for u in WIDTHS if steps(u) >= MIN_STEPS and params(u) <= MAX_PARAMS_PER_CHAR * train_chars]
+    units = max(fitting, default=WIDTHS[0])
+    planned = steps(units)
+    passes = planned * BATCH * SEQLEN / max(1, train_chars)
+    eval_chars_s = EVAL_SPEEDUP * chars_per_second(units, probe_seconds, vocab)
+    flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
+                 dropout=dropout_for(passes), **validation_for(planned, valid_chars, seconds, eval_chars_s))
+    read = min(flags["val_chars"], valid_chars)
+    share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
+    reason = (f"{train_chars / 1e6:.1f} MB, about {passes:.2g} passes in {seconds / 60:.3g} min "
+              f"({planned:,.0f} steps at an estimated {chars_per_second(units, probe_seconds, vocab):,.0f} chars/s): "
+              f"GRU {LAYERS}x{units}, dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
+              f"on {read:,} chars, about {share:.0%} of the time")
+    return Choice(flags, reason)
+
+
+def dropout_for(passes):
+    """None while the text is read once or twice; then 0.1 more per doubling of the passes."""
+    rate = 0.1 * math.log2(max(passes, 1.0) / 2) if passes > 2 else 0.0
+    return round(min(MAX_DROPOUT, rate) * 20) / 20  # to 0.05
+
+
+def validation_for(planned_steps, valid_chars, seconds, eval_chars_s):
+    """--val-every and --val-chars that spend about VALIDATION_SHARE of the budget:
+    VALIDATIONS validations of as many held-out characters as the share pays for (at least
+    MIN_VAL_CHARS); where that many cost more, fewer validations, and on a machine too slow
+    for MIN_VALIDATIONS of them, fewer characters."""
+    paid = VALIDATION_SHARE * seconds * eval_chars_s  # held-out characters the share pays for
+    read = min(valid_chars, max(MIN_VAL_CHARS, paid / (VALIDATIONS + 1))) or 1  # +1: the plan times one more
+    validations = min(VALIDATIONS, int(paid / read) - 1)
+    if validations < MIN_VALIDATIONS:
+        validations, read = MIN_VALIDATIONS, max(FEWEST_VAL_CHARS, paid / (MIN_VALIDATIONS + 1))
+    val_chars = int(min(MAX_VAL_CHARS, max(read, FEWEST_VAL_CHARS)) // 1000 * 1000)
+    every = planned_steps / validations
+    val_every = int(every) // 10 * 10 if every >= 50 else max(1, int(every))  # >= 50: on a logged step
+    return dict(val_every=val_every, val_chars=val_chars, sample_every=max(val_every, 1000),
+                checkpoint_every=max(val_every, 1000))
+
+
+def text_size(globs, tail=0.1, sample_bytes=SAMPLE_BYTES):
+    """(training characters, held-out characters, symbols) of the text, estimated before it
+    is read: the characters from the files' sizes in bytes, the vocabulary (which sets the
+    readout's cost) from the distinct characters of the first sample_bytes, plus the
+    unknown symbol."""
+    files = find_files(globs)
+    total = sum(os.path.getsize(p) for p in files)
+    seen, left = set(), sample_bytes
+    for path in files:
+        if left <= 0:
+            break
+        with open(path, "rb") as f:
+            raw = f.read(left)
+        left -= len(raw)
+        seen.update(raw.decode("utf-8", errors="ignore"))
+    return int(total * (1 - tail)), int(total * tail), len(seen) + 1
+
+
+def measure_probe(precision, repeats=5):
+    """Seconds of PROBE_STEPS steps of a GRU-like recurrence of PROBE_UNITS units on two
+    row groups of PROBE_ROWS rows, in the matmuls' dtype: the median of a few timings,
+    so a shared machine's load counts as training will feel it. About a second."""
+    import tensorflow as tf
+    dtype = getattr(tf, DTYPES[precision])
+    U = PROBE_UNITS
+    kernel = tf.cast(tf.random.normal([U, 3 * U], stddev=U ** -0.5, seed=1), dtype)
+
+    def cell(h):  # [R, U]: one step, the product cast back to fp32 as the fused kernels do
+        z, r, c = tf.split(tf.cast(tf.matmul(tf.cast(h, dtype), kernel), tf.float32), 3, axis=1)
+        return tf.sigmoid(z) * h + (1 - tf.sigmoid(z)) * tf.tanh(tf.sigmoid(r) * c)
+
+    @tf.function
+    def run(a, b):
+        for _ in tf.range(PROBE_STEPS):
+            a, b = cell(a), cell(b)  # two independent groups, as training's two row groups
+        return a + b
+
+    start = tf.random.normal([PROBE_ROWS, U], seed=2)
+    run(start, start).numpy()  # trace
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run(start, start).numpy()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)

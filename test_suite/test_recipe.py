@@ -1,0 +1,150 @@
+"""--preset quality's recipe (charrnn/recipe.py): the model, dropout and validation
+chosen from the text's size, the budget and the machine's speed."""
+
+import contextlib
+import io
+import os
+import tempfile
+import unittest
+from unittest import mock
+
+import rnn_train
+from charrnn import recipe
+from charrnn.config import ModelConfig
+
+MB = 1_000_000
+
+
+def probe_for(chars_s):
+    """The probe time of a machine that trains GRU 2x512 at chars_s."""
+    return recipe.chars_per_second(512, 1.0) / chars_s
+
+
+def choose(megabytes, minutes, chars_s):
+    """The recipe for a text of that size (its last 10% held out), budget and 2x512 speed."""
+    return recipe.choose(int(0.9 * megabytes * MB), int(0.1 * megabytes * MB), 60 * minutes, probe_for(chars_s))
+
+
+class RecipeTest(unittest.TestCase):
+    def test_more_time_or_a_faster_machine_never_gets_less_model_or_less_dropout(self):
+        for megabytes in (0.3, 1.1, 5, 50):
+            for vary in ("minutes", "speed"):
+                choices = [choose(megabytes, m, 17_000) if vary == "minutes" else choose(megabytes, 10, m)
+                           for m in ((2, 5, 10, 30, 60, 120) if vary == "minutes" else (1_000, 4_000, 17_000, 60_000))]
+                units = [c.flags["units"] for c in choices]
+                dropout = [c.flags["dropout"] for c in choices]
+                self.assertEqual(units, sorted(units), (megabytes, vary))
+                self.assertEqual(dropout, sorted(dropout), (megabytes, vary))
+
+    def test_the_widest_model_that_still_makes_the_steps_a_schedule_needs(self):
+        c = choose(50, 10, 17_000)
+        steps = lambda units: (60 * 10 * (1 - recipe.VALIDATION_SHARE) - recipe.STARTUP_SECONDS) * \
+            recipe.chars_per_second(units, probe_for(17_000)) / (recipe.BATCH * recipe.SEQLEN)
+        units = c.flags["units"]
+        self.assertGreaterEqual(steps(units), recipe.MIN_STEPS)
+        wider = [u for u in recipe.WIDTHS if u > units]
+        self.assertTrue(all(steps(u) < recipe.MIN_STEPS for u in wider), (units, wider))
+        self.assertEqual(choose(50, 2, 1_000).flags["units"], recipe.WIDTHS[0])  # nothing fits: the smallest
+
+    def test_a_small_text_caps_the_weights_per_training_character(self):
+        for megabytes in (0.3, 1.1):
+            units = choose(megabytes, 120, 60_000).flags["units"]
+            params = ModelConfig(vocab_size=100, layers=recipe.LAYERS, units=units,
+                                 embedding=recipe.EMBEDDING).parameters()
+            self.assertLessEqual(params, recipe.MAX_PARAMS_PER_CHAR * 0.9 * megabytes * MB)
+        self.assertGreater(choose(50, 120, 60_000).flags["units"], choose(0.3, 120, 60_000).flags["units"])
+
+    def test_dropout_follows_the_passes_over_the_text(self):
+        self.assertEqual(recipe.dropout_for(0.5), 0.0)   # a first pass cannot overfit
+        self.assertEqual(recipe.dropout_for(2.0), 0.0)
+        self.assertEqual(recipe.dropout_for(4.0), 0.1)   # 0.1 a doubling beyond two passes
+        self.assertEqual(recipe.dropout_for(16.0), 0.3)
+        self.assertEqual(recipe.dropout_for(1000.0), recipe.MAX_DROPOUT)
+        self.assertEqual(choose(50, 10, 17_000).flags["dropout"], 0.0)
+        self.assertGreater(choose(1.1, 30, 17_000).flags["dropout"], choose(1.1, 10, 17_000).flags["dropout"])
+
+    def test_validation_takes_about_its_share_of_the_budget(self):
+        cases = [(megabytes, minutes, chars_s) for megabytes in (0.3, 1.1, 16, 50) for minutes in (2, 10, 30)
+                 for chars_s in (700, 4_000, 17_000, 27_000)]
+        for megabytes, minutes, chars_s in cases:
+            c = choose(megabytes, minutes, chars_s)
+            flags, seconds = c.flags, 60 * minutes
+            planned = float(c.reason.split("(")[1].split(" steps")[0].replace(",", ""))
+            eval_chars_s = recipe.EVAL_SPEEDUP * recipe.chars_per_second(flags["units"], probe_for(chars_s))
+            validations = planned / flags["val_every"]
+            spent = (validations + 1) * min(flags["val_chars"], 0.1 * megabytes * MB) / eval_chars_s
+            self.assertGreaterEqual(validations, recipe.MIN_VALIDATIONS, (megabytes, minutes, chars_s))
+            self.assertLessEqual(validations, 1.2 * recipe.VALIDATIONS + 1, (megabytes, minutes, chars_s))
+            if flags["val_chars"] > recipe.FEWEST_VAL_CHARS:  # else the machine is too slow for the share
+                self.assertLessEqual(spent, 1.2 * recipe.VALIDATION_SHARE * seconds, (megabytes, minutes, chars_s))
+            if flags["val_every"] >= 50:
+                self.assertEqual(flags["val_every"] % 10, 0)  # validated on a step whose training is logged
+            self.assertLessEqual(flags["val_chars"], recipe.MAX_VAL_CHARS)
+        self.assertEqual(choose(50, 2, 700).flags["val_chars"], recipe.FEWEST_VAL_CHARS)
+        self.assertEqual(choose(50, 10, 17_000).flags["val_chars"] // 1000,
+                         int(recipe.VALIDATION_SHARE * 600 * 3 * 17_000 / 11) // 1000)  # what the share pays for
+
+    def test_the_reason_says_what_was_chosen_and_why(self):
+        c = choose(4.4, 10, 17_000)
+        self.assertRegex(c.reason, r"^4\.0 MB, about [\d.]+ passes in 10 min \([\d,]+ steps at an estimated "
+                                   r"[\d,]+ chars/s\): GRU 2x\d+, dropout [\d.]+; validation every \d+ steps on "
+                                   r"[\d,]+ chars, about \d+% of the time$")
+        self.assertIn(f"GRU 2x{c.flags['units']}, dropout {c.flags['dropout']:g}", c.reason)
+
+    def test_a_slower_probe_means_proportionally_fewer_chars_per_second(self):
+        self.assertAlmostEqual(recipe.chars_per_second(512, 0.2) / recipe.chars_per_second(512, 0.4), 2.0)
+        ratio = recipe.chars_per_second(256, 0.2) / recipe.chars_per_second(512, 0.2)
+        self.assertAlmostEqual(ratio, recipe.char_cost(512) / recipe.char_cost(256))
+        self.assertTrue(2 < ratio < 4)  # a quarter of the FLOPs, but the element-wise work only halves
+
+    def test_the_text_size_comes_from_the_files_sizes_and_a_sample_of_their_symbols(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in (("a.txt", "ab" * 300), ("b.txt", "\u00e9" * 200)):  # é: 2 bytes in UTF-8
+                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+            self.assertEqual(recipe.text_size([os.path.join(tmp, "*.txt")]), (900, 100, 4))  # a, b, é, unknown
+            self.assertEqual(recipe.text_size([os.path.join(tmp, "*.txt")], sample_bytes=10)[2], 3)
+
+    def test_a_large_vocabulary_makes_a_character_dearer(self):
+        self.assertLess(recipe.chars_per_second(256, 0.2, vocab=5000), 0.5 * recipe.chars_per_second(256, 0.2))
+        steps = lambda vocab: float(recipe.choose(45 * MB, 5 * MB, 600, probe_for(17_000), vocab).reason
+                                    .split("(")[1].split(" steps")[0].replace(",", ""))
+        self.assertLess(steps(5000), steps(100))
+
+
+class PresetTest(unittest.TestCase):
+    """rnn_train.quality_recipe: where --preset quality meets the recipe."""
+
+    def adapted(self, argv, resume=None):
+        cfg, _, _ = rnn_train.parse(argv)
+        with mock.patch.object(recipe, "measure_probe", return_value=probe_for(17_000)), \
+                contextlib.redirect_stderr(io.StringIO()) as err:
+            return rnn_train.quality_recipe(cfg, argv, resume), err.getvalue()
+
+    def test_the_recipe_sets_what_the_user_did_not_type(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            data = os.path.join(tmp, "input.txt")
+            with open(data, "w") as f:
+                f.write("to be or not to be\n" * 60_000)  # 1.1 MB
+            cfg, printed = self.adapted(["--preset", "quality", "--data", data, "--max-time", "30m"])
+            expected = recipe.choose(*recipe.text_size([data])[:2], 1800, probe_for(17_000),
+                                     recipe.text_size([data])[2])
+            self.assertEqual({k: getattr(cfg, k) for k in expected.flags}, expected.flags)
+            self.assertEqual(printed, f"recipe: {expected.reason}\n")
+            cfg, printed = self.adapted(["--preset", "quality", "--data", data, "--units", "128", "--dropout", "0"])
+            self.assertEqual((cfg.units, cfg.dropout), (128, 0.0))  # typed flags win
+            self.assertIn("(kept as given: --units 128, --dropout 0.0)", printed)
+            for argv, resume in ((["--preset", "quality", "--data", data], ""), (["--preset", "quick"], None)):
+                cfg, printed = self.adapted(argv, resume)  # a resumed run keeps its saved choice
+                self.assertEqual((cfg, printed), (rnn_train.parse(argv)[0], ""))
+
+
+class ProbeTest(unittest.TestCase):
+    def test_the_probe_times_the_recurrence(self):
+        seconds = recipe.measure_probe("fp32", repeats=2)
+        self.assertGreater(seconds, 0)
+        self.assertLess(seconds, 30)
+
+
+if __name__ == "__main__":
+    unittest.main()
