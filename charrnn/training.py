@@ -6,7 +6,7 @@
       _train                       the loop: the step, then the pieces, each on its own schedule
 
 The pieces run after every step, in order, each owning its state and schedule:
-Log, Validation, Sample, Checkpoint and budget.TimeLimit (--max-time). A piece is
+Divergence, Log, Validation, Sample, Checkpoint and budget.TimeLimit (--max-time). A piece is
 a class with after_step(loop) and at_end(loop) (see Piece); to add one, write it
 and put it in the list in _train. Any piece may end the run: loop.stop = True.
 """
@@ -76,11 +76,12 @@ def _train(run, strategy, started):
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
     start = trainer.step
     console = Console(trainer.schedule_steps, start, cfg.batch_size * cfg.seqlen)
-    validation = Validation(cfg.val_every)
+    divergence = Divergence(len(corpus.vocab))
+    validation = Validation(cfg.val_every, divergence)
     loop = Loop(trainer, corpus, Logs(run, corpus, start), console, distribute.is_chief(strategy), start,
                 validation, step=start)
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
-    pieces = [Log(cfg.log_every), validation, Sample(cfg.sample_every, generator),
+    pieces = [divergence, Log(cfg.log_every), validation, Sample(cfg.sample_every, generator),
               Checkpoint(cfg.checkpoint_every), clock]
     limit = trainer.step_limit
     epochs = math.ceil(limit / nb_batches) if limit else sys.maxsize  # no limit: until the deadline
@@ -155,12 +156,44 @@ class Log(Piece):
                             float(trainer.optimizer.learning_rate.numpy()), trainer.flops_per_char)
 
 
+class Divergence(Piece):
+    """Ends a run whose loss is no longer a sane number, with an error naming the likely cause
+    (a learning rate too high) and the last good checkpoint: a loss far above a uniform guess
+    over the vocabulary (ln V nats a character), or above two uniform guesses and orders of
+    magnitude above the lowest loss of the run. Every step's loss is checked before anything
+    is saved, and Validation checks its loss before keeping a best checkpoint, so a diverged
+    model never becomes best/."""
+
+    FAR_ABOVE_UNIFORM = 10.0  # x ln V (at least 10 nats): no model that learns anything scores this
+    RISE = 100.0              # x the lowest loss so far, once worse than two uniform guesses
+
+    def __init__(self, vocab_size):
+        self.vocab_size, self.uniform = vocab_size, math.log(vocab_size)
+        self.lowest = math.inf
+
+    def after_step(self, loop):
+        last = loop.trainer.last_loss  # None when the step was skipped: the Trainer counts those
+        if last is not None:
+            self.check(loop.trainer, last[0], f"the training loss at step {loop.step}")
+
+    def check(self, trainer, loss, what):
+        """Raise the Trainer's divergence error if loss (nats a character) is not sane."""
+        far = loss > self.FAR_ABOVE_UNIFORM * max(self.uniform, 1.0)
+        rising = loss > 2 * self.uniform and loss > self.RISE * self.lowest
+        self.lowest = min(self.lowest, loss)
+        if far or rising:
+            raise trainer.diverged(
+                f"{what} is {loss:.3g} nats a character, where a uniform guess over the {self.vocab_size} "
+                f"characters scores {self.uniform:.2f}: the learning rate (--lr {trainer.cfg.lr:g}) is likely too high")
+
+
 class Validation(Piece):
     """Every `every` steps and at the end, score the held-out text, log it, and keep the
-    best checkpoint (from the chief). durations: the seconds of each, for budget.TimeLimit."""
+    best checkpoint (from the chief) once `divergence` finds the loss sane. durations: the
+    seconds of each, for budget.TimeLimit."""
 
-    def __init__(self, every):
-        self.every, self.durations = every, []
+    def __init__(self, every, divergence):
+        self.every, self.divergence, self.durations = every, divergence, []
 
     def after_step(self, loop):
         if loop.step % self.every == 0 and loop.chief:
@@ -182,6 +215,7 @@ class Validation(Piece):
         self.durations.append(budget.now() - started)
         loss, accuracy = result
         loop.logs.validation(loop.step, loss, accuracy)
+        self.divergence.check(trainer, loss, f"the validation loss at step {loop.step}")
         best = trainer.best_val_loss is None or loss < trainer.best_val_loss
         if best:
             trainer.progress["best_val_loss"].assign(loss)
