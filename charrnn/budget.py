@@ -171,6 +171,7 @@ class TimeLimit:
         self.variables["planned_steps"].assign(planned)
         self.variables["planned_for"].assign(self.cfg.max_seconds)
         total = loop.trainer.set_schedule(planned)
+        loop.trainer.save(loop.trainer.recent)  # a process killed before the next checkpoint resumes on this plan
         loop.console.set_total(total)
         Console.write(f"--max-time {self.cfg.max_time}: {total:,} steps planned ({per_step:.3f} s a step"
                       + (f", {budget.validation_seconds:.1f} s a validation" if budget.validation_seconds else "")

@@ -20,6 +20,10 @@ from charrnn.model import CharRNN
 from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf, tiny, tiny_model_config
 
 
+class Killed(BaseException):
+    """A process killed at once (kill -9): nothing after it runs, no piece's at_end."""
+
+
 class FakeClock:
     """budget.now for tests: each reading advances the time by `tick` seconds."""
 
@@ -169,6 +173,27 @@ class ResumeWithScheduleTest(unittest.TestCase):
         with mock.patch("charrnn.budget.now", FakeClock(tick / 2)):  # a faster machine: the plan must not change
             quiet_train(tiny(self.tmp), resume="split")
         assert_same_run(self, *(os.path.join(self.tmp, "ck", run, "ckpt-400") for run in ("whole", "split")))
+
+    def test_the_plan_is_saved_when_it_is_made(self):
+        # A process killed right after its plan, before the next scheduled checkpoint, resumes on that plan.
+        options = dict(max_steps=0, max_time="30s", val_every=25, checkpoint_every=10, sample_every=1000)
+        planned = []
+        original = training.Trainer.train_step
+
+        def killed_after_the_plan(trainer, x, y):
+            original(trainer, x, y)
+            if trainer.schedule_steps:  # planned at the step before: killed before the pieces of this one
+                planned.append(trainer.schedule_steps)
+                raise Killed
+
+        with mock.patch("charrnn.budget.now", FakeClock(0.02)), \
+                mock.patch.object(training.Trainer, "train_step", killed_after_the_plan), self.assertRaises(Killed):
+            quiet_train(tiny(self.tmp, **options))
+        with mock.patch("charrnn.budget.now", FakeClock(0.1)):  # a slower machine would plan fewer steps
+            quiet_train(tiny(self.tmp), resume="r")
+        last = ckpts.latest(os.path.join(self.tmp, "ck", "r"))
+        self.assertEqual(int(checkpoint_tensors(last, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"]),
+                         planned[0])
 
     def test_a_checkpoint_without_the_run_s_clock_resumes(self):
         # Checkpoints written before --max-time hold no clock or plan: they resume as they were.
