@@ -18,6 +18,7 @@ import sys
 import time
 
 from charrnn.console import Console, format_duration
+from charrnn.errors import UserError
 
 CALIBRATION_SECONDS = 20.0  # steps timed before the plan: long enough to average out a few slow ones
 CALIBRATION_SHARE = 0.05    # ... but at most this share of a short budget
@@ -126,11 +127,19 @@ class TimeLimit:
         self.variables["seconds"].assign(self.budget.spent())
 
     def nothing_left(self, run):
-        """Whether a resumed run has no time left; says so."""
+        """Whether a resumed run has no time left; says so. A run this process starts (new, or
+        forked from a checkpoint) with no time left is refused instead (UserError): it would
+        train nothing, and runs.Run.claimed removes its folders."""
         if not self.budget.over():
             return False
-        print(f"run {run.name} has spent its --max-time {self.cfg.max_time} "
-              f"({format_duration(self.budget.spent())}): nothing to train; raise --max-time to go on", file=sys.stderr)
+        spent = format_duration(self.budget.spent())
+        if run.source is None:
+            raise UserError(f"--max-time {self.cfg.max_time} was spent before the first training step (the start-up "
+                            f"took {spent}): nothing was trained and no run was kept; give a longer --max-time")
+        what = f"has spent its --max-time {self.cfg.max_time} ({spent}): nothing to train; raise --max-time to go on"
+        if run.forked:
+            raise UserError(f"--resume {run.prefix}: that run {what}")
+        print(f"run {run.name} {what}", file=sys.stderr)
         return True
 
     def after_step(self, loop):

@@ -195,6 +195,28 @@ class ResumeWithScheduleTest(unittest.TestCase):
         self.assertEqual(int(checkpoint_tensors(last, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"]),
                          planned[0])
 
+    def test_a_budget_spent_before_the_first_step_is_refused_and_leaves_no_new_run(self):
+        def train(cfg, **kw):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+                return training.train(cfg, started=budgets.now() - 60, **kw), err.getvalue()  # a start-up of 60 s
+
+        with self.assertRaisesRegex(UserError, r"^--max-time 30s was spent before the first training step \(the "
+                                               r"start-up took 0:01:0\d\): nothing was trained and no run was kept; "
+                                               r"give a longer --max-time$"):
+            train(tiny(self.tmp, max_steps=0, max_time="30s"))
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["corpus"])  # neither ck/ nor log/ was left
+        quiet_train(tiny(self.tmp, run="kept", max_steps=4))
+        kept = os.path.join(self.tmp, "ck", "kept")
+        with self.assertRaisesRegex(UserError, r"^--resume \S+ckpt-4: that run has spent its --max-time 30s"):
+            train(tiny(self.tmp, max_steps=0, max_time="30s", run="fork"), resume=os.path.join(kept, "ckpt-4"),
+                  given={"max_steps", "max_time", "run"})
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "fork")))
+        code, err = train(tiny(self.tmp, max_steps=0, max_time="30s"), resume="kept",  # in the run's own folder
+                          given={"max_steps", "max_time"})
+        self.assertEqual(code, 0)
+        self.assertIn("run kept has spent its --max-time 30s", err)
+        self.assertTrue(os.path.exists(os.path.join(kept, "ckpt-4.index")))
+
     def test_a_checkpoint_without_the_run_s_clock_resumes(self):
         # Checkpoints written before --max-time hold no clock or plan: they resume as they were.
         real = ckpts.training_checkpoint
