@@ -47,13 +47,15 @@ class Budget:
     def __init__(self, seconds, spent=0.0, planned=0, started=None):
         self.seconds, self.planned = seconds, planned
         self.origin = (now() if started is None else started) - spent  # the run's time zero, on this clock
+        self.last_spent = spent
         self.window_start = None       # (time, step) where the calibration window opened
         self.validation_seconds = None  # the last validation's duration, from the second one on
         self.validations = 0           # in this process
         self.in_window = 0.0           # validation time inside the window, not part of a step
 
     def spent(self):
-        return now() - self.origin
+        self.last_spent = now() - self.origin  # kept for TimeLimit.seconds
+        return self.last_spent
 
     def over(self):
         if self.seconds is None:
@@ -121,6 +123,12 @@ class TimeLimit:
         planned = int(self.variables["planned_steps"].numpy()) if same else 0
         self.budget = Budget(self.cfg.max_seconds, float(self.variables["seconds"].numpy()), planned, self.started)
         return planned
+
+    @property
+    def seconds(self):
+        """The run's seconds spent at the last reading of its clock (each step's "time is up"
+        check): other pieces read the time without a clock reading of their own."""
+        return self.budget.last_spent
 
     def record(self):
         """Before a checkpoint is written: the time spent so far goes into it."""

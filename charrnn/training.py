@@ -28,6 +28,7 @@ from charrnn.text import require_batches, rnn_minibatch_sequencer
 from charrnn.trainer import Trainer
 
 SAMPLE_CHARS = 300
+FIRST_SAMPLE_SECONDS, SAMPLE_SECONDS = 60.0, 180.0  # a --max-time run's samples by the clock
 
 
 def train(cfg: TrainConfig, resume=None, given=(), strategy=None, started=None):
@@ -81,8 +82,8 @@ def _train(run, strategy, started):
     loop = Loop(trainer, corpus, Logs(run, corpus, start), console, distribute.is_chief(strategy), start,
                 validation, step=start)
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
-    pieces = [divergence, Log(cfg.log_every), validation, Sample(cfg.sample_every, generator),
-              Checkpoint(cfg.checkpoint_every), clock]
+    sample = Sample(cfg.sample_every, generator, clock if cfg.max_time else None)
+    pieces = [divergence, Log(cfg.log_every), validation, sample, Checkpoint(cfg.checkpoint_every), clock]
     limit = trainer.step_limit
     epochs = math.ceil(limit / nb_batches) if limit else sys.maxsize  # no limit: until the deadline
     batches = rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen, epochs, *divmod(start, nb_batches))
@@ -226,18 +227,37 @@ class Validation(Piece):
 
 class Sample(Piece):
     """Every `every` steps, print and log a sample that starts from a zero state; its
-    seed follows the step (from the chief)."""
+    seed follows the step (from the chief). A --max-time run (clock: its budget.TimeLimit)
+    also samples by the clock, so that a short run shows text early: at its first
+    validation or after FIRST_SAMPLE_SECONDS, then every SAMPLE_SECONDS; never before
+    its plan, whose calibration would time a sample as training."""
 
-    def __init__(self, every, generator):
-        self.every, self.generator = every, generator
+    def __init__(self, every, generator, clock=None):
+        self.every, self.generator, self.clock = every, generator, clock
+        self.last = None  # the clock's seconds at the last sample of this process, or when it first looked
+        self.count = 0
 
     def after_step(self, loop):
-        if loop.step % self.every or not loop.chief:
-            return
+        if loop.chief and (loop.step % self.every == 0 or self.time_for_one(loop)):
+            self.sample(loop)
+
+    def time_for_one(self, loop):
+        if self.clock is None or loop.trainer.schedule_steps is None:
+            return False
+        if self.last is None:
+            self.last = self.clock.seconds
+        if not self.count and loop.validation.durations:
+            return True
+        return self.clock.seconds - self.last >= (SAMPLE_SECONDS if self.count else FIRST_SAMPLE_SECONDS)
+
+    def sample(self, loop):
         ids = next(self.generator.stream(length=SAMPLE_CHARS, seed=self.generator.config.seed + loop.step))[0]
         text = self.generator.vocab.decode(ids)
         Console.write(f"--- sample at step {loop.step} ---\n{text}\n---")
         loop.logs.sample(loop.step, text)
+        self.count += 1
+        if self.clock is not None:
+            self.last = self.clock.seconds
 
 
 class Checkpoint(Piece):

@@ -4,6 +4,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import signal
 import tempfile
 import unittest
@@ -216,6 +217,22 @@ class ResumeWithScheduleTest(unittest.TestCase):
         self.assertEqual(code, 0)
         self.assertIn("run kept has spent its --max-time 30s", err)
         self.assertTrue(os.path.exists(os.path.join(kept, "ckpt-4.index")))
+
+    def test_a_time_budgeted_run_samples_by_the_clock(self):
+        options = dict(max_steps=0, max_time="30s", val_every=25, checkpoint_every=1000, sample_every=1000)
+        out = io.StringIO()
+        with mock.patch("charrnn.budget.now", FakeClock(0.1)), mock.patch.object(training, "SAMPLE_SECONDS", 5.0), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            training.train(tiny(self.tmp, **options))
+        steps = [int(step) for step in re.findall(r"^--- sample at step (\d+) ---$", out.getvalue(), re.M)]
+        # the first at the first validation (or the plan's), then every 5 of the 30 fake seconds
+        self.assertGreaterEqual(len(steps), 3, steps)
+        self.assertLess(steps[0], 100, steps)
+        self.assertFalse([step for step in steps if step % 1000 == 0])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            training.train(tiny(self.tmp, run="steps", max_steps=60, val_every=25, sample_every=1000))
+        self.assertNotIn("--- sample at step", out.getvalue())  # without --max-time: every --sample-every steps only
 
     def test_a_checkpoint_without_the_run_s_clock_resumes(self):
         # Checkpoints written before --max-time hold no clock or plan: they resume as they were.
