@@ -17,6 +17,7 @@ import math
 import sys
 import time
 
+from charrnn.config import warmup_warning
 from charrnn.console import Console, format_duration
 from charrnn.errors import UserError
 
@@ -193,3 +194,6 @@ class TimeLimit:
         Console.write(f"--max-time {self.cfg.max_time}: {total:,} steps planned ({per_step:.3f} s a step"
                       + (f", {budget.validation_seconds:.1f} s a validation" if budget.validation_seconds else "")
                       + "); the learning-rate schedule spans them")
+        warning = warmup_warning(self.cfg, total, f"planned for --max-time {self.cfg.max_time}")
+        if warning and total != self.cfg.max_steps:  # else rnn_train.py warned about --max-steps already
+            Console.write(warning)

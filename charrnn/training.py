@@ -19,7 +19,7 @@ from pathlib import Path
 
 from charrnn import budget, distribute, runs
 from charrnn.budget import TimeLimit
-from charrnn.config import SamplingConfig, TrainConfig
+from charrnn.config import SamplingConfig, TrainConfig, warmup_warning
 from charrnn.console import Console
 from charrnn.errors import UserError
 from charrnn.logs import Logs
@@ -73,6 +73,10 @@ def _train(run, strategy, started):
         trainer.restore(run.prefix, run.vocab_file)
     if not announce(run, corpus, trainer) or clock.nothing_left(run):
         return 0
+    if not cfg.max_steps and not cfg.max_time:  # --epochs: its steps are known now (--max-steps: rnn_train.py)
+        warning = warmup_warning(cfg, trainer.step_limit, f"--epochs {cfg.epochs}")
+        if warning:
+            print(warning, file=sys.stderr)
     distribute.note_replicas(run)
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
     start = trainer.step

@@ -18,7 +18,7 @@ from charrnn import budget as budgets, logs, schedule, steps, training
 from charrnn.config import TrainConfig
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
-from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf, tiny, tiny_model_config
+from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf, tiny, tiny_model_config, train_stderr
 
 
 class Killed(BaseException):
@@ -99,6 +99,26 @@ class LearningRateTest(unittest.TestCase):
                          "learning rate stops at 8e-05 and never reaches --lr 0.002; lower --warmup-steps\n")
         self.assertEqual(stderr_of("--warmup-steps", "40", "--max-steps", "40"), "")
         self.assertEqual(stderr_of("--warmup-steps", "1000"), "")  # --epochs: the steps follow from the corpus
+
+
+class WarmUpWarningTest(unittest.TestCase):
+    def setUp(self):
+        holder = tempfile.TemporaryDirectory()
+        self.addCleanup(holder.cleanup)
+        self.tmp = holder.name
+
+    def test_a_warm_up_longer_than_the_epochs_or_the_plan_is_warned_about(self):
+        err = train_stderr(tiny(self.tmp, run="epochs", max_steps=0, epochs=1, batch_size=16, seqlen=32,
+                                warmup_steps=1000, lr=0.002))
+        self.assertRegex(err, r"(?m)^warning: --warmup-steps 1000 is longer than the run's \d+ steps \(--epochs 1\): "
+                              r"the learning rate stops at \S+ and never reaches --lr 0.002; lower --warmup-steps$")
+        out = io.StringIO()
+        with mock.patch("charrnn.budget.now", FakeClock(0.5)), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(io.StringIO()):
+            training.train(tiny(self.tmp, run="budget", max_steps=0, max_time="30s", warmup_steps=100_000))
+        self.assertRegex(out.getvalue(), r"(?m)^warning: --warmup-steps 100000 is longer than the run's \d+ steps "
+                                         r"\(planned for --max-time 30s\): the learning rate stops at")
+        self.assertEqual(out.getvalue().count("warning: --warmup-steps"), 1)
 
 
 class BudgetTest(unittest.TestCase):
