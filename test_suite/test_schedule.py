@@ -213,8 +213,8 @@ class ResumeWithScheduleTest(unittest.TestCase):
         with mock.patch("charrnn.budget.now", FakeClock(0.1)):  # a slower machine would plan fewer steps
             quiet_train(tiny(self.tmp), resume="r")
         last = ckpts.latest(os.path.join(self.tmp, "ck", "r"))
-        self.assertEqual(int(checkpoint_tensors(last, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"]),
-                         planned[0])
+        saved = checkpoint_tensors(last, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"]
+        self.assertEqual(int(saved), planned[0])
 
     def test_a_budget_spent_before_the_first_step_is_refused_and_leaves_no_new_run(self):
         def train(cfg, **kw):
