@@ -131,6 +131,11 @@ class TimeLimit:
         check): other pieces read the time without a clock reading of their own."""
         return self.budget.last_spent
 
+    @property
+    def planned(self):
+        """Whether the run's plan is made (by this process, or saved by an earlier one)."""
+        return bool(self.budget.planned)
+
     def record(self):
         """Before a checkpoint is written: the time spent so far goes into it."""
         self.variables["seconds"].assign(self.budget.spent())

@@ -246,7 +246,7 @@ class Sample(Piece):
             self.sample(loop)
 
     def time_for_one(self, loop):
-        if self.clock is None or loop.trainer.schedule_steps is None:
+        if self.clock is None or not self.clock.planned:
             return False
         if self.last is None:
             self.last = self.clock.seconds
