@@ -328,7 +328,7 @@ def child_precision(args):
     """Train QUALITY on --data in one precision; the validation loss of the result."""
     import contextlib
     import io
-    from charrnn import training
+    from charrnn import steps, training
     import txt_utils
     from charrnn.config import TrainConfig
     from charrnn.model import CharRNN
@@ -345,12 +345,12 @@ def child_precision(args):
     # The final weights, read in fp32 (as rnn_play.py reads them) and in the run's precision.
     model, vocab, _, _ = load_for_generation(low, cfg.checkpoint_dir)
     valid = txt_utils.read_corpus(cfg.data, vocab=vocab, validation=cfg.validation).valid
-    losses = {"fp32": training.make_validate(model, cfg.seqlen)(valid)[0]}
+    losses = {"fp32": steps.make_validate(model, cfg.seqlen)(valid)[0]}
     if low != "fp32":
         twin = CharRNN(model.config, "fused", precision=low)
         for name, variable in twin.named_variables().items():
             variable.assign(model.named_variables()[name])
-        losses[low] = training.make_validate(twin, cfg.seqlen)(valid)[0]
+        losses[low] = steps.make_validate(twin, cfg.seqlen)(valid)[0]
     return {"losses": losses, "seconds": seconds, "chars": len(valid)}
 
 
@@ -358,7 +358,7 @@ def child_curve(args):
     """The run's curves from its TensorBoard files: validation (seconds, step, loss), chars/s."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     import tensorflow as tf
-    from charrnn import training
+    from charrnn import logs
 
     def scalars(folder, tag):
         events = EventAccumulator(os.path.join(args.tmp, folder), size_guidance={"tensors": 0})
@@ -367,8 +367,8 @@ def child_curve(args):
             return []
         return [(e.wall_time, e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
 
-    speed = scalars("train", training.CHARS_PER_S)
-    return {"validation": scalars("validation", training.LOSS), "chars_s": [value for _, _, value in speed],
+    speed = scalars("train", logs.CHARS_PER_S)
+    return {"validation": scalars("validation", logs.LOSS), "chars_s": [value for _, _, value in speed],
             "train": [(wall, step) for wall, step, _ in speed]}
 
 
@@ -880,7 +880,7 @@ def child_gpu_cells(args):
     from charrnn.config import ModelConfig
     from charrnn.model import CharRNN
     from charrnn.precision import LossScale
-    from charrnn.training import make_train_step
+    from charrnn.steps import make_train_step
     import tensorflow as tf
     starts = np.random.default_rng(0).integers(0, VOCAB, (64, 1))
     data = ((starts + np.arange(65)) % VOCAB).astype(np.int32)  # [B, T + 1], each row counting up

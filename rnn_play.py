@@ -221,10 +221,10 @@ def printable(chars, encoding):
 
 def evaluate(path, model, vocab, run_dir, prefix):
     """Print the model's loss, bits/char and accuracy on the text of path, scored as the
-    run's validation scores its held-out text (training.make_validate, the run's --seqlen)."""
+    run's validation scores its held-out text (steps.make_validate, the run's --seqlen)."""
     import numpy as np
     from charrnn import runs
-    from charrnn import training
+    from charrnn import steps
 
     seqlen = runs.load_run_files(run_dir)[0].get("training", {}).get("seqlen")
     if not isinstance(seqlen, int) or seqlen < 1:
@@ -233,9 +233,9 @@ def evaluate(path, model, vocab, run_dir, prefix):
     if len(codes) < 2:
         raise UserError(f"--eval {path}: the text must hold at least 2 characters (the first is not predicted)")
     # make_validate calls stop() before each chunk of VAL_ROWS rows (fewer on a short text) x seqlen
-    rows = max(1, min(training.VAL_ROWS, (len(codes) - 1) // training.VAL_ROW_CHARS))
+    rows = max(1, min(steps.VAL_ROWS, (len(codes) - 1) // steps.VAL_ROW_CHARS))
     with progress(f"scoring {path}", -(-(len(codes) - 1) // (rows * seqlen)), "chunk") as bar:
-        loss, accuracy = training.make_validate(model, seqlen)(codes, stop=lambda: bar.update() and False)
+        loss, accuracy = steps.make_validate(model, seqlen)(codes, stop=lambda: bar.update() and False)
     unknown = int(np.count_nonzero(codes == vocab.unk_index))
     print(f"scored {path} with {runs.describe(run_dir, prefix)}: {len(codes) - 1:,} characters predicted, "
           f"{unknown:,} of the text's {len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)

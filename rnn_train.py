@@ -193,7 +193,8 @@ def add_run_flags(p):
                                 "that its cost does not grow with the corpus; 0 reads them all", "val_chars"))
     g.add_argument("--sample-every", type=int, metavar="N",
                    help=default("print and log a generated sample every N batches: the plainest sign "
-                                "of what the model has learnt", "sample_every"))
+                                "of what the model has learnt. A --max-time run also prints one at its first "
+                                "validation (or after a minute) and then every 3 minutes", "sample_every"))
     g.add_argument("--checkpoint-every", type=int, metavar="N",
                    help=default("write a checkpoint every N batches (and always at the end and on "
                                 "Ctrl-C), so a crash loses at most N batches", "checkpoint_every"))

@@ -17,7 +17,9 @@ import math
 import sys
 import time
 
+from charrnn.config import warmup_warning
 from charrnn.console import Console, format_duration
+from charrnn.errors import UserError
 
 CALIBRATION_SECONDS = 20.0  # steps timed before the plan: long enough to average out a few slow ones
 CALIBRATION_SHARE = 0.05    # ... but at most this share of a short budget
@@ -46,13 +48,15 @@ class Budget:
     def __init__(self, seconds, spent=0.0, planned=0, started=None):
         self.seconds, self.planned = seconds, planned
         self.origin = (now() if started is None else started) - spent  # the run's time zero, on this clock
+        self.last_spent = spent
         self.window_start = None       # (time, step) where the calibration window opened
         self.validation_seconds = None  # the last validation's duration, from the second one on
         self.validations = 0           # in this process
         self.in_window = 0.0           # validation time inside the window, not part of a step
 
     def spent(self):
-        return now() - self.origin
+        self.last_spent = now() - self.origin  # kept for TimeLimit.seconds
+        return self.last_spent
 
     def over(self):
         if self.seconds is None:
@@ -121,16 +125,35 @@ class TimeLimit:
         self.budget = Budget(self.cfg.max_seconds, float(self.variables["seconds"].numpy()), planned, self.started)
         return planned
 
+    @property
+    def seconds(self):
+        """The run's seconds spent at the last reading of its clock (each step's "time is up"
+        check): other pieces read the time without a clock reading of their own."""
+        return self.budget.last_spent
+
+    @property
+    def planned(self):
+        """Whether the run's plan is made (by this process, or saved by an earlier one)."""
+        return bool(self.budget.planned)
+
     def record(self):
         """Before a checkpoint is written: the time spent so far goes into it."""
         self.variables["seconds"].assign(self.budget.spent())
 
     def nothing_left(self, run):
-        """Whether a resumed run has no time left; says so."""
+        """Whether a resumed run has no time left; says so. A run this process starts (new, or
+        forked from a checkpoint) with no time left is refused instead (UserError): it would
+        train nothing, and runs.Run.claimed removes its folders."""
         if not self.budget.over():
             return False
-        print(f"run {run.name} has spent its --max-time {self.cfg.max_time} "
-              f"({format_duration(self.budget.spent())}): nothing to train; raise --max-time to go on", file=sys.stderr)
+        spent = format_duration(self.budget.spent())
+        if run.source is None:
+            raise UserError(f"--max-time {self.cfg.max_time} was spent before the first training step (the start-up "
+                            f"took {spent}): nothing was trained and no run was kept; give a longer --max-time")
+        what = f"has spent its --max-time {self.cfg.max_time} ({spent}): nothing to train; raise --max-time to go on"
+        if run.forked:
+            raise UserError(f"--resume {run.prefix}: that run {what}")
+        print(f"run {run.name} {what}", file=sys.stderr)
         return True
 
     def after_step(self, loop):
@@ -171,7 +194,11 @@ class TimeLimit:
         self.variables["planned_steps"].assign(planned)
         self.variables["planned_for"].assign(self.cfg.max_seconds)
         total = loop.trainer.set_schedule(planned)
+        loop.trainer.save(loop.trainer.recent)  # a process killed before the next checkpoint resumes on this plan
         loop.console.set_total(total)
         Console.write(f"--max-time {self.cfg.max_time}: {total:,} steps planned ({per_step:.3f} s a step"
                       + (f", {budget.validation_seconds:.1f} s a validation" if budget.validation_seconds else "")
                       + "); the learning-rate schedule spans them")
+        warning = warmup_warning(self.cfg, total, f"planned for --max-time {self.cfg.max_time}")
+        if warning and total != self.cfg.max_steps:  # else rnn_train.py warned about --max-steps already
+            Console.write(warning)

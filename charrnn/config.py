@@ -203,14 +203,16 @@ class TrainConfig:
         return self
 
 
-def warmup_warning(cfg: TrainConfig) -> str | None:
-    """A warning line when the warm-up outlasts the run's steps, known before training from
-    --max-steps only (--epochs needs the corpus, --max-time the plan): the learning rate
-    would never reach --lr."""
-    if not cfg.max_steps or cfg.warmup_steps <= cfg.max_steps:
+def warmup_warning(cfg: TrainConfig, steps=None, source="--max-steps") -> str | None:
+    """A warning line when the warm-up outlasts the run's steps: the learning rate would never
+    reach --lr. steps: the run's steps, --max-steps by default (known before training); the
+    loop passes those of --epochs once the corpus is read, and a --max-time run's plan; source
+    says where they come from."""
+    steps = cfg.max_steps if steps is None else steps
+    if not steps or cfg.warmup_steps <= steps:
         return None
-    return (f"warning: --warmup-steps {cfg.warmup_steps} is longer than the run's {cfg.max_steps} steps "
-            f"(--max-steps): the learning rate stops at {cfg.lr * cfg.max_steps / cfg.warmup_steps:.3g} and never "
+    return (f"warning: --warmup-steps {cfg.warmup_steps} is longer than the run's {steps} steps "
+            f"({source}): the learning rate stops at {cfg.lr * steps / cfg.warmup_steps:.3g} and never "
             f"reaches --lr {cfg.lr:g}; lower --warmup-steps")
 
 

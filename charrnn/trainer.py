@@ -128,11 +128,14 @@ class Trainer:
         self.nonfinite_in_a_row += 1
         Console.write(f"step {step}: non-finite loss or gradient, step skipped ({self.nonfinite_in_a_row} in a row)")
         if self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
-            latest = self.recent.latest if self.recent else None
-            where = (f"the last good checkpoint is {latest}; lower --lr or --clip-norm and --resume" if latest else
-                     "no checkpoint was written; start a new run (another --run) with a lower --lr or --clip-norm")
-            raise UserError(f"training diverged: {self.nonfinite_in_a_row} non-finite steps in a row at "
-                            f"step {step}; {where}")
+            raise self.diverged(f"{self.nonfinite_in_a_row} non-finite steps in a row at step {step}")
+
+    def diverged(self, what):
+        """The error that ends a diverged run: what went wrong, the last good checkpoint, the fix."""
+        latest = self.recent.latest if self.recent else None
+        where = (f"the last good checkpoint is {latest}; lower --lr or --clip-norm and --resume" if latest else
+                 "no checkpoint was written; start a new run (another --run) with a lower --lr or --clip-norm")
+        return UserError(f"training diverged: {what}; {where}")
 
     def save(self, manager):
         """Write a checkpoint unless some value is not finite: no checkpoint ever holds NaN or Inf.

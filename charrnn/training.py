@@ -6,7 +6,7 @@
       _train                       the loop: the step, then the pieces, each on its own schedule
 
 The pieces run after every step, in order, each owning its state and schedule:
-Log, Validation, Sample, Checkpoint and budget.TimeLimit (--max-time). A piece is
+Divergence, Log, Validation, Sample, Checkpoint and budget.TimeLimit (--max-time). A piece is
 a class with after_step(loop) and at_end(loop) (see Piece); to add one, write it
 and put it in the list in _train. Any piece may end the run: loop.stop = True.
 """
@@ -19,16 +19,16 @@ from pathlib import Path
 
 from charrnn import budget, distribute, runs
 from charrnn.budget import TimeLimit
-from charrnn.config import SamplingConfig, TrainConfig
+from charrnn.config import SamplingConfig, TrainConfig, warmup_warning
 from charrnn.console import Console
 from charrnn.errors import UserError
-from charrnn.logs import ACCURACY, CHARS_PER_S, LEARNING_RATE, LOSS, Logs  # noqa: F401 (their tags, for readers)
+from charrnn.logs import Logs
 from charrnn.sampling import Generator
-from charrnn.steps import make_validate  # noqa: F401 (rnn_play.py scores a checkpoint with it)
 from charrnn.text import require_batches, rnn_minibatch_sequencer
 from charrnn.trainer import Trainer
 
 SAMPLE_CHARS = 300
+FIRST_SAMPLE_SECONDS, SAMPLE_SECONDS = 60.0, 180.0  # a --max-time run's samples by the clock
 
 
 def train(cfg: TrainConfig, resume=None, given=(), strategy=None, started=None):
@@ -73,16 +73,21 @@ def _train(run, strategy, started):
         trainer.restore(run.prefix, run.vocab_file)
     if not announce(run, corpus, trainer) or clock.nothing_left(run):
         return 0
+    if not cfg.max_steps and not cfg.max_time:  # --epochs: its steps are known now (--max-steps: rnn_train.py)
+        warning = warmup_warning(cfg, trainer.step_limit, f"--epochs {cfg.epochs}")
+        if warning:
+            print(warning, file=sys.stderr)
     distribute.note_replicas(run)
     run.save_files(trainer.model.config, corpus.vocab, corpus.files)
     start = trainer.step
     console = Console(trainer.schedule_steps, start, cfg.batch_size * cfg.seqlen)
-    validation = Validation(cfg.val_every)
+    divergence = Divergence(len(corpus.vocab))
+    validation = Validation(cfg.val_every, divergence)
     loop = Loop(trainer, corpus, Logs(run, corpus, start), console, distribute.is_chief(strategy), start,
                 validation, step=start)
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
-    pieces = [Log(cfg.log_every), validation, Sample(cfg.sample_every, generator),
-              Checkpoint(cfg.checkpoint_every), clock]
+    sample = Sample(cfg.sample_every, generator, clock if cfg.max_time else None)
+    pieces = [divergence, Log(cfg.log_every), validation, sample, Checkpoint(cfg.checkpoint_every), clock]
     limit = trainer.step_limit
     epochs = math.ceil(limit / nb_batches) if limit else sys.maxsize  # no limit: until the deadline
     batches = rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen, epochs, *divmod(start, nb_batches))
@@ -156,12 +161,44 @@ class Log(Piece):
                             float(trainer.optimizer.learning_rate.numpy()), trainer.flops_per_char)
 
 
+class Divergence(Piece):
+    """Ends a run whose loss is no longer a sane number, with an error naming the likely cause
+    (a learning rate too high) and the last good checkpoint: a loss far above a uniform guess
+    over the vocabulary (ln V nats a character), or above two uniform guesses and orders of
+    magnitude above the lowest loss of the run. Every step's loss is checked before anything
+    is saved, and Validation checks its loss before keeping a best checkpoint, so a diverged
+    model never becomes best/."""
+
+    FAR_ABOVE_UNIFORM = 10.0  # x ln V (at least 10 nats): no model that learns anything scores this
+    RISE = 100.0              # x the lowest loss so far, once worse than two uniform guesses
+
+    def __init__(self, vocab_size):
+        self.vocab_size, self.uniform = vocab_size, math.log(vocab_size)
+        self.lowest = math.inf
+
+    def after_step(self, loop):
+        last = loop.trainer.last_loss  # None when the step was skipped: the Trainer counts those
+        if last is not None:
+            self.check(loop.trainer, last[0], f"the training loss at step {loop.step}")
+
+    def check(self, trainer, loss, what):
+        """Raise the Trainer's divergence error if loss (nats a character) is not sane."""
+        far = loss > self.FAR_ABOVE_UNIFORM * max(self.uniform, 1.0)
+        rising = loss > 2 * self.uniform and loss > self.RISE * self.lowest
+        self.lowest = min(self.lowest, loss)
+        if far or rising:
+            raise trainer.diverged(
+                f"{what} is {loss:.3g} nats a character, where a uniform guess over the {self.vocab_size} "
+                f"characters scores {self.uniform:.2f}: the learning rate (--lr {trainer.cfg.lr:g}) is likely too high")
+
+
 class Validation(Piece):
     """Every `every` steps and at the end, score the held-out text, log it, and keep the
-    best checkpoint (from the chief). durations: the seconds of each, for budget.TimeLimit."""
+    best checkpoint (from the chief) once `divergence` finds the loss sane. durations: the
+    seconds of each, for budget.TimeLimit."""
 
-    def __init__(self, every):
-        self.every, self.durations = every, []
+    def __init__(self, every, divergence):
+        self.every, self.divergence, self.durations = every, divergence, []
 
     def after_step(self, loop):
         if loop.step % self.every == 0 and loop.chief:
@@ -183,6 +220,7 @@ class Validation(Piece):
         self.durations.append(budget.now() - started)
         loss, accuracy = result
         loop.logs.validation(loop.step, loss, accuracy)
+        self.divergence.check(trainer, loss, f"the validation loss at step {loop.step}")
         best = trainer.best_val_loss is None or loss < trainer.best_val_loss
         if best:
             trainer.progress["best_val_loss"].assign(loss)
@@ -193,18 +231,37 @@ class Validation(Piece):
 
 class Sample(Piece):
     """Every `every` steps, print and log a sample that starts from a zero state; its
-    seed follows the step (from the chief)."""
+    seed follows the step (from the chief). A --max-time run (clock: its budget.TimeLimit)
+    also samples by the clock, so that a short run shows text early: at its first
+    validation or after FIRST_SAMPLE_SECONDS, then every SAMPLE_SECONDS; never before
+    its plan, whose calibration would time a sample as training."""
 
-    def __init__(self, every, generator):
-        self.every, self.generator = every, generator
+    def __init__(self, every, generator, clock=None):
+        self.every, self.generator, self.clock = every, generator, clock
+        self.last = None  # the clock's seconds at the last sample of this process, or when it first looked
+        self.count = 0
 
     def after_step(self, loop):
-        if loop.step % self.every or not loop.chief:
-            return
+        if loop.chief and (loop.step % self.every == 0 or self.time_for_one(loop)):
+            self.sample(loop)
+
+    def time_for_one(self, loop):
+        if self.clock is None or not self.clock.planned:
+            return False
+        if self.last is None:
+            self.last = self.clock.seconds
+        if not self.count and loop.validation.durations:
+            return True
+        return self.clock.seconds - self.last >= (SAMPLE_SECONDS if self.count else FIRST_SAMPLE_SECONDS)
+
+    def sample(self, loop):
         ids = next(self.generator.stream(length=SAMPLE_CHARS, seed=self.generator.config.seed + loop.step))[0]
         text = self.generator.vocab.decode(ids)
         Console.write(f"--- sample at step {loop.step} ---\n{text}\n---")
         loop.logs.sample(loop.step, text)
+        self.count += 1
+        if self.clock is not None:
+            self.last = self.clock.seconds
 
 
 class Checkpoint(Piece):

@@ -19,7 +19,7 @@ from unittest import mock
 
 import rnn_play
 import rnn_train
-from charrnn import checkpoints, cli, runs
+from charrnn import checkpoints, cli, runs, training
 from charrnn.config import DEFAULT_DATA, TrainConfig
 from charrnn.errors import UserError
 from test_suite.helpers import RunCopyTest, files_of, play, quiet_train, tiny, write
@@ -167,14 +167,18 @@ class UntrainedRunTest(RunCopyTest):
     def test_a_run_that_trained_no_step_is_never_the_newest(self):
         self.copy("trained")  # step 20, its files from a few seconds ago
         later = itertools.count(0, 100).__next__  # each reading of the clock 100 s on: spent before a step
-        with mock.patch("charrnn.budget.now", later):
+        with mock.patch("charrnn.budget.now", later), self.assertRaisesRegex(UserError, "spent before the first"):
             quiet_train(self.cfg(run="late", max_steps=0, max_time="30s"))
-        self.assertTrue(checkpoints.latest(os.path.join(self.ck, "late")).endswith("ckpt-0"))  # what it left
+        self.assertFalse(os.path.exists(os.path.join(self.ck, "late")))  # refused: no folder left
+        # A step-0 checkpoint, as earlier versions left after such a run: a loop that gets no batch.
+        with mock.patch.object(training, "rnn_minibatch_sequencer", lambda *args: iter(())):
+            quiet_train(self.cfg(run="late", max_steps=0, max_time="30s"))
+        self.assertTrue(checkpoints.latest(os.path.join(self.ck, "late")).endswith("ckpt-0"))
         self.assertEqual(runs.newest_run(self.ck).name, "trained")
         self.assertEqual(runs.resolve(None, self.ck)[0].name, "trained")
         code, out, err = play("--checkpoint-dir", self.ck, "-n", "5")
         self.assertEqual((code, len(out)), (0, 5), err)
-        self.assertIn(os.path.join("trained", "ckpt-20"), err)
+        self.assertRegex(err, r"\btrained/(best/)?ckpt-20\b")  # its best, or its newest
         with contextlib.redirect_stderr(io.StringIO()):
             self.assertEqual(runs.open_run(self.cfg(), resume="").name, "trained")
         lines = runs.list_runs(self.ck)

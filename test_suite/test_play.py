@@ -18,9 +18,8 @@ from unittest import mock
 
 import numpy as np
 
-from charrnn import checkpoints as ckpts, export, runs
+from charrnn import checkpoints as ckpts, export, logs, runs
 import rnn_play
-from charrnn import training
 from charrnn.config import SamplingConfig
 import txt_utils
 from test_suite.helpers import (CAN_MOUNT, RunCopyTest, play, quiet_train, read_scalars, set_mtimes, tf, tiny,
@@ -192,8 +191,8 @@ class TestPlay(unittest.TestCase):
         validation = dict(read_scalars(os.path.join(self.tmp, "log", "second", "validation")))
         loss, bits, accuracy = map(float, re.fullmatch(r"loss (\S+) nats/char  (\S+) bits/char  accuracy (\S+)%\n", out).groups())
         best = ckpts.step_of(ckpts.latest(os.path.join(self.ck, "second", "best")))  # the checkpoint played
-        self.assertAlmostEqual(loss, dict(validation[training.LOSS])[best], places=4)
-        self.assertAlmostEqual(accuracy / 100, dict(validation[training.ACCURACY])[best], places=4)
+        self.assertAlmostEqual(loss, dict(validation[logs.LOSS])[best], places=4)
+        self.assertAlmostEqual(accuracy / 100, dict(validation[logs.ACCURACY])[best], places=4)
         self.assertIn(f"second/best/ckpt-{best} (the run's best by validation loss): ", err)
         self.assertAlmostEqual(bits, loss / np.log(2), places=3)
         self.assertIn(f"{len(corpus.valid) - 1:,} characters predicted, 0 of", err)

@@ -4,6 +4,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import signal
 import tempfile
 import unittest
@@ -17,7 +18,11 @@ from charrnn import budget as budgets, logs, schedule, steps, training
 from charrnn.config import TrainConfig
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
-from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf, tiny, tiny_model_config
+from test_suite.helpers import checkpoint_tensors, quiet_train, read_scalars, tf, tiny, tiny_model_config, train_stderr
+
+
+class Killed(BaseException):
+    """A process killed at once (kill -9): nothing after it runs, no piece's at_end."""
 
 
 class FakeClock:
@@ -96,6 +101,26 @@ class LearningRateTest(unittest.TestCase):
         self.assertEqual(stderr_of("--warmup-steps", "1000"), "")  # --epochs: the steps follow from the corpus
 
 
+class WarmUpWarningTest(unittest.TestCase):
+    def setUp(self):
+        holder = tempfile.TemporaryDirectory()
+        self.addCleanup(holder.cleanup)
+        self.tmp = holder.name
+
+    def test_a_warm_up_longer_than_the_epochs_or_the_plan_is_warned_about(self):
+        err = train_stderr(tiny(self.tmp, run="epochs", max_steps=0, epochs=1, batch_size=16, seqlen=32,
+                                warmup_steps=1000, lr=0.002))
+        self.assertRegex(err, r"(?m)^warning: --warmup-steps 1000 is longer than the run's \d+ steps \(--epochs 1\): "
+                              r"the learning rate stops at \S+ and never reaches --lr 0.002; lower --warmup-steps$")
+        out = io.StringIO()
+        with mock.patch("charrnn.budget.now", FakeClock(0.5)), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(io.StringIO()):
+            training.train(tiny(self.tmp, run="budget", max_steps=0, max_time="30s", warmup_steps=100_000))
+        self.assertRegex(out.getvalue(), r"(?m)^warning: --warmup-steps 100000 is longer than the run's \d+ steps "
+                                         r"\(planned for --max-time 30s\): the learning rate stops at")
+        self.assertEqual(out.getvalue().count("warning: --warmup-steps"), 1)
+
+
 class BudgetTest(unittest.TestCase):
     def test_the_plan_fills_the_time_left_at_the_measured_speeds(self):
         clock = FakeClock(tick=0.0)
@@ -169,6 +194,65 @@ class ResumeWithScheduleTest(unittest.TestCase):
         with mock.patch("charrnn.budget.now", FakeClock(tick / 2)):  # a faster machine: the plan must not change
             quiet_train(tiny(self.tmp), resume="split")
         assert_same_run(self, *(os.path.join(self.tmp, "ck", run, "ckpt-400") for run in ("whole", "split")))
+
+    def test_the_plan_is_saved_when_it_is_made(self):
+        # A process killed right after its plan, before the next scheduled checkpoint, resumes on that plan.
+        options = dict(max_steps=0, max_time="30s", val_every=25, checkpoint_every=10, sample_every=1000)
+        planned = []
+        original = training.Trainer.train_step
+
+        def killed_after_the_plan(trainer, x, y):
+            original(trainer, x, y)
+            if trainer.schedule_steps:  # planned at the step before: killed before the pieces of this one
+                planned.append(trainer.schedule_steps)
+                raise Killed
+
+        with mock.patch("charrnn.budget.now", FakeClock(0.02)), \
+                mock.patch.object(training.Trainer, "train_step", killed_after_the_plan), self.assertRaises(Killed):
+            quiet_train(tiny(self.tmp, **options))
+        with mock.patch("charrnn.budget.now", FakeClock(0.1)):  # a slower machine would plan fewer steps
+            quiet_train(tiny(self.tmp), resume="r")
+        last = ckpts.latest(os.path.join(self.tmp, "ck", "r"))
+        saved = checkpoint_tensors(last, "progress/")["progress/planned_steps/.ATTRIBUTES/VARIABLE_VALUE"]
+        self.assertEqual(int(saved), planned[0])
+
+    def test_a_budget_spent_before_the_first_step_is_refused_and_leaves_no_new_run(self):
+        def train(cfg, **kw):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+                return training.train(cfg, started=budgets.now() - 60, **kw), err.getvalue()  # a start-up of 60 s
+
+        with self.assertRaisesRegex(UserError, r"^--max-time 30s was spent before the first training step \(the "
+                                               r"start-up took 0:01:0\d\): nothing was trained and no run was kept; "
+                                               r"give a longer --max-time$"):
+            train(tiny(self.tmp, max_steps=0, max_time="30s"))
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["corpus"])  # neither ck/ nor log/ was left
+        quiet_train(tiny(self.tmp, run="kept", max_steps=4))
+        kept = os.path.join(self.tmp, "ck", "kept")
+        with self.assertRaisesRegex(UserError, r"^--resume \S+ckpt-4: that run has spent its --max-time 30s"):
+            train(tiny(self.tmp, max_steps=0, max_time="30s", run="fork"), resume=os.path.join(kept, "ckpt-4"),
+                  given={"max_steps", "max_time", "run"})
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "ck", "fork")))
+        code, err = train(tiny(self.tmp, max_steps=0, max_time="30s"), resume="kept",  # in the run's own folder
+                          given={"max_steps", "max_time"})
+        self.assertEqual(code, 0)
+        self.assertIn("run kept has spent its --max-time 30s", err)
+        self.assertTrue(os.path.exists(os.path.join(kept, "ckpt-4.index")))
+
+    def test_a_time_budgeted_run_samples_by_the_clock(self):
+        options = dict(max_steps=0, max_time="30s", val_every=25, checkpoint_every=1000, sample_every=1000)
+        out = io.StringIO()
+        with mock.patch("charrnn.budget.now", FakeClock(0.1)), mock.patch.object(training, "SAMPLE_SECONDS", 5.0), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            training.train(tiny(self.tmp, **options))
+        steps = [int(step) for step in re.findall(r"^--- sample at step (\d+) ---$", out.getvalue(), re.M)]
+        # the first at the first validation (or the plan's), then every 5 of the 30 fake seconds
+        self.assertGreaterEqual(len(steps), 3, steps)
+        self.assertLess(steps[0], 100, steps)
+        self.assertFalse([step for step in steps if step % 1000 == 0])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            training.train(tiny(self.tmp, run="steps", max_steps=60, val_every=25, sample_every=1000))
+        self.assertNotIn("--- sample at step", out.getvalue())  # without --max-time: every --sample-every steps only
 
     def test_a_checkpoint_without_the_run_s_clock_resumes(self):
         # Checkpoints written before --max-time hold no clock or plan: they resume as they were.

@@ -320,6 +320,19 @@ class TestTraining(unittest.TestCase):
                 if getattr(value, "dtype", None) is not None and value.dtype.kind == "f":
                     self.assertTrue(np.all(np.isfinite(value)), f"{prefix} {name}")
 
+    def test_a_diverging_run_stops_with_an_error_and_never_becomes_best(self):
+        # --lr 1e9 makes no step non-finite, but the loss soars far above a uniform guess.
+        quiet_train(tiny(self.tmp, max_steps=10, val_every=10, checkpoint_every=10))
+        run_dir = os.path.join(self.tmp, "ck", "r")
+        with self.assertRaisesRegex(UserError, r"^training diverged: the (training|validation) loss at step 1\d is "
+                                               r"\S+ nats a character, where a uniform guess over the \d+ characters "
+                                               r"scores [\d.]+: the learning rate \(--lr 1e\+09\) is likely too "
+                                               r"high; the last good checkpoint is \S+/ckpt-10; lower --lr"):
+            quiet_train(tiny(self.tmp, lr=1e9, max_steps=40, val_every=1, checkpoint_every=1), resume="r",
+                        given={"lr", "max_steps", "val_every", "checkpoint_every"})
+        self.assertEqual(ckpts.step_of(ckpts.latest(os.path.join(run_dir, "best"))), 10)
+        self.assertTrue(os.path.exists(os.path.join(run_dir, "ckpt-10.index")))  # the last good one is kept
+
     def test_tensorboard_tags(self):
         quiet_train(tiny(self.tmp, max_steps=20))
         train = read_scalars(os.path.join(self.tmp, "log", "r", "train"))
