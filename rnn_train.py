@@ -19,7 +19,7 @@ import sys
 
 from charrnn import budget
 from charrnn.cli import ArgumentParser
-from charrnn.config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, VALIDATION_SPLITS, TrainConfig, flag
+from charrnn.config import CELLS, DECAYS, DISTRIBUTE, IMPLEMENTATIONS, PLATEAUS, VALIDATION_SPLITS, TrainConfig, flag
 from charrnn.errors import UserError, safe_console
 from charrnn.precision import PRECISIONS
 
@@ -185,6 +185,14 @@ def add_run_flags(p):
                    help=default("validate every N batches, to see overfitting and keep the best "
                                 "checkpoint; each validation reads the first --val-chars characters of the "
                                 "held-out text", "val_every"))
+    g.add_argument("--patience", type=int, metavar="N",
+                   help=default("after N validations without a gain of 0.003 nats, act on --plateau; at "
+                                "the end, a run above its best validation ends with the best weights. A "
+                                "run that overfits only gets worse, so its time is better spent otherwise "
+                                "(docs/early-stopping.md)", "patience", "0: off, train to the end"))
+    g.add_argument("--plateau", choices=PLATEAUS,
+                   help=default("what --patience does: stop ends the run at the best checkpoint, restart "
+                                "goes on from it at half the learning rate (twice, then stops)", "plateau"))
     g.add_argument("--val-chars", type=int, metavar="N",
                    help=default("held-out characters each validation reads, the same ones every time, so "
                                 "that its cost does not grow with the corpus; 0 reads them all", "val_chars"))

@@ -6,7 +6,8 @@
       _train                       the loop: the step, then the pieces, each on its own schedule
 
 The pieces run after every step, in order, each owning its state and schedule:
-Log, Validation, Sample, Checkpoint and budget.TimeLimit (--max-time). A piece is
+Log, Validation, plateau.KeepBest (--patience), Sample, Checkpoint and
+budget.TimeLimit (--max-time). A piece is
 a class with after_step(loop) and at_end(loop) (see Piece); to add one, write it
 and put it in the list in _train. Any piece may end the run: loop.stop = True.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from charrnn import budget, distribute, runs
 from charrnn.budget import TimeLimit
+from charrnn.plateau import KeepBest
 from charrnn.config import SamplingConfig, TrainConfig
 from charrnn.console import Console
 from charrnn.errors import UserError
@@ -66,8 +68,8 @@ def _train(run, strategy, started):
     corpus = run.read_corpus()
     nb_batches = require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
     with distribute.scope(strategy):
-        clock = TimeLimit(cfg, started)
-        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, nb_batches, clock)
+        clock, keep = TimeLimit(cfg, started), KeepBest(cfg)
+        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, nb_batches, clock, keep)
     trainer.attach(run, corpus.vocab)
     if run.source is not None:
         trainer.restore(run.prefix, run.vocab_file)
@@ -81,7 +83,7 @@ def _train(run, strategy, started):
     loop = Loop(trainer, corpus, Logs(run, corpus, start), console, distribute.is_chief(strategy), start,
                 validation, step=start)
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
-    pieces = [Log(cfg.log_every), validation, Sample(cfg.sample_every, generator),
+    pieces = [Log(cfg.log_every), validation, keep, Sample(cfg.sample_every, generator),
               Checkpoint(cfg.checkpoint_every), clock]
     limit = trainer.step_limit
     epochs = math.ceil(limit / nb_batches) if limit else sys.maxsize  # no limit: until the deadline
@@ -158,10 +160,11 @@ class Log(Piece):
 
 class Validation(Piece):
     """Every `every` steps and at the end, score the held-out text, log it, and keep the
-    best checkpoint (from the chief). durations: the seconds of each, for budget.TimeLimit."""
+    best checkpoint (from the chief). durations: the seconds of each, for budget.TimeLimit;
+    last: (step, loss) of the last one, for plateau.KeepBest."""
 
     def __init__(self, every):
-        self.every, self.durations = every, []
+        self.every, self.durations, self.last = every, [], None
 
     def after_step(self, loop):
         if loop.step % self.every == 0 and loop.chief:
@@ -182,6 +185,7 @@ class Validation(Piece):
             return None
         self.durations.append(budget.now() - started)
         loss, accuracy = result
+        self.last = (loop.step, loss)
         loop.logs.validation(loop.step, loss, accuracy)
         best = trainer.best_val_loss is None or loss < trainer.best_val_loss
         if best:
