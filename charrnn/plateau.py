@@ -81,6 +81,7 @@ class KeepBest:
                 or not loop.trainer.best.latest):
             return
         self.restore_best(loop)
+        loop.trainer.save(loop.trainer.recent)  # this step's checkpoint may be written already
         self.say(loop, f"step {loop.step}: validation {last[1]:.4f} is above the best ({self.best(loop)}): "
                        f"the final checkpoint holds the best checkpoint's weights")
 
