@@ -138,8 +138,8 @@ class TrainConfig:
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "log"
     val_every: int = 50
-    patience: int = 4
-    plateau: str = "stop"
+    patience: int = 3
+    plateau: str = "restart"
     val_chars: int = 2_000_000
     sample_every: int = 150
     checkpoint_every: int = 500

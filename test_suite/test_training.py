@@ -649,7 +649,7 @@ class KeepBestTest(unittest.TestCase):
                 np.testing.assert_array_equal(x[key], y[key], err_msg=f"{a} {b} {key}")
 
     def test_validation_that_stops_improving_ends_the_run_at_the_best_checkpoint(self):
-        out = self.scenario("stop")
+        out = self.scenario("stop", plateau="stop")
         folder = self.run_folder("stop")
         self.assertEqual(ckpts.read_index(folder)[-1], 60)  # patience 3 after step 30: 40, 50 (1.499), 60
         self.assertIn("step 60: validation has not improved by 0.003 nats for 3 validations since step 30 "
