@@ -53,9 +53,10 @@ class Trainer:
             raise UserError("--precision fp16 with --distribute is not supported (its loss scaling runs on "
                             "one device); use --precision bf16 or fp32")
         loss_scale = precision.LossScale() if self.choice.precision == "fp16" else None
+        rate = steps.scheduled_rate(cfg, self.schedule, keep and keep.lr_scale)
         self.compiled_step = steps.make_train_step(
             self.model, self.optimizer, list(self.named.values()), self.states, cfg.clip_norm, loss_scale,
-            self.progress["step"], steps.scheduled_rate(cfg, self.schedule, keep and keep.lr_scale), self.window, self.last)
+            self.progress["step"], rate, self.window, self.last)
         self.validate = steps.make_validate(self.model, cfg.seqlen, cfg.val_chars)
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from charrnn import budget, distribute, runs
 from charrnn.budget import TimeLimit
-from charrnn.plateau import KeepBest
 from charrnn.config import SamplingConfig, TrainConfig
 from charrnn.console import Console
 from charrnn.errors import UserError
 from charrnn.logs import ACCURACY, CHARS_PER_S, LEARNING_RATE, LOSS, Logs  # noqa: F401 (their tags, for readers)
+from charrnn.plateau import KeepBest
 from charrnn.sampling import Generator
 from charrnn.steps import make_validate  # noqa: F401 (rnn_play.py scores a checkpoint with it)
 from charrnn.text import require_batches, rnn_minibatch_sequencer
