@@ -681,3 +681,15 @@ class KeepBestTest(unittest.TestCase):
         self.assertNotIn("best checkpoint's weights", out)
         best, last = (checkpoint_tensors(p) for p in (os.path.join(folder, "best", "ckpt-70"), ckpts.latest(folder)))
         self.assertFalse(all(np.array_equal(best[k], last[k]) for k in best))
+
+    def test_a_checkpoint_from_before_keep_best_resumes(self):
+        real, keys = ckpts.training_checkpoint, ("improved_step", "improved_loss", "restarts", "lr_scale")
+        without = lambda model, optimizer, progress, states, *rest: real(
+            model, optimizer, {k: v for k, v in progress.items() if k not in keys}, states, *rest)
+        with mock.patch("charrnn.checkpoints.training_checkpoint", without):
+            quiet_train(tiny(self.tmp, run="old", max_steps=10))
+        self.assertFalse(checkpoint_tensors(ckpts.latest(self.run_folder("old")), "progress/lr_scale/"))
+        quiet_train(tiny(self.tmp, max_steps=20), resume="old", given={"max_steps"})
+        quiet_train(tiny(self.tmp, run="whole", max_steps=20))
+        self.assert_same(ckpts.latest(self.run_folder("old")), ckpts.latest(self.run_folder("whole")),
+                         ("weights/", "optimizer/", "state/"))
