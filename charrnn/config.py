@@ -26,6 +26,7 @@ DISTRIBUTE = ("none", "mirrored", "multi-worker")  # one device; this machine's 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight blocks per cell: a kernel has units·GATES columns
 DEFAULT_DATA = "shakespeare/*.txt"
 TRAINING_COPIES = 4  # of the weights while training: the weights, their gradients, Adam's two slots
+PLATEAUS = ("stop", "restart")  # --plateau: what plateau.KeepBest does after --patience validations
 DECAYS = ("none", "cosine", "linear")  # --decay: the learning rate after the warm-up
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?:in)?)?(?:{_NUMBER}s)?")
@@ -137,6 +138,8 @@ class TrainConfig:
     checkpoint_dir: str = "checkpoints"
     log_dir: str = "log"
     val_every: int = 50
+    patience: int = 3
+    plateau: str = "restart"
     val_chars: int = 2_000_000
     sample_every: int = 150
     checkpoint_every: int = 500
@@ -166,7 +169,7 @@ class TrainConfig:
             if kind is not None and not kind[0](value):
                 raise UserError(f"{flag(f.name)} must be {kind[1]} (got {value!r})")
         for name, choices in (("cell", CELLS), ("implementation", IMPLEMENTATIONS), ("validation", VALIDATION_SPLITS),
-                              ("distribute", DISTRIBUTE), ("decay", DECAYS)):
+                              ("distribute", DISTRIBUTE), ("decay", DECAYS), ("plateau", PLATEAUS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"{flag(name)} must be one of {', '.join(choices)} (got {getattr(self, name)!r})")
         positive = ["layers", "units", "seqlen", "batch_size", "epochs", "val_every", "sample_every",
@@ -174,7 +177,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be >= 1 (got {getattr(self, name)})")
-        for name in ["max_steps", "max_vocab", "embedding", "val_chars", "warmup_steps"]:
+        for name in ["max_steps", "max_vocab", "embedding", "val_chars", "warmup_steps", "patience"]:
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must be >= 0 (got {getattr(self, name)})")
         if self.max_vocab == 1:

@@ -69,6 +69,7 @@ class Console:
         self.train_loss, self.train_loss_steps = None, 0  # the last window's mean loss, over so many steps
         self.val_loss = None
         self.bar = None
+        self.notes = []       # lines for the summary (what a piece did to the run)
 
     def __enter__(self):
         # tqdm formats everything but the bar from a list postfix as is (no ", " before it),
@@ -167,6 +168,10 @@ class Console:
         if not self.plain:
             self.bar.postfix[0] = self.postfix()
 
+    def note(self, line):
+        """A line the summary repeats."""
+        self.notes.append(line)
+
     def summary(self, trainer, run, total_steps):
         """What the run reached and what to run next."""
         from charrnn.checkpoints import step_of  # here: the console itself runs without TensorFlow
@@ -182,6 +187,7 @@ class Console:
         if best is not None and trainer.best.latest:
             lines.append(f"  best validation  {nats(best)} at step {step_of(trainer.best.latest)}")
             lines.append(f"  best checkpoint  {trainer.best.latest}")
+        lines += [f"  {note}" for note in self.notes]
         lines.append(f"  generate text    {command('rnn_play.py', run.name, *self._checkpoint_dir_flag(run))}")
         lines.append(f"  see the curves   {tensorboard_command(run.config.log_dir)}")
         print("\n".join(lines), file=sys.stderr)

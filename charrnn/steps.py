@@ -52,12 +52,13 @@ def decayed(name):
     return name.endswith("kernel")
 
 
-def scheduled_rate(cfg, total):
+def scheduled_rate(cfg, total, scale=None):
     """rate(step): schedule.learning_rate on tensors, inside the compiled step; total is an
-    int64 variable holding the steps the schedule spans (0 while unknown)."""
+    int64 variable holding the steps the schedule spans (0 while unknown); scale, a float64
+    variable or None, multiplies it (plateau.KeepBest's restarts)."""
     def rate(step):
-        return tf.cast(schedule.learning_rate(cfg, tf.cast(step, tf.float64), tf.cast(total, tf.float64), tnp),
-                       tf.float32)
+        rate = schedule.learning_rate(cfg, tf.cast(step, tf.float64), tf.cast(total, tf.float64), tnp)
+        return tf.cast(rate if scale is None else rate * scale, tf.float32)
     return rate
 
 

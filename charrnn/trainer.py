@@ -27,10 +27,12 @@ class Trainer:
     A non-finite step changes nothing; after max_nonfinite in a row the run stops.
     Built under strategy.scope(), the step runs on every replica.
     clock: the budget.TimeLimit whose clock and plan the checkpoint holds, or None.
+    keep: the plateau.KeepBest whose state the checkpoint holds and whose lr_scale
+    multiplies the learning rate, or None.
     """
 
-    def __init__(self, model_config, cfg, nb_batches=0, clock=None):
-        self.cfg, self.clock = cfg, clock
+    def __init__(self, model_config, cfg, nb_batches=0, clock=None, keep=None):
+        self.cfg, self.clock, self.keep = cfg, clock, keep
         keras.utils.set_random_seed(cfg.seed)
         self.choice = precision.for_this_machine(cfg.precision)  # the matmuls' dtype, and why
         if self.choice.warning:
@@ -51,9 +53,10 @@ class Trainer:
             raise UserError("--precision fp16 with --distribute is not supported (its loss scaling runs on "
                             "one device); use --precision bf16 or fp32")
         loss_scale = precision.LossScale() if self.choice.precision == "fp16" else None
+        rate = steps.scheduled_rate(cfg, self.schedule, keep and keep.lr_scale)
         self.compiled_step = steps.make_train_step(
             self.model, self.optimizer, list(self.named.values()), self.states, cfg.clip_norm, loss_scale,
-            self.progress["step"], steps.scheduled_rate(cfg, self.schedule), self.window, self.last)
+            self.progress["step"], rate, self.window, self.last)
         self.validate = steps.make_validate(self.model, cfg.seqlen, cfg.val_chars)
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0
@@ -62,8 +65,8 @@ class Trainer:
     def attach(self, run, vocab):
         """Make the run's checkpoint of all this, and its managers: the recent ones and the best."""
         self.vocab_fingerprint = vocab.fingerprint()
-        clock = self.clock.variables if self.clock else {}
-        self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, {**self.progress, **clock},
+        self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer,
+                                                          {**self.progress, **self.piece_variables()},
                                                           self.states, self.vocab_fingerprint)
         size = checkpoints.size_of([*self.named.values(), *self.optimizer.variables, *self.states])
         self.recent, self.best = run.managers(self.checkpoint, size)
@@ -101,9 +104,23 @@ class Trainer:
         """Restore the run from a checkpoint, and the clock's plan with it. A checkpoint from
         before the run's clock was saved restores without it (zeros)."""
         checkpoints.restore(self.checkpoint, prefix, what="run", vocabulary=(self.vocab_fingerprint, vocab_file),
-                            optional=tuple(self.clock.variables) if self.clock else ())
+                            optional=tuple(self.piece_variables()))
         if self.clock:
             self.set_schedule(self.clock.restored())
+
+    def piece_variables(self):
+        """The checkpoint's progress entries that the clock and KeepBest own (optional on restore)."""
+        return {**(self.clock.variables if self.clock else {}), **(self.keep.variables if self.keep else {})}
+
+    def restore_best(self):
+        """Put the run's best checkpoint's weights, Adam and carried state into this run; the
+        step, the clock and the best loss stay."""
+        sections = self.checkpoint
+        best = tf.train.Checkpoint(weights=sections.weights, rng=sections.rng, optimizer=self.optimizer,
+                                   state=sections.state)
+        status = best.restore(self.best.latest)  # written by this run: its progress is left unread
+        status.assert_existing_objects_matched()
+        status.expect_partial()
 
     def train_step(self, x, y):
         """One step on batch (x, y) [B, T] at the schedule's learning rate; False when it was skipped."""

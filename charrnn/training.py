@@ -6,7 +6,8 @@
       _train                       the loop: the step, then the pieces, each on its own schedule
 
 The pieces run after every step, in order, each owning its state and schedule:
-Divergence, Log, Validation, Sample, Checkpoint and budget.TimeLimit (--max-time). A piece is
+Divergence, Log, Validation, plateau.KeepBest (--patience), Sample, Checkpoint and
+budget.TimeLimit (--max-time). A piece is
 a class with after_step(loop) and at_end(loop) (see Piece); to add one, write it
 and put it in the list in _train. Any piece may end the run: loop.stop = True.
 """
@@ -23,6 +24,7 @@ from charrnn.config import SamplingConfig, TrainConfig, warmup_warning
 from charrnn.console import Console
 from charrnn.errors import UserError
 from charrnn.logs import Logs
+from charrnn.plateau import KeepBest
 from charrnn.sampling import Generator
 from charrnn.text import require_batches, rnn_minibatch_sequencer
 from charrnn.trainer import Trainer
@@ -66,8 +68,8 @@ def _train(run, strategy, started):
     corpus = run.read_corpus()
     nb_batches = require_batches(len(corpus.train), cfg.batch_size, cfg.seqlen)
     with distribute.scope(strategy):
-        clock = TimeLimit(cfg, started)
-        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, nb_batches, clock)
+        clock, keep = TimeLimit(cfg, started), KeepBest(cfg)
+        trainer = Trainer(cfg.model_config(len(corpus.vocab)), cfg, nb_batches, clock, keep)
     trainer.attach(run, corpus.vocab)
     if run.source is not None:
         trainer.restore(run.prefix, run.vocab_file)
@@ -87,7 +89,7 @@ def _train(run, strategy, started):
                 validation, step=start)
     generator = Generator(trainer.model, corpus.vocab, SamplingConfig(temperature=0.8, seed=cfg.seed))
     sample = Sample(cfg.sample_every, generator, clock if cfg.max_time else None)
-    pieces = [divergence, Log(cfg.log_every), validation, sample, Checkpoint(cfg.checkpoint_every), clock]
+    pieces = [divergence, Log(cfg.log_every), validation, keep, sample, Checkpoint(cfg.checkpoint_every), clock]
     limit = trainer.step_limit
     epochs = math.ceil(limit / nb_batches) if limit else sys.maxsize  # no limit: until the deadline
     batches = rnn_minibatch_sequencer(corpus.train, cfg.batch_size, cfg.seqlen, epochs, *divmod(start, nb_batches))
@@ -195,10 +197,11 @@ class Divergence(Piece):
 class Validation(Piece):
     """Every `every` steps and at the end, score the held-out text, log it, and keep the
     best checkpoint (from the chief) once `divergence` finds the loss sane. durations: the
-    seconds of each, for budget.TimeLimit."""
+    seconds of each, for budget.TimeLimit; last: (step, loss) of the last one, for
+    plateau.KeepBest."""
 
     def __init__(self, every, divergence):
-        self.every, self.divergence, self.durations = every, divergence, []
+        self.every, self.divergence, self.durations, self.last = every, divergence, [], None
 
     def after_step(self, loop):
         if loop.step % self.every == 0 and loop.chief:
@@ -219,6 +222,7 @@ class Validation(Piece):
             return None
         self.durations.append(budget.now() - started)
         loss, accuracy = result
+        self.last = (loop.step, loss)
         loop.logs.validation(loop.step, loss, accuracy)
         self.divergence.check(trainer, loss, f"the validation loss at step {loop.step}")
         best = trainer.best_val_loss is None or loss < trainer.best_val_loss

@@ -607,3 +607,102 @@ class ValidationScoringTest(unittest.TestCase):
             self.assertEqual(code, 128 + signal.SIGTERM)
             self.assertNotIn("loss", read_scalars(os.path.join(tmp, "log", "r", "validation")))
             self.assertEqual(ckpts.read_index(os.path.join(tmp, "ck", "r")), [10])
+
+
+class KeepBestTest(unittest.TestCase):
+    """plateau.KeepBest through the loop, on a tiny model whose validation losses are scripted
+    (one a validation, every 10 steps): the decision, the final checkpoint, resume, --patience 0."""
+
+    LOSSES = [3.0, 2.0, 1.5, 1.6, 1.499, 1.7, 1.45, 1.5]  # steps 10..80: no real gain after step 30
+
+    def setUp(self):
+        holder = tempfile.TemporaryDirectory()
+        self.addCleanup(holder.cleanup)
+        self.tmp = holder.name
+
+    def train(self, cfg, resume=None, kill_at=None):
+        """Train with the scripted losses (continuing where the last call left them); kill_at:
+        a SIGTERM right after that validation, as if the user pressed Ctrl-C. (code, stdout)"""
+        losses = self.losses
+
+        def scripted(*args):
+            def validate(valid, stop=None):
+                self.calls += 1
+                if self.calls == kill_at:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return next(losses), 0.5
+            return validate
+
+        out = io.StringIO()
+        with mock.patch.object(steps, "make_validate", scripted), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            code = training.train(cfg, resume=resume)
+        return code, out.getvalue()
+
+    def run_folder(self, name):
+        return os.path.join(self.tmp, "ck", name)
+
+    def scenario(self, name, kill_at=None, **overrides):
+        self.losses, self.calls = iter(self.LOSSES), 0
+        cfg = tiny(self.tmp, run=name, **{**dict(max_steps=80, val_every=10, sample_every=1000, patience=3),
+                                          **overrides})
+        code, out = self.train(cfg, kill_at=kill_at)
+        if kill_at:
+            self.assertEqual(code, 128 + signal.SIGTERM)
+            code, more = self.train(cfg, resume=name)
+            out += more
+        self.assertEqual(code, 0)
+        return out
+
+    def assert_same(self, a, b, sections=("weights/",)):
+        for section in sections:
+            x, y = checkpoint_tensors(a, section), checkpoint_tensors(b, section)
+            self.assertTrue(x, section)
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{a} {b} {key}")
+
+    def test_validation_that_stops_improving_ends_the_run_at_the_best_checkpoint(self):
+        out = self.scenario("stop", plateau="stop")
+        folder = self.run_folder("stop")
+        self.assertEqual(ckpts.read_index(folder)[-1], 60)  # patience 3 after step 30: 40, 50 (1.499), 60
+        self.assertIn("step 60: validation has not improved by 0.003 nats for 3 validations since step 30 "
+                      "(best 1.4990 at step 50): ending early with the best checkpoint's weights", out)
+        self.assert_same(ckpts.latest(folder), os.path.join(folder, "best", "ckpt-50"))
+
+    def test_a_restart_goes_on_at_half_the_rate_and_a_resumed_run_decides_the_same(self):
+        out = self.scenario("whole", plateau="restart")
+        self.assertIn("step 60: validation has not improved by 0.003 nats for 3 validations since step 30 "
+                      "(best 1.4990 at step 50): restart 1 of 2 from the best checkpoint, at 0.5x the "
+                      "learning rate", out)
+        self.assertIn("step 80: validation 1.5000 is above the best (best 1.4500 at step 70): the final "
+                      "checkpoint holds the best checkpoint's weights", out)
+        whole = self.run_folder("whole")
+        self.assert_same(os.path.join(whole, "ckpt-80"), os.path.join(whole, "best", "ckpt-70"))
+        self.assertEqual(checkpoint_tensors(os.path.join(whole, "ckpt-80"), "progress/lr_scale/")
+                         ["progress/lr_scale/.ATTRIBUTES/VARIABLE_VALUE"], 0.5)
+        for kill_at in (4, 7):  # before the restart, and after it
+            with self.subTest(kill_at=kill_at):
+                name = f"split{kill_at}"
+                self.assertIn("restart 1 of 2", self.scenario(name, kill_at=kill_at, plateau="restart"))
+                self.assert_same(os.path.join(whole, "ckpt-80"), os.path.join(self.run_folder(name), "ckpt-80"),
+                                 ("weights/", "optimizer/", "rng/", "state/", "progress/"))
+
+    def test_patience_0_trains_to_the_end_with_the_last_weights(self):
+        out = self.scenario("off", patience=0)
+        folder = self.run_folder("off")
+        self.assertEqual(ckpts.read_index(folder)[-1], 80)
+        self.assertNotIn("best checkpoint's weights", out)
+        best, last = (checkpoint_tensors(p) for p in (os.path.join(folder, "best", "ckpt-70"), ckpts.latest(folder)))
+        self.assertFalse(all(np.array_equal(best[k], last[k]) for k in best))
+
+    def test_a_checkpoint_from_before_keep_best_resumes(self):
+        real, keys = ckpts.training_checkpoint, ("improved_step", "improved_loss", "restarts", "lr_scale")
+        without = lambda model, optimizer, progress, states, *rest: real(
+            model, optimizer, {k: v for k, v in progress.items() if k not in keys}, states, *rest)
+        with mock.patch("charrnn.checkpoints.training_checkpoint", without):
+            quiet_train(tiny(self.tmp, run="old", max_steps=10))
+        self.assertFalse(checkpoint_tensors(ckpts.latest(self.run_folder("old")), "progress/lr_scale/"))
+        quiet_train(tiny(self.tmp, max_steps=20), resume="old", given={"max_steps"})
+        quiet_train(tiny(self.tmp, run="whole", max_steps=20))
+        self.assert_same(ckpts.latest(self.run_folder("old")), ckpts.latest(self.run_folder("whole")),
+                         ("weights/", "optimizer/", "state/"))
