@@ -35,7 +35,7 @@ PRESETS = {  # name: (what it is for, its flags)
                    val_every=100, sample_every=100)),
     "quality": ("the lowest validation loss this machine gives in --max-time (ten minutes by default): "
                 "before the run, the width, the dropout and the validation are chosen from the text's size, "
-                "the budget and a one-second probe of this machine's speed, and said on the recipe: line "
+                "the budget and a probe of this machine's speed (a second of training), and said on the recipe: line "
                 "(docs/recipe.md); these flags are the starting point",
                 dict(layers=2, units=512, embedding=64, seqlen=64, batch_size=64, lr=0.003, warmup_steps=100,
                      decay="cosine", min_lr_ratio=0.05, dropout=0.1, weight_decay=0.1, max_time="10m",
@@ -250,19 +250,20 @@ def warn_about(cfg):
 
 def quality_recipe(cfg, argv, resume):
     """--preset quality on a new run: the model, dropout and validation that charrnn.recipe
-    chooses for this text, budget and machine (a probe of its speed, about a second);
+    chooses for this text, budget and machine (a probe of its speed: a second of training
+    GRU 2x256, after tracing its step);
     flags typed with the preset win. Prints the choice and why."""
     typed = vars(make_parser().parse_args(argv))
     if typed.get("preset") != "quality" or resume is not None:
         return cfg
-    from charrnn import precision, recipe
+    from charrnn import recipe
     from charrnn.config import DEFAULT_DATA
     from charrnn.shakespeare import ensure_shakespeare
     if cfg.data == [DEFAULT_DATA]:
         ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
     train_chars, valid_chars, vocab = recipe.text_size(cfg.data)
-    probe = recipe.measure_probe(precision.for_this_machine(cfg.precision).precision)
-    choice = recipe.choose(train_chars, valid_chars, cfg.max_seconds, probe, min(vocab, cfg.max_vocab or vocab))
+    vocab = min(vocab, cfg.max_vocab or vocab)
+    choice = recipe.choose(train_chars, valid_chars, cfg.max_seconds, recipe.measure_speed(cfg, vocab), vocab)
     chosen = {k: v for k, v in choice.flags.items() if k not in typed}
     kept = ", ".join(f"{flag(k)} {typed[k]}" for k in choice.flags if k in typed)
     print(f"recipe: {choice.reason}" + (f" (kept as given: {kept})" if kept else ""), file=sys.stderr)

@@ -1,16 +1,18 @@
 """The --preset quality recipe: the model, its regularisation and its validation, chosen
 from the size of the text, the time budget and this machine's speed.
 
-    choose(train_chars, valid_chars, seconds, probe_seconds, vocab)  -> Choice(flags, reason)
-    measure_probe(precision)     seconds of a small GRU-like recurrence here, now (TensorFlow)
+    choose(train_chars, valid_chars, seconds, speed, vocab)  -> Choice(flags, reason)
+    measure_speed(cfg, vocab)    chars/s of the real training step of GRU 2x256 here, now (TensorFlow)
     text_size(globs)             the characters a run will train on and hold out, and its symbols
 
 The model is built before the run's own calibration, so the choice keys on a probe
-timed before the run starts: a few hundred steps of a small GRU-like recurrence in the
-run's precision, which tracks both the matmul rate and the element-wise work (and the
-load of a shared machine). From it, each candidate shape's speed follows from its cost
-(`char_cost`), and with the budget: the steps it would make and the passes over the
-text they read. The rule (docs/recipe.md has the grid it comes from):
+timed before the run starts: a second of the real training step of the narrowest
+candidate (GRU 2x256, batch 64, sequences of 64), built as the run's will be (its
+precision, kernels and threads), so it sees the matmul rate, the element-wise work, the
+cores this process may use and the load of a shared machine alike. From it, each
+candidate shape's speed follows from its cost (`char_cost`), and with the budget: the
+steps it would make and the passes over the text they read. The rule (docs/recipe.md
+has the grid it comes from):
 
 - the widest candidate whose steps reach MIN_STEPS (the learning-rate schedule needs that
   many to pay off) and whose weights do not outnumber the training characters by more
@@ -22,17 +24,18 @@ text they read. The rule (docs/recipe.md has the grid it comes from):
   share pays for, between MIN_VAL_CHARS and the default cap; where even MIN_VAL_CHARS
   would cost more, fewer validations (MIN_VALIDATIONS at least).
 
-No TensorFlow at import (numpy, through text.py); measure_probe imports it when called.
+No TensorFlow at import (numpy, through text.py); measure_speed imports it when called.
 """
 
+import contextlib
+import dataclasses
+import io
 import math
 import os
-import statistics
 import time
 from dataclasses import dataclass
 
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.precision import DTYPES
 from charrnn.text import find_files
 
 WIDTHS = (256, 384, 512, 768)  # the candidates: 2 GRU layers of these units (wider: not measured)
@@ -46,10 +49,10 @@ MIN_VALIDATIONS = 4        # on a slow machine, fewer, but enough to keep a best
 MIN_VAL_CHARS = 100_000    # fewer give a loss too noisy to rank checkpoints (about 0.005 nats)
 FEWEST_VAL_CHARS = 20_000  # ... but a machine too slow for even those validates at least these
 MAX_VAL_CHARS = TrainConfig.val_chars
-STARTUP_SECONDS = 30.0     # TensorFlow's import, tracing the step and the first validation, the last checkpoint
+STARTUP_SECONDS = 30.0     # tracing the run's step and the first validation, the last checkpoint
 ELEMENTWISE_FLOPS = 4000.0  # a step's element-wise work, per layer, unit and character, in matmul FLOPs
-PROBE_UNITS, PROBE_ROWS, PROBE_STEPS = 512, 32, 64
-PROBE_TO_CHAR = 5.4        # a training character of 2x512 costs this many probe row-steps (fitted)
+PROBE_UNITS = WIDTHS[0]    # the probe trains the narrowest candidate: the quickest to trace
+PROBE_SECONDS = 1.0        # of timed steps, after two that trace and warm up the step
 SAMPLE_BYTES = 8 << 20     # read to estimate the vocabulary: a fraction of a second
 EVAL_SPEEDUP = 3.0         # a validated character costs a third of a trained one (no backward)
 
@@ -67,19 +70,19 @@ def char_cost(units, layers=LAYERS, vocab=100):
     return 3 * model.flops_per_char() + ELEMENTWISE_FLOPS * layers * units
 
 
-def chars_per_second(units, probe_seconds, vocab=100):
-    """Training characters a second of GRU 2xunits, from the probe's time (measure_probe)."""
-    reference = PROBE_TO_CHAR * probe_seconds / (PROBE_ROWS * PROBE_STEPS)  # seconds a char of 2x512, 100 symbols
-    return char_cost(PROBE_UNITS) / (char_cost(units, vocab=vocab) * reference)
+def chars_per_second(units, speed, vocab=100):
+    """Training characters a second of GRU 2xunits on a machine where the probe (GRU
+    2xPROBE_UNITS, measure_speed) trained `speed` characters a second."""
+    return speed * char_cost(PROBE_UNITS, vocab=vocab) / char_cost(units, vocab=vocab)
 
 
-def choose(train_chars, valid_chars, seconds, probe_seconds, vocab=100):
+def choose(train_chars, valid_chars, seconds, speed, vocab=100):
     """The recipe for a run of `seconds` on train_chars characters (valid_chars held out),
-    on a machine whose probe took probe_seconds. Returns a Choice."""
+    on a machine where the probe trained `speed` characters a second. Returns a Choice."""
     train_seconds = max(1.0, seconds * (1 - VALIDATION_SHARE) - STARTUP_SECONDS)
 
     def steps(units):
-        return train_seconds * chars_per_second(units, probe_seconds, vocab) / (BATCH * SEQLEN)
+        return train_seconds * chars_per_second(units, speed, vocab) / (BATCH * SEQLEN)
 
     def params(units):
         return ModelConfig(vocab_size=vocab, layers=LAYERS, units=units, embedding=EMBEDDING).parameters()
@@ -88,13 +91,13 @@ def choose(train_chars, valid_chars, seconds, probe_seconds, vocab=100):
     units = max(fitting, default=WIDTHS[0])
     planned = steps(units)
     passes = planned * BATCH * SEQLEN / max(1, train_chars)
-    eval_chars_s = EVAL_SPEEDUP * chars_per_second(units, probe_seconds, vocab)
+    eval_chars_s = EVAL_SPEEDUP * chars_per_second(units, speed, vocab)
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
                  dropout=dropout_for(passes), **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
     share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
     reason = (f"{train_chars / 1e6:.1f} MB, about {passes:.2g} passes in {seconds / 60:.3g} min "
-              f"({planned:,.0f} steps at an estimated {chars_per_second(units, probe_seconds, vocab):,.0f} chars/s): "
+              f"({planned:,.0f} steps at an estimated {chars_per_second(units, speed, vocab):,.0f} chars/s): "
               f"GRU {LAYERS}x{units}, dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
               f"on {read:,} chars, about {share:.0%} of the time")
     return Choice(flags, reason)
@@ -141,30 +144,26 @@ def text_size(globs, tail=0.1, sample_bytes=SAMPLE_BYTES):
     return int(total * (1 - tail)), int(total * tail), len(seen) + 1
 
 
-def measure_probe(precision, repeats=5):
-    """Seconds of PROBE_STEPS steps of a GRU-like recurrence of PROBE_UNITS units on two
-    row groups of PROBE_ROWS rows, in the matmuls' dtype: the median of a few timings,
-    so a shared machine's load counts as training will feel it. About a second."""
-    import tensorflow as tf
-    dtype = getattr(tf, DTYPES[precision])
-    U = PROBE_UNITS
-    kernel = tf.cast(tf.random.normal([U, 3 * U], stddev=U ** -0.5, seed=1), dtype)
+def measure_speed(cfg, vocab, seconds=PROBE_SECONDS):
+    """Training characters a second of GRU 2xPROBE_UNITS (batch BATCH, sequences of SEQLEN)
+    here, now: the real training step, built from cfg as the run's will be (its precision,
+    kernels and thread settings), two steps to trace and warm it up, then as many as
+    `seconds` holds (three at least). Random characters: the speed does not depend on them."""
+    import numpy as np
+    from charrnn.trainer import Trainer
+    probe = dataclasses.replace(cfg, layers=LAYERS, units=PROBE_UNITS, embedding=EMBEDDING, batch_size=BATCH,
+                                seqlen=SEQLEN, max_time="")
+    with contextlib.redirect_stderr(io.StringIO()):  # the precision's warning, if any: the run prints it
+        trainer = Trainer(probe.model_config(vocab), probe)
+    batches = np.random.default_rng(0).integers(0, vocab, (2, BATCH, SEQLEN + 1), dtype=np.int32)
 
-    def cell(h):  # [R, U]: one step, the product cast back to fp32 as the fused kernels do
-        z, r, c = tf.split(tf.cast(tf.matmul(tf.cast(h, dtype), kernel), tf.float32), 3, axis=1)
-        return tf.sigmoid(z) * h + (1 - tf.sigmoid(z)) * tf.tanh(tf.sigmoid(r) * c)
+    def step(i):
+        trainer.train_step(batches[i % 2, :, :-1], batches[i % 2, :, 1:])
 
-    @tf.function
-    def run(a, b):
-        for _ in tf.range(PROBE_STEPS):
-            a, b = cell(a), cell(b)  # two independent groups, as training's two row groups
-        return a + b
-
-    start = tf.random.normal([PROBE_ROWS, U], seed=2)
-    run(start, start).numpy()  # trace
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run(start, start).numpy()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    for i in range(2):
+        step(i)
+    began, done = time.perf_counter(), 0
+    while done < 3 or time.perf_counter() - began < seconds:
+        step(done)
+        done += 1
+    return done * BATCH * SEQLEN / (time.perf_counter() - began)

@@ -16,8 +16,8 @@ MB = 1_000_000
 
 
 def probe_for(chars_s):
-    """The probe time of a machine that trains GRU 2x512 at chars_s."""
-    return recipe.chars_per_second(512, 1.0) / chars_s
+    """The probe's speed (GRU 2x256) on a machine that trains GRU 2x512 at chars_s."""
+    return chars_s * recipe.char_cost(512) / recipe.char_cost(recipe.PROBE_UNITS)
 
 
 def choose(megabytes, minutes, chars_s):
@@ -92,8 +92,9 @@ class RecipeTest(unittest.TestCase):
         self.assertIn(f"GRU 2x{c.flags['units']}, dropout {c.flags['dropout']:g}", c.reason)
 
     def test_a_slower_probe_means_proportionally_fewer_chars_per_second(self):
-        self.assertAlmostEqual(recipe.chars_per_second(512, 0.2) / recipe.chars_per_second(512, 0.4), 2.0)
-        ratio = recipe.chars_per_second(256, 0.2) / recipe.chars_per_second(512, 0.2)
+        self.assertAlmostEqual(recipe.chars_per_second(512, 4000) / recipe.chars_per_second(512, 2000), 2.0)
+        self.assertAlmostEqual(recipe.chars_per_second(recipe.PROBE_UNITS, 4000), 4000)  # the probe's own shape
+        ratio = recipe.chars_per_second(256, 4000) / recipe.chars_per_second(512, 4000)
         self.assertAlmostEqual(ratio, recipe.char_cost(512) / recipe.char_cost(256))
         self.assertTrue(2 < ratio < 4)  # a quarter of the FLOPs, but the element-wise work only halves
 
@@ -105,11 +106,13 @@ class RecipeTest(unittest.TestCase):
             self.assertEqual(recipe.text_size([os.path.join(tmp, "*.txt")]), (900, 100, 4))  # a, b, é, unknown
             self.assertEqual(recipe.text_size([os.path.join(tmp, "*.txt")], sample_bytes=10)[2], 3)
 
-    def test_a_large_vocabulary_makes_a_character_dearer(self):
-        self.assertLess(recipe.chars_per_second(256, 0.2, vocab=5000), 0.5 * recipe.chars_per_second(256, 0.2))
-        steps = lambda vocab: float(recipe.choose(45 * MB, 5 * MB, 600, probe_for(17_000), vocab).reason
-                                    .split("(")[1].split(" steps")[0].replace(",", ""))
-        self.assertLess(steps(5000), steps(100))
+    def test_the_vocabulary_prices_the_readout_of_each_width(self):
+        # The probe trains at the run's vocabulary, so its speed already holds the readout's
+        # cost at the probe's width; a wider model's readout grows with the units.
+        for vocab in (66, 5000):
+            ratio = recipe.chars_per_second(512, 4000, vocab) / recipe.chars_per_second(256, 4000, vocab)
+            self.assertAlmostEqual(ratio, recipe.char_cost(256, vocab=vocab) / recipe.char_cost(512, vocab=vocab))
+        self.assertGreater(recipe.char_cost(256, vocab=5000), 2 * recipe.char_cost(256, vocab=66))
 
 
 class PresetTest(unittest.TestCase):
@@ -117,7 +120,7 @@ class PresetTest(unittest.TestCase):
 
     def adapted(self, argv, resume=None):
         cfg, _, _ = rnn_train.parse(argv)
-        with mock.patch.object(recipe, "measure_probe", return_value=probe_for(17_000)), \
+        with mock.patch.object(recipe, "measure_speed", return_value=probe_for(17_000)), \
                 contextlib.redirect_stderr(io.StringIO()) as err:
             return rnn_train.quality_recipe(cfg, argv, resume), err.getvalue()
 
@@ -140,10 +143,11 @@ class PresetTest(unittest.TestCase):
 
 
 class ProbeTest(unittest.TestCase):
-    def test_the_probe_times_the_recurrence(self):
-        seconds = recipe.measure_probe("fp32", repeats=2)
-        self.assertGreater(seconds, 0)
-        self.assertLess(seconds, 30)
+    def test_the_probe_times_the_real_training_step(self):
+        cfg, _, _ = rnn_train.parse(["--preset", "quality", "--precision", "fp32"])
+        slow = recipe.measure_speed(cfg, 66, seconds=0.0)   # three steps
+        self.assertGreater(slow, 100)                      # chars/s: at least a slow core's
+        self.assertLess(slow, 10_000_000)
 
 
 if __name__ == "__main__":
