@@ -248,11 +248,12 @@ def warn_about(cfg):
         print(line, file=sys.stderr)
 
 
-def quality_recipe(cfg, argv, resume):
+def quality_recipe(cfg, argv, resume, started=None):
     """--preset quality on a new run: the model, dropout and validation that charrnn.recipe
     chooses for this text, budget and machine (a probe of its speed: a second of training
     GRU 2x256, after tracing its step);
-    flags typed with the preset win. Prints the choice and why."""
+    flags typed with the preset win. Prints the choice and why. started: when the command
+    started (budget.now()): the choice plans the time left after the start-up and the probe."""
     typed = vars(make_parser().parse_args(argv))
     if typed.get("preset") != "quality" or resume is not None:
         return cfg
@@ -263,7 +264,9 @@ def quality_recipe(cfg, argv, resume):
         ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
     train_chars, valid_chars, vocab = recipe.text_size(cfg.data)
     vocab = min(vocab, cfg.max_vocab or vocab)
-    choice = recipe.choose(train_chars, valid_chars, cfg.max_seconds, recipe.measure_speed(cfg, vocab), vocab)
+    speed = recipe.measure_speed(cfg, vocab)
+    left = cfg.max_seconds - (0.0 if started is None else budget.now() - started)
+    choice = recipe.choose(train_chars, valid_chars, left, speed, vocab)
     chosen = {k: v for k, v in choice.flags.items() if k not in typed}
     kept = ", ".join(f"{flag(k)} {typed[k]}" for k in choice.flags if k in typed)
     print(f"recipe: {choice.reason}" + (f" (kept as given: {kept})" if kept else ""), file=sys.stderr)
@@ -282,7 +285,7 @@ def main(argv=None):
         with tf_setup.starting_tensorflow():  # imported; no op has run yet
             from charrnn import distribute
             strategy = distribute.make_strategy(cfg.distribute)  # multi-worker sets up collective ops: first
-        cfg = quality_recipe(cfg, argv, resume)
+        cfg = quality_recipe(cfg, argv, resume, started)
         from charrnn.training import train
         return train(cfg, resume=resume, given=explicit, strategy=strategy, started=started)
     except UserError as e:
