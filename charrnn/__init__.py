@@ -25,6 +25,6 @@ inside it from the loop down to the text (DEVELOPERS.md has the table):
     text        numpy only: vocabulary, corpus files, validation split, sequencer
     shakespeare the default corpus, fetched and checked
     config      the settings as dataclasses, checked; no TensorFlow
-    tf_setup    threads and a quiet TensorFlow import
+    tf_setup    what --implementation auto runs, threads and a quiet TensorFlow import
     errors      UserError
 """

@@ -12,7 +12,8 @@ Two interchangeable implementations hold the same weights in Keras's layout:
   A batch of 64 rows or more runs as two independent groups of rows (each with
   its own dropout masks), which TensorFlow computes at the same time;
   tf_setup.training_threads() gives each op half the cores to match.
-A model trained with one loads into the other through `named_variables()`.
+A model trained with one loads into the other through `named_variables()`;
+"auto" picks one for this machine (tf_setup.implementation_for).
 
 Either can compute in a low precision (`precision` "bf16" or "fp16", chosen by
 precision.py): the variables stay float32, so checkpoints do not depend on it;
@@ -35,6 +36,7 @@ import tensorflow as tf
 from charrnn.config import IMPLEMENTATIONS, ModelConfig
 from charrnn.fused import FusedRecurrent
 from charrnn.precision import DTYPES, KERAS_POLICIES
+from charrnn.tf_setup import implementation_for
 
 ROW_GROUPS, MIN_GROUP_ROWS = 2, 32  # the fused path splits a batch of 64+ rows in 2 groups
 
@@ -63,8 +65,7 @@ class CharRNN(keras.Model):
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         if precision not in DTYPES:
             raise ValueError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
-        if implementation == "auto":
-            implementation = "keras" if tf.config.list_physical_devices("GPU") else "fused"
+        implementation = implementation_for(implementation, gpu=bool(tf.config.list_physical_devices("GPU")))
         self.config = config
         self.implementation = implementation
         self.precision = precision

@@ -3,15 +3,25 @@
 Scripts parse and check their arguments before calling these, so `--help` and
 bad flags answer at once instead of after the seconds TensorFlow takes to load.
 
-    training_threads(implementation)   thread defaults for training (before the import)
-    import_tensorflow()                import TensorFlow without its start-up chatter
-    starting_tensorflow()              the same, with a `with` body that runs before TensorFlow's first op
+    implementation_for(requested, gpu)   what `--implementation auto` (or another) runs
+    training_threads(implementation)     thread defaults for training (before the import)
+    import_tensorflow()                  import TensorFlow without its start-up chatter
+    starting_tensorflow()                the same, with a `with` body that runs before TensorFlow's first op
 """
 
 import contextlib
 import os
 import signal
 import sys
+
+
+def implementation_for(requested, gpu):
+    """The model implementation that `requested` runs, "fused" or "keras": `auto`
+    is the stock Keras layers (cuDNN) when a GPU is visible (`gpu` true), else
+    the fused CPU kernels; "fused" and "keras" are themselves."""
+    if requested != "auto":
+        return requested
+    return "keras" if gpu else "fused"
 
 
 def training_threads(implementation):
@@ -24,9 +34,10 @@ def training_threads(implementation):
     same threads (other thread counts can change float rounding, and exact resume
     holds for the same settings). TensorFlow reads these when it starts; set the
     variables yourself to override. The stock Keras layers (`keras`) keep
-    TensorFlow's defaults; `auto` counts as fused, since it is fused on a CPU.
+    TensorFlow's defaults.
     """
-    if implementation == "keras":
+    # Called before TensorFlow is imported, so no GPU is known yet: `auto` takes its CPU choice, fused.
+    if implementation_for(implementation, gpu=False) == "keras":
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, cores // 2)))

@@ -1,6 +1,7 @@
 """The model (model.py) and its fused CPU kernels (fused.py): shapes, weights, agreement with Keras."""
 
 import unittest
+from unittest import mock
 
 import numpy as np
 
@@ -67,6 +68,15 @@ class CharRNNTest(unittest.TestCase):
             self.assertFalse(np.any(v.numpy()), name)
         for name, v in fresh.rng_variables().items():
             np.testing.assert_array_equal(v.numpy(), bare.rng_variables()[name].numpy(), err_msg=name)
+
+    def test_auto_runs_the_stock_layers_with_a_gpu_and_the_fused_kernels_without(self):
+        real = tf.config.list_physical_devices
+        gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+        for gpus, expected in (([], "fused"), ([gpu], "keras")):
+            def visible(kind=None, gpus=gpus):
+                return gpus if kind == "GPU" else real(kind)
+            with self.subTest(implementation=expected), mock.patch.object(tf.config, "list_physical_devices", visible):
+                self.assertEqual(CharRNN(tiny_model_config(), "auto").implementation, expected)
 
     def test_fused_and_keras_implementations_agree(self):
         # Weights saved from one implementation must load into the other (cuDNN on GPU).
