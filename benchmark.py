@@ -332,7 +332,7 @@ def child_precision(args):
     import txt_utils
     from charrnn.config import TrainConfig
     from charrnn.model import CharRNN
-    from charrnn.runs import load_for_generation
+    from charrnn.catalog import load_for_generation
     low = args.precision
     cfg = TrainConfig(data=[args.data], validation="tail", max_steps=args.steps, val_every=args.steps,
                       sample_every=args.steps + 1, checkpoint_every=args.steps, log_every=args.steps,
@@ -567,7 +567,7 @@ def web_losses(args, browser):
     import tensorflow as tf
     from charrnn import training, web
     from charrnn.config import TrainConfig
-    from charrnn.runs import load_for_generation
+    from charrnn.catalog import load_for_generation
     import txt_utils
     steps = WEB_TRAIN_STEPS
     cfg = TrainConfig(data=[args.data], validation="tail", layers=2, units=128, seqlen=64, batch_size=32, lr=3e-3,

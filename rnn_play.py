@@ -129,33 +129,33 @@ def check(args):
 def play(args, sampling):
     from charrnn import tf_setup
     tf_setup.import_tensorflow()
-    from charrnn import runs
+    from charrnn import catalog
     from charrnn.sampling import Generator
 
     if args.list:
-        lines = runs.list_runs(args.checkpoint_dir)
+        lines = catalog.list_runs(args.checkpoint_dir)
         if not lines:
             raise UserError(f"no run under {args.checkpoint_dir}/; train a first model in minutes with "
                             f"`{first_run(args.checkpoint_dir)}`")
         write("\n".join(lines) + "\n")
         return 0
     prime = read_prime(args)
-    model, vocab, run_dir, prefix = runs.load_for_generation(args.checkpoint, args.checkpoint_dir)
+    model, vocab, run_dir, prefix = catalog.load_for_generation(args.checkpoint, args.checkpoint_dir)
     if args.eval is not None:
         return evaluate(args.eval, model, vocab, run_dir, prefix)
     if args.export_web is not None:
         from charrnn import web
         target = web.export_web(model, vocab, run_dir, prefix, args.export_web, args.web_weights)
-        print(f"wrote a web page of {runs.describe(run_dir, prefix)} to {target}: open {target / 'index.html'}",
+        print(f"wrote a web page of {catalog.describe(run_dir, prefix)} to {target}: open {target / 'index.html'}",
               file=sys.stderr)
         return 0
     if args.export is not None:
         from charrnn import export  # only here: it is not needed to generate
         target = export.export(model, vocab, run_dir, sampling, args.export)
-        print(f"exported {runs.describe(run_dir, prefix)} to {target}: "
+        print(f"exported {catalog.describe(run_dir, prefix)} to {target}: "
               f"tf.saved_model.load('{target}').generate(...)", file=sys.stderr)
         return 0
-    print(f"generating from {runs.describe(run_dir, prefix)}, seed {sampling.seed}", file=sys.stderr)
+    print(f"generating from {catalog.describe(run_dir, prefix)}, seed {sampling.seed}", file=sys.stderr)
     unknown = vocab.unknown_chars(prime)
     if unknown:
         print(f"warning: the prime has characters this model never saw, read as unknown: "
@@ -223,12 +223,12 @@ def evaluate(path, model, vocab, run_dir, prefix):
     """Print the model's loss, bits/char and accuracy on the text of path, scored as the
     run's validation scores its held-out text (steps.make_validate, the run's --seqlen)."""
     import numpy as np
-    from charrnn import runs
+    from charrnn import catalog, run_files
     from charrnn import steps
 
-    seqlen = runs.load_run_files(run_dir)[0].get("training", {}).get("seqlen")
+    seqlen = run_files.load_run_files(run_dir)[0].get("training", {}).get("seqlen")
     if not isinstance(seqlen, int) or seqlen < 1:
-        raise UserError(f"{Path(run_dir) / runs.CONFIG} has no valid training seqlen; restore it from a backup")
+        raise UserError(f"{Path(run_dir) / run_files.CONFIG} has no valid training seqlen; restore it from a backup")
     codes = read_eval_text(path, vocab)
     if len(codes) < 2:
         raise UserError(f"--eval {path}: the text must hold at least 2 characters (the first is not predicted)")
@@ -237,7 +237,7 @@ def evaluate(path, model, vocab, run_dir, prefix):
     with progress(f"scoring {path}", -(-(len(codes) - 1) // (rows * seqlen)), "chunk") as bar:
         loss, accuracy = steps.make_validate(model, seqlen)(codes, stop=lambda: bar.update() and False)
     unknown = int(np.count_nonzero(codes == vocab.unk_index))
-    print(f"scored {path} with {runs.describe(run_dir, prefix)}: {len(codes) - 1:,} characters predicted, "
+    print(f"scored {path} with {catalog.describe(run_dir, prefix)}: {len(codes) - 1:,} characters predicted, "
           f"{unknown:,} of the text's {len(codes):,} outside the run's vocabulary (read as unknown)", file=sys.stderr)
     write(f"loss {loss:.4f} nats/char  {loss / math.log(2):.4f} bits/char  accuracy {accuracy:.2%}\n")
     return 0

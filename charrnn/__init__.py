@@ -13,7 +13,11 @@ inside it from the loop down to the text (DEVELOPERS.md has the table):
     export      the SavedModel
     web         --export-web: the static page (its files in webpage/)
     sampling    logits -> characters; the compiled generation loop
-    runs        a run folder: its files, new/resumed/forked runs, the lock, finding runs
+    runs        the run a training opens: new, resumed or forked; its folders and saved files
+    corpus_check the manifest of a run's text; a resumed run reads the same
+    catalog     finding runs: --list, a RUN spec, the newest run, loading one to generate from
+    lock        RunLock: one process trains into a run
+    run_files   a run folder's layout, file names and JSON files
     model       CharRNN, one Keras model for training and generation
     fused       the fused CPU kernels
     precision   --precision: the matmuls' dtype, fp16's loss scale

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from charrnn import checkpoints, runs
+from charrnn import checkpoints, run_files, runs
 from charrnn.errors import UserError
+from charrnn.lock import RunLock, is_locked
 
 SCRATCH, SCRATCH_GRACE = "charrnn-worker-", 10  # a non-chief worker's folder in TMPDIR; seconds
 TASK_TYPES = ("chief", "worker")  # what MultiWorkerMirroredStrategy trains with
@@ -189,7 +190,7 @@ class WorkerRun(runs.Run):
     def claimed(self):
         with tempfile.TemporaryDirectory(prefix=f"{SCRATCH}{self.name}-") as scratch:
             self.scratch = Path(scratch)
-            with runs.RunLock(scratch):  # held while this worker lives: the next one knows a dead one's by it
+            with RunLock(scratch):  # held while this worker lives: the next one knows a dead one's by it
                 yield self
 
 
@@ -198,10 +199,10 @@ def remove_dead_scratch():
     no process holds. A folder whose lock is younger than a few seconds may be a worker's
     that is taking it this instant, and is left for the next run."""
     for folder in Path(tempfile.gettempdir()).glob(SCRATCH + "*"):
-        lock = folder / runs.LOCK
+        lock = folder / run_files.LOCK
         with contextlib.suppress(OSError):
             if (folder.is_dir() and not folder.is_symlink() and lock.is_file()
-                    and time.time() - lock.stat().st_mtime > SCRATCH_GRACE and not runs.is_locked(folder)):
+                    and time.time() - lock.stat().st_mtime > SCRATCH_GRACE and not is_locked(folder)):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -223,7 +224,7 @@ def note_replicas(run):
     """
     if run.source is None:
         return
-    before = runs.read_json(Path(run.source) / runs.CONFIG).get("replicas", 1)
+    before = run_files.read_json(Path(run.source) / run_files.CONFIG).get("replicas", 1)
     if before != run.replicas:
         print(f"resuming with {run.replicas} replica{'s' * (run.replicas > 1)} a checkpoint trained with {before}: "
               f"the carried state is re-split by rows, {run.config.batch_size // run.replicas} per replica (each "

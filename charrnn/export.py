@@ -25,9 +25,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from charrnn import runs
 from charrnn.config import SamplingConfig
 from charrnn.errors import UserError
+from charrnn.run_files import CONFIG, VOCAB
 from charrnn.sampling import Generator
 
 
@@ -82,7 +82,7 @@ def export(model, vocab, run_dir, sampling: SamplingConfig, directory):
         partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
         tf.saved_model.save(module, str(partial), signatures={"generate": module.generate, "step": module.step})
         (partial / "assets").mkdir(exist_ok=True)
-        for name in (runs.CONFIG, runs.VOCAB):
+        for name in (CONFIG, VOCAB):
             shutil.copy(Path(run_dir) / name, partial / "assets" / name)
         os.replace(partial, target)  # also over an empty folder
     except (OSError, tf.errors.OpError) as e:

@@ -1,25 +1,14 @@
-"""A run and its folders: the one module that knows their layout and file names.
-
-    checkpoints/<run>/                 (--checkpoint-dir)
-        config.json    model and training configuration (JSON, never pickle)
-        vocab.json     the vocabulary, so the run decodes its own output
-        corpus.json    manifest of the training files: names, sizes, sha256
-        .lock          held (flock) by the process training into the run
-        checkpoint, ckpt-<step>.*      the newest checkpoints    } written by
-        best/checkpoint, best/ckpt-*   the best by validation    } checkpoints.Manager
-    log/<run>/train, log/<run>/validation   TensorBoard (--log-dir)
+"""The run that rnn_train.py trains into: a new run, or a resumed or forked one.
 
     open_run(config, resume, given)    a new run, or a resumed or forked one -> Run
-    resolve / newest_run / list_runs   finding runs and checkpoints (a run plays from its best)
-    load_for_generation(spec)          the model and vocabulary of a checkpoint; describe() names it
+    Run                                its folders, managers, corpus and saved files; claimed() holds its lock
 
-The JSON files are written atomically and read as untrusted input: a damaged
-or edited file is a one-line error naming it, never a traceback.
+The folder's layout and JSON files are run_files.py's, the corpus check
+corpus_check.py's, the lock lock.py's; finding a run to resume is catalog.py's.
 """
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -29,24 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
-
-from charrnn import checkpoints
+from charrnn import catalog, checkpoints, corpus_check
 from charrnn.cli import first_run
 from charrnn.config import DEFAULT_DATA, FIXED_ON_RESUME, PER_PROCESS, ModelConfig, TrainConfig, flag
 from charrnn.errors import UserError
-from charrnn.model import CharRNN
+from charrnn.lock import RunLock, is_locked
+from charrnn.run_files import (BEST, CONFIG, CORPUS, FORMAT_VERSION, JSON_FILES, LOCK, VOCAB, describe_model, is_run,
+                               load_run_files, model_config, write_json)
 from charrnn.shakespeare import ensure_shakespeare
 from charrnn.text import Vocabulary, find_files, read_corpus
 
-CONFIG, VOCAB, CORPUS, LOCK, BEST = "config.json", "vocab.json", "corpus.json", ".lock", "best"
-FORMAT_VERSION = 1
 WRITE_PROBE = ".write-test-"  # the name of _check_writable's file, there for an instant
-JSON_FILES = (CONFIG, VOCAB, CORPUS)
 
-
-# ---------------------------------------------------------------- a run
 
 @dataclass
 class Run:
@@ -122,9 +105,7 @@ class Run:
                 raise UserError(f"{e} -- run {self.source.name} was started in {started}: resume it from there") from None
             raise
         if self.source is not None:
-            changed = _check_same_corpus(self.manifest, _manifest(cfg, corpus.files), cfg.allow_corpus_change,
-                                         self.source)
-            _warn_unknown(corpus, changed, self.source)
+            corpus_check.check_resumed(self.manifest, cfg, corpus, self.source)
         return corpus
 
     def save_files(self, model_config: ModelConfig, vocab, files):
@@ -133,7 +114,7 @@ class Run:
                   "training": dataclasses.asdict(self.config), "replicas": self.replicas}
         write_json(self.dir / CONFIG, config)
         write_json(self.dir / VOCAB, vocab.to_json())
-        write_json(self.dir / CORPUS, _manifest(self.config, files))
+        write_json(self.dir / CORPUS, corpus_check.manifest(self.config, files))
 
     @contextlib.contextmanager
     def claimed(self):
@@ -173,7 +154,7 @@ def open_run(cfg: TrainConfig, resume=None, given=()):
         return Run(*_new_run_dirs(cfg, name), cfg)
     prefix = None
     if resume == "":
-        source = newest_run(root)
+        source = catalog.newest_run(root)
         if source is None:
             raise UserError(f"--resume: no trained run under {root}/; start one without --resume, such as "
                             f"`{first_run(root)}`")
@@ -181,7 +162,7 @@ def open_run(cfg: TrainConfig, resume=None, given=()):
         source = Path(resume) if is_run(resume) else root / resume
     else:
         try:
-            source, prefix = resolve(resume, root)
+            source, prefix = catalog.resolve(resume, root)
         except UserError as e:
             raise UserError(f"--resume {resume}: {e}") from None
     source = Path(source)
@@ -236,7 +217,7 @@ def _merge(source, saved, cfg, given):
         setattr(merged, name, getattr(cfg, name))
     model = model_config(source, saved)
     if model != merged.model_config(model.vocab_size):
-        raise UserError(f"{where}: the model section ({_describe(model)}) disagrees with the training section; "
+        raise UserError(f"{where}: the model section ({describe_model(model)}) disagrees with the training section; "
                         f"restore the file from a backup")
     return merged
 
@@ -297,350 +278,3 @@ def _check_writable(dirs):
             os.unlink(probe)
         except OSError as e:
             raise UserError(f"cannot write to {d} ({e.strerror}); choose another {flag_name}") from None
-
-
-def _manifest(cfg, files):
-    return {"data": cfg.data, "workdir": os.getcwd(), "validation": cfg.validation,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]}
-
-
-def _check_same_corpus(saved, current, allow, run_dir):
-    """Refuse to resume on different text, naming the first file that differs.
-    With allow, warn instead; returns the paths of the files that are new or changed
-    (every file when the manifest is missing)."""
-    if saved is None:
-        if allow:
-            return [f["path"] for f in current["files"]]
-        raise UserError(f"{Path(run_dir) / CORPUS} is missing, so the text cannot be checked; "
-                        f"pass --allow-corpus-change to resume anyway")
-    if not isinstance(saved, dict) or not isinstance(saved.get("files"), list) or \
-            not all(isinstance(f, dict) and "path" in f for f in saved["files"]):
-        raise UserError(f"{Path(run_dir) / CORPUS} is damaged; restore it from a backup, "
-                        f"or delete it and pass --allow-corpus-change")
-    old = {f["path"]: f for f in saved["files"]}
-    new = {f["path"]: f for f in current["files"]}
-    changed = []
-    for path in sorted(old.keys() | new.keys()):
-        if old.get(path) != new.get(path):
-            what = ("is new" if path not in old else "is gone" if path not in new else "has changed")
-            if allow:
-                print(f"warning: corpus file {path} {what} since run {run_dir.name} started", file=sys.stderr)
-                changed += [path] if path in new else []
-                continue
-            raise UserError(f"corpus file {path} {what} since run {run_dir.name} started "
-                            f"(see {run_dir / CORPUS}); pass --allow-corpus-change to continue on it")
-    return changed
-
-
-def _warn_unknown(corpus, changed, run_dir):
-    """One line when new or changed text holds characters the run's vocabulary lacks:
-    they all train as the one unknown symbol."""
-    spans = [f for f in corpus.files if f.path in set(changed)]
-    unknown = {f.path: corpus.unknown_count(f) for f in spans}
-    share = {f.path: unknown[f.path] / (f.end - f.start) for f in spans if unknown[f.path]}
-    if not share:
-        return
-    worst = sorted(share, key=share.get, reverse=True)
-    print(f"warning: {sum(unknown.values()) / sum(f.end - f.start for f in spans):.1%} of the characters of the "
-          f"new or changed text are not in run {run_dir.name}'s vocabulary and train as unknown: "
-          + ", ".join(f"{path} ({share[path]:.1%})" for path in worst[:3])
-          + (f" and {len(worst) - 3} more files" if len(worst) > 3 else ""), file=sys.stderr)
-
-
-# ---------------------------------------------------------------- JSON files
-
-def write_json(path, obj):
-    """Write JSON atomically and durably (checkpoints.write_atomically); a full disk
-    is a one-line error, with no temporary file left."""
-    try:
-        checkpoints.write_atomically(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror}); free some space or choose another "
-                        f"--checkpoint-dir") from None
-
-
-def read_json(path):
-    """A run's JSON file, read as untrusted input (checkpoints.read_regular_file)."""
-    path = Path(path)
-    try:
-        return json.loads(checkpoints.read_regular_file(path, 1 << 28).decode("utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: this run folder is incomplete") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror}); restore it from a backup") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is damaged ({e}); restore it from a backup") from None
-
-
-def load_run_files(run_dir):
-    """Return (config dict, Vocabulary, corpus manifest or None) of a run, each read once."""
-    run_dir = Path(run_dir)
-    config = read_json(run_dir / CONFIG)
-    if not isinstance(config, dict):
-        raise UserError(f"{run_dir / CONFIG} is damaged (not a JSON object); restore it from a backup")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{run_dir / CONFIG} has format_version {config.get('format_version')!r}; "
-                        f"this version of the tool reads format {FORMAT_VERSION}")
-    try:
-        vocab = Vocabulary.from_json(read_json(run_dir / VOCAB))
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{run_dir / VOCAB} is damaged ({e}); restore it from a backup") from None
-    manifest = read_json(run_dir / CORPUS) if (run_dir / CORPUS).exists() else None
-    return config, vocab, manifest
-
-
-def model_config(run_dir, config):
-    """The ModelConfig of a run's config.json contents, checked: also that its weights
-    fit in this machine's memory, before anything is built."""
-    try:
-        model = ModelConfig.from_json(config["model"])
-        model.check_fits()
-        return model
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{Path(run_dir) / CONFIG}: bad model configuration ({e})") from None
-
-
-# ---------------------------------------------------------------- finding runs
-
-def is_run(path):
-    return (Path(path) / CONFIG).is_file()
-
-
-def newest_run(checkpoint_dir, best=False):
-    """The run that wrote a checkpoint last (counting those in its best/ folder when
-    best is true), or None.
-
-    Runs are ordered by the times of their checkpoint files, and only the newest
-    run's index file is read: a damaged index in another run is no obstacle.
-    """
-    written = {run: _last_written(run, best) for run in Path(checkpoint_dir).glob("*") if is_run(run)}
-    written = {run: time for run, time in written.items() if time is not None}
-    find = generation_checkpoint if best else checkpoints.latest
-    for run in sorted(written, key=written.get, reverse=True):
-        if trained(find(run)):
-            return run
-    return None
-
-
-def trained(prefix):
-    """Whether a checkpoint holds trained weights. A new run stopped before its first step (its
-    --max-time spent on the start-up, a Ctrl-C) saved step 0: never the newest run to play or resume."""
-    return prefix is not None and checkpoints.step_of(prefix) > 0
-
-
-def _last_written(run, best=False):
-    """When the run wrote its newest checkpoint (counting best/ when best), or None."""
-    folders = (run, Path(run) / BEST) if best else (run,)
-    return max((checkpoints.last_written(folder) or 0 for folder in folders), default=0) or None
-
-
-def list_runs(checkpoint_dir):
-    """A line per run under checkpoint_dir, the most recently trained first and runs that
-    trained no step last: its name, model, data, the step of its newest checkpoint and its
-    best validation loss."""
-    found = [p for p in Path(checkpoint_dir).glob("*") if is_run(p)]
-    return [_run_line(run) for run in sorted(found, key=_listing_order, reverse=True)]
-
-
-def _listing_order(run):
-    try:
-        done = trained(generation_checkpoint(run))
-    except (UserError, ValueError):  # a damaged index: listed, and said so, with the untrained
-        done = False
-    return done, _last_written(run, best=True) or 0
-
-
-def _run_line(run):
-    try:
-        saved = read_json(run / CONFIG)
-        head = f"{run.name:<28} {_describe(model_config(run, saved)):<14} {_data_of(saved):<24}"
-        prefix = generation_checkpoint(run)
-        if prefix is None:
-            return f"{head} no checkpoint yet"
-        step, best = checkpoints.progress_of(prefix)
-    except (UserError, tf.errors.OpError, ValueError) as e:
-        return f"{run.name:<28} cannot be read: {checkpoints.first_line(e)[:200]}"
-    if step == 0:
-        return f"{head} step 0, untrained"
-    best = (f"best validation {best:.3f} nats ({best / np.log(2):.3f} bits/char)"
-            if best < checkpoints.NOT_VALIDATED else "not validated")
-    return f"{head} step {step:<9,} {best}"
-
-
-def _data_of(saved, width=40):
-    """The data globs a run's config.json names, shortened from the left to width; '?' for a
-    config without them."""
-    training = saved.get("training") if isinstance(saved, dict) else None
-    data = training.get("data") if isinstance(training, dict) else None
-    if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
-        return "data ?"
-    text = " ".join(data)
-    return "data " + (text if len(text) <= width else "..." + text[-(width - 3):])
-
-
-def _describe(model):
-    return f"{model.cell} {model.layers}x{model.units}"
-
-
-def generation_checkpoint(run_dir):
-    """The newest checkpoint of a run, or its best one while it has no other yet
-    (a young run validates more often than it checkpoints); None if neither."""
-    return checkpoints.latest(run_dir) or checkpoints.latest(Path(run_dir) / BEST)
-
-
-def best_or_newest(run_dir):
-    """The checkpoint a run is played from: its best by validation when it has one (the
-    newest may have overfit), else its newest; None if neither."""
-    return checkpoints.latest(Path(run_dir) / BEST) or checkpoints.latest(run_dir)
-
-
-def resolve(spec, checkpoint_dir="checkpoints"):
-    """Turn a run name, run folder or checkpoint prefix into (run folder, prefix).
-
-    With spec None, the newest run under checkpoint_dir. A run is read from its best
-    checkpoint (best_or_newest); RUN/best, RUN/ckpt-N or a prefix name one.
-    """
-    if spec is None:
-        run_dir = newest_run(checkpoint_dir, best=True)
-        if run_dir is None:
-            raise UserError(f"no trained checkpoint found under {checkpoint_dir}/; train a first model in "
-                            f"minutes with `{first_run(checkpoint_dir)}` (or pass --checkpoint-dir)")
-        return run_dir, best_or_newest(run_dir)
-    path = Path(spec)
-    for candidate in (path, Path(checkpoint_dir) / spec):
-        if candidate.is_dir() and is_run(candidate):
-            prefix = best_or_newest(candidate)
-            if prefix is None:
-                raise UserError(f"{candidate} holds no checkpoint yet (a run writes its first at its first "
-                                f"validation); wait for it, or train a first model with `{first_run(checkpoint_dir)}`")
-            return candidate, prefix
-        if candidate.is_dir() and is_run(candidate.parent) and candidate.name == BEST:
-            prefix = checkpoints.latest(candidate)
-            if prefix:
-                return candidate.parent, prefix
-    prefix = spec[:-6] if spec.endswith(".index") else spec
-    if not Path(prefix + ".index").is_file() and Path(checkpoint_dir, prefix + ".index").is_file():
-        prefix = str(Path(checkpoint_dir, prefix))  # RUN/ckpt-N, under the checkpoint folder
-    if Path(prefix + ".index").is_file():
-        run_dir = Path(prefix).parent
-        run_dir = run_dir.parent if run_dir.name == BEST else run_dir
-        if not is_run(run_dir):
-            raise UserError(f"{prefix} has no {CONFIG} beside it, so its model cannot be rebuilt")
-        return run_dir, prefix
-    raise UserError(f"{spec} is not a run name, run folder or checkpoint prefix "
-                    f"(runs are listed in {checkpoint_dir}/)")
-
-
-def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fused"):
-    """Rebuild the model a checkpoint was trained with and load its weights.
-
-    Returns (model, vocab, run folder, prefix); describe(run folder, prefix) says which
-    checkpoint that is, for the line a tool prints. Nothing has to match flags: the
-    architecture comes from the run's config.json. The fused implementation is
-    the default on every device: generation compiles its loop with XLA, which
-    cannot compile the cuDNN kernel of the stock layers on a GPU.
-    """
-    run_dir, prefix = resolve(spec, checkpoint_dir)
-    config, vocab, _ = load_run_files(run_dir)
-    mconf = model_config(run_dir, config)
-    if mconf.vocab_size != len(vocab):
-        raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but "
-                        f"{Path(run_dir) / CONFIG} says vocab_size {mconf.vocab_size}")
-    model = CharRNN(mconf, implementation=implementation, initialize=False)  # restored below
-    for _ in range(READ_TRIES):
-        try:
-            checkpoints.restore(checkpoints.weights_checkpoint(model), prefix, what=f"model ({run_dir / CONFIG})",
-                                extra_ok=True, vocabulary=(vocab.fingerprint(), run_dir / VOCAB))
-            return model, vocab, run_dir, prefix
-        except UserError as e:
-            # A run in training may rotate away the checkpoint its index just named
-            # (--keep, and best/ at every new best): read the index again.
-            if Path(prefix + ".index").exists():
-                raise  # still there: damaged, not rotated
-            try:
-                run_dir, newer = resolve(spec, checkpoint_dir)
-            except UserError:
-                break  # a checkpoint named by the user, there a moment ago
-            if newer == prefix:
-                raise e from None  # still the one the index names: missing, not rotated
-            prefix = newer
-    raise UserError(f"{prefix} was rotated away (deleted by the run training into {run_dir}, which keeps only its "
-                    f"newest checkpoints) while it was being read; try again, or name the run rather than a "
-                    f"checkpoint of it")
-
-
-READ_TRIES = 10  # a run saving every step rotates a checkpoint away every few tenths of a second
-
-
-def describe(run_dir, prefix):
-    """The checkpoint read, and why, for the line a tool prints: "RUN/best/ckpt-N (the
-    run's best by validation loss)"."""
-    if Path(prefix).parent.name == BEST:
-        return f"{prefix} (the run's best by validation loss)"
-    with contextlib.suppress(UserError):  # a damaged best/ index was not asked for
-        if checkpoints.latest(Path(run_dir) / BEST) is None:
-            return f"{prefix} (the run's newest: it has no best/ checkpoint)"
-    return prefix
-
-
-# ---------------------------------------------------------------- the lock
-
-class RunLock:
-    """An exclusive lock on a run folder, held for the life of the process.
-
-    It is a kernel lock (flock) on `.lock`: when a process dies, however it
-    dies, the kernel releases it, so a stale lock file is simply reclaimed.
-    """
-
-    def __init__(self, run_dir):
-        self.path = Path(run_dir) / LOCK
-        self.file = None
-
-    def __enter__(self):
-        try:  # never through a link planted in the folder
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as e:
-            raise UserError(f"cannot open {self.path} ({e.strerror}): training into a run needs a writable "
-                            f"folder; make it writable, or pass its checkpoint to --resume with another "
-                            f"--checkpoint-dir") from None
-        self.file = open(fd, "r+")
-        try:
-            _lock(self.file)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise UserError(f"{self.path.parent} is being trained by {holder}; wait for it to finish "
-                            f"or choose another --run") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()}")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()  # closing releases the lock
-
-
-def is_locked(run_dir):
-    """Whether a process holds the lock of run_dir (RunLock) now."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    with open(fd, "r+") as file:  # closing releases a lock taken here
-        try:
-            _lock(file)
-        except OSError:
-            return True
-    return False
-
-
-def _lock(file):
-    try:
-        import fcntl
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # Windows
-        import msvcrt
-        file.seek(0)
-        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)

@@ -146,7 +146,7 @@ def write_page(model, vocab, info, directory, storage="float32"):
 
 
 def export_web(model, vocab, run_dir, prefix, directory, storage="float32"):
-    """rnn_play.py --export-web: the page of the checkpoint at prefix (runs.load_for_generation)."""
+    """rnn_play.py --export-web: the page of the checkpoint at prefix (catalog.load_for_generation)."""
     from charrnn import checkpoints  # TensorFlow: not needed by write_page's callers
     step, best = checkpoints.progress_of(prefix)
     info = run_info(run_dir, prefix, step, best if best < checkpoints.NOT_VALIDATED else None)

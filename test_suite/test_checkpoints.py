@@ -12,7 +12,7 @@ from unittest import mock
 
 import numpy as np
 
-from charrnn import checkpoints as ckpts, runs
+from charrnn import catalog, checkpoints as ckpts, run_files
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
 from txt_utils import Vocabulary
@@ -61,7 +61,7 @@ class TestCheckpointDamage(unittest.TestCase):
             quiet_train(tiny(self.tmp, max_steps=30), resume="r", given={"max_steps"})
         self.assertNotIn("\n", str(cm.exception))
         with self.assertRaisesRegex(UserError, file_pattern):
-            runs.load_for_generation("r", os.path.join(self.tmp, "ck"))
+            catalog.load_for_generation("r", os.path.join(self.tmp, "ck"))
         self.assertEqual(sorted(os.listdir(run_dir)), before)
 
     def test_flipped_byte_in_data(self):
@@ -108,10 +108,10 @@ class TestCheckpointDamage(unittest.TestCase):
         shutil.copytree(self.pristine, old)
         write(old / "checkpoint", "model_checkpoint_path: \x00\x01{{")
         set_mtimes(old, (1e9, 1e9))  # written long before r
-        self.assertEqual(runs.newest_run(root), root / "r")
-        self.assertEqual(runs.resolve(None, root)[0], root / "r")
+        self.assertEqual(catalog.newest_run(root), root / "r")
+        self.assertEqual(catalog.resolve(None, root)[0], root / "r")
         set_mtimes(old, None)  # now the damaged run is the newest: its index is named
-        for find in (lambda: runs.newest_run(root), lambda: runs.resolve(None, root)):
+        for find in (lambda: catalog.newest_run(root), lambda: catalog.resolve(None, root)):
             with self.assertRaisesRegex(UserError, r"old/checkpoint is damaged"):
                 find()
 
@@ -120,14 +120,14 @@ class RunFilesTest(unittest.TestCase):
     def test_vocabulary_file_is_readable_utf8_and_a_damaged_one_is_named(self):
         with tempfile.TemporaryDirectory() as tmp:
             vocab = Vocabulary.from_text("Héllo, wörld! 你好 🎭\n")
-            runs.write_json(Path(tmp, runs.VOCAB), vocab.to_json())
-            self.assertIn("你", Path(tmp, runs.VOCAB).read_text(encoding="utf-8"))  # UTF-8, not \u escapes
-            runs.write_json(Path(tmp, runs.CONFIG), {"format_version": runs.FORMAT_VERSION})
-            self.assertEqual(runs.load_run_files(tmp)[1], vocab)
-            write(Path(tmp, runs.VOCAB), "{not json")
+            run_files.write_json(Path(tmp, run_files.VOCAB), vocab.to_json())
+            self.assertIn("你", Path(tmp, run_files.VOCAB).read_text(encoding="utf-8"))  # UTF-8, not \u escapes
+            run_files.write_json(Path(tmp, run_files.CONFIG), {"format_version": run_files.FORMAT_VERSION})
+            self.assertEqual(run_files.load_run_files(tmp)[1], vocab)
+            write(Path(tmp, run_files.VOCAB), "{not json")
             with self.assertRaises(UserError) as cm:
-                runs.load_run_files(tmp)
-            self.assertIn(str(Path(tmp, runs.VOCAB)), str(cm.exception))
+                run_files.load_run_files(tmp)
+            self.assertIn(str(Path(tmp, run_files.VOCAB)), str(cm.exception))
             self.assertEqual(len(str(cm.exception).splitlines()), 1)
 
 
@@ -148,7 +148,7 @@ class HostileFolderTest(RunCopyTest):
         self.assertEqual(files_of(victim), before)
         self.assertRegex(err, r"warning: .*H/checkpoint lists '\.\./V/ckpt-10', '.*/V/ckpt-20', which are "
                               r"not checkpoints of .*H: ignored")
-        self.assertEqual(Path(runs.load_for_generation("H", self.ck)[3]).parent, Path(hostile, "best"))
+        self.assertEqual(Path(catalog.load_for_generation("H", self.ck)[3]).parent, Path(hostile, "best"))
         self.assertEqual(ckpts.read_index(hostile), [20, 30])
         self.assertNotIn("V", Path(hostile, "checkpoint").read_text() + Path(hostile, "best", "checkpoint").read_text())
 
@@ -187,7 +187,7 @@ class HostileFolderTest(RunCopyTest):
         os.remove(os.path.join(hostile, "vocab.json"))
         os.mkfifo(os.path.join(hostile, "vocab.json"))  # reading it would wait for a writer forever
         with self.assertRaisesRegex(UserError, r"cannot read \S+/H/vocab\.json \(not a regular file\)"):
-            runs.load_for_generation(hostile)
+            catalog.load_for_generation(hostile)
 
     def test_the_suggested_checkpoint_of_a_damaged_index_is_the_newest_by_step(self):
         for step in (500, 2000, 90):
@@ -315,9 +315,9 @@ class RestoreTest(RunCopyTest):
     """Every saved weight is used, every weight is restored, and the vocabulary is the one trained with."""
 
     def test_generation_refuses_a_model_with_fewer_layers_than_its_checkpoint(self):
-        config = runs.read_json(os.path.join(self.copy(), "config.json"))
+        config = run_files.read_json(os.path.join(self.copy(), "config.json"))
         config["model"]["layers"] = config["training"]["layers"] = 1
-        runs.write_json(os.path.join(self.ck, "r", "config.json"), config)
+        run_files.write_json(os.path.join(self.ck, "r", "config.json"), config)
         code, out, err = play("r", "--checkpoint-dir", self.ck, "-n", "10")
         self.assertEqual((code, out), (2, ""))
         self.assertRegex(err, r"^error: \S+/ckpt-20 holds weights/rnn_1/bias, weights/rnn_1/kernel, "
@@ -325,12 +325,12 @@ class RestoreTest(RunCopyTest):
         self.assertEqual(err.count("\n"), 1)
 
     def test_a_permuted_vocabulary_is_refused_by_both_tools(self):
-        vocab = runs.read_json(os.path.join(self.copy(), "vocab.json"))
+        vocab = run_files.read_json(os.path.join(self.copy(), "vocab.json"))
         vocab["chars"][0], vocab["chars"][1] = vocab["chars"][1], vocab["chars"][0]
-        runs.write_json(os.path.join(self.ck, "r", "vocab.json"), vocab)
+        run_files.write_json(os.path.join(self.ck, "r", "vocab.json"), vocab)
         message = r"\S+/r/vocab\.json is not the vocabulary \S+/ckpt-20 was trained with"
         with self.assertRaisesRegex(UserError, message):
-            runs.load_for_generation("r", self.ck)
+            catalog.load_for_generation("r", self.ck)
         with self.assertRaisesRegex(UserError, message):
             quiet_train(self.cfg(max_steps=30, allow_corpus_change=True), resume="r",
                         given={"max_steps", "allow_corpus_change"})
@@ -346,5 +346,5 @@ class RestoreTest(RunCopyTest):
             quiet_train(self.cfg(max_steps=2))
         prefix = os.path.join(self.ck, "r", "ckpt-2")
         self.assertNotIn(ckpts.VOCABULARY, tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
-        runs.load_for_generation("r", self.ck)
+        catalog.load_for_generation("r", self.ck)
         quiet_train(self.cfg(max_steps=2), resume="r", given={"max_steps"})  # restores it, nothing to train

@@ -25,7 +25,7 @@ from unittest import mock
 import keras
 import numpy as np
 
-from charrnn import checkpoints as ckpts, distribute, runs, steps
+from charrnn import checkpoints as ckpts, distribute, lock, run_files, steps
 import rnn_train
 from charrnn import training
 from charrnn.model import CharRNN
@@ -235,15 +235,15 @@ class ScratchTest(unittest.TestCase):
             def scratch(name, age):
                 folder = Path(tmp, f"{distribute.SCRATCH}{name}")
                 write(folder / "train" / "events.out", "x")
-                write(folder / runs.LOCK, "pid 1")
-                os.utime(folder / runs.LOCK, (time.time() - age,) * 2)
+                write(folder / run_files.LOCK, "pid 1")
+                os.utime(folder / run_files.LOCK, (time.time() - age,) * 2)
                 return folder
 
             killed, young, live = scratch("killed", 60), scratch("young", 0), scratch("live", 60)
             other = Path(tmp, "other-worker-1")  # not this tool's
-            write(other / runs.LOCK, "")
+            write(other / run_files.LOCK, "")
             run = distribute.WorkerRun(Path(tmp, "ck", "r"), Path(tmp, "log", "r"), tiny(tmp))
-            with runs.RunLock(live), run.claimed():
+            with lock.RunLock(live), run.claimed():
                 self.assertTrue(run.scratch.is_dir())
                 distribute.remove_dead_scratch()  # as prepare_run does before the next run
                 self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()),

@@ -19,7 +19,7 @@ from unittest import mock
 
 import rnn_play
 import rnn_train
-from charrnn import checkpoints, cli, runs, training
+from charrnn import catalog, checkpoints, cli, run_files, runs, training
 from charrnn.config import DEFAULT_DATA, TrainConfig
 from charrnn.errors import UserError
 from test_suite.helpers import RunCopyTest, files_of, play, quiet_train, tiny, write
@@ -84,7 +84,7 @@ class PrintedCommandsTest(unittest.TestCase):
         self.assertTrue(os.listdir(os.path.join(self.tmp, "log", "k", "train")))  # the same log folder
         played = shell(printed("generate text", resumed.stderr), self.env)
         self.assertEqual((played.returncode, len(played.stdout)), (0, 1000), played.stderr)
-        played_from = runs.best_or_newest(os.path.join(self.tmp, "ck", "k"))  # the run's best, as rnn_play plays
+        played_from = catalog.best_or_newest(os.path.join(self.tmp, "ck", "k"))  # the run's best, as rnn_play plays
         self.assertIn(os.path.join(*Path(played_from).parts[-3:]), played.stderr)
         curves = shell(printed("see the curves", resumed.stderr) + " --version_tb", self.env)
         self.assertEqual(curves.returncode, 0, curves.stderr)
@@ -121,7 +121,7 @@ class PrintedCommandsTest(unittest.TestCase):
         played = subprocess.run([make, "-o", ".venv/.installed", *rest], cwd=ROOT, env=self.env,
                                 capture_output=True, text=True, timeout=300)
         self.assertEqual(played.returncode, 0, played.stderr)
-        played_from = runs.best_or_newest(os.path.join(self.tmp, "ck", "m"))  # the run's best, as rnn_play plays
+        played_from = catalog.best_or_newest(os.path.join(self.tmp, "ck", "m"))  # the run's best, as rnn_play plays
         self.assertIn(os.path.join(*Path(played_from).parts[-3:]), played.stderr)
         with mock.patch.dict(os.environ, {cli.MAKE_VARIABLE: "1"}):
             self.assertEqual(cli.first_run(), "make quick")
@@ -152,11 +152,11 @@ class MaxTimeTest(RunCopyTest):
 
     def test_a_saved_max_time_is_checked_on_resume_and_a_given_one_replaces_it(self):
         run_dir = self.copy()
-        path = os.path.join(run_dir, runs.CONFIG)
-        saved = runs.read_json(path)
+        path = os.path.join(run_dir, run_files.CONFIG)
+        saved = run_files.read_json(path)
         for value, message in (("3", "has no unit"), ("9" * 401 + "s", "is longer than 30 days")):
             with self.subTest(value=value[:10]):
-                runs.write_json(path, {**saved, "training": {**saved["training"], "max_time": value}})
+                run_files.write_json(path, {**saved, "training": {**saved["training"], "max_time": value}})
                 before = files_of(run_dir)
                 with self.assertRaisesRegex(UserError, rf"^\S+/r/config\.json: .*--max-time '\d+(\.\.\.)?' {message}"):
                     quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"})
@@ -176,19 +176,19 @@ class UntrainedRunTest(RunCopyTest):
         with mock.patch.object(training, "rnn_minibatch_sequencer", lambda *args: iter(())):
             quiet_train(self.cfg(run="late", max_steps=0, max_time="30s"))
         self.assertTrue(checkpoints.latest(os.path.join(self.ck, "late")).endswith("ckpt-0"))
-        self.assertEqual(runs.newest_run(self.ck).name, "trained")
-        self.assertEqual(runs.resolve(None, self.ck)[0].name, "trained")
+        self.assertEqual(catalog.newest_run(self.ck).name, "trained")
+        self.assertEqual(catalog.resolve(None, self.ck)[0].name, "trained")
         code, out, err = play("--checkpoint-dir", self.ck, "-n", "5")
         self.assertEqual((code, len(out)), (0, 5), err)
         self.assertRegex(err, r"\btrained/(best/)?ckpt-20\b")  # its best, or its newest
         with contextlib.redirect_stderr(io.StringIO()):
             self.assertEqual(runs.open_run(self.cfg(), resume="").name, "trained")
-        lines = runs.list_runs(self.ck)
+        lines = catalog.list_runs(self.ck)
         self.assertEqual([line.split()[0] for line in lines], ["trained", "late"])
         self.assertRegex(lines[1], r"step 0, untrained$")
         shutil.rmtree(os.path.join(self.ck, "trained"))
         with self.assertRaisesRegex(UserError, r"^no trained checkpoint found under .*--preset quick"):
-            runs.resolve(None, self.ck)
+            catalog.resolve(None, self.ck)
 
 
 class MistypedFlagTest(unittest.TestCase):
@@ -222,9 +222,9 @@ class RunNameTest(RunCopyTest):
     def test_list_shows_each_run_s_data_and_old_folders_still_list(self):
         self.copy("r")
         old = self.copy("gru2x16-20260101-120000")
-        saved = runs.read_json(os.path.join(old, runs.CONFIG))
-        runs.write_json(os.path.join(old, runs.CONFIG), {k: v for k, v in saved.items() if k != "training"})
-        lines = {line.split()[0]: line for line in runs.list_runs(self.ck)}
+        saved = run_files.read_json(os.path.join(old, run_files.CONFIG))
+        run_files.write_json(os.path.join(old, run_files.CONFIG), {k: v for k, v in saved.items() if k != "training"})
+        lines = {line.split()[0]: line for line in catalog.list_runs(self.ck)}
         self.assertRegex(lines["r"], r"gru 2x16 +data \S+/corpus/\*\.txt +step 20 +best validation")
         self.assertRegex(lines["gru2x16-20260101-120000"], r"gru 2x16 +data \? +step 20 +best validation")
 

@@ -18,7 +18,7 @@ from unittest import mock
 
 import numpy as np
 
-from charrnn import checkpoints as ckpts, export, logs, runs
+from charrnn import catalog, checkpoints as ckpts, export, logs, runs
 import rnn_play
 from charrnn.config import SamplingConfig
 import txt_utils
@@ -52,14 +52,14 @@ class TestPlay(unittest.TestCase):
                               "--temperature", "0.9", "--top-k", "5", "--seed", "7")
         self.assertEqual("the cat" + text.numpy().decode(), expected)
         # step: the bare model, states in and out
-        model, vocab, _, _ = runs.load_for_generation("second", self.ck)
+        model, vocab, _, _ = catalog.load_for_generation("second", self.ck)
         ids = tf.constant(vocab.encode("a dog ran")[None].astype(np.int32))
         states = tf.zeros([2, 1, 16])
         out = exported.step(ids=ids, states=states)
         logits, _ = model(ids, list(states))
         np.testing.assert_allclose(out["logits"], logits, atol=1e-5)
         # a model built with the stock layers exports its weights through the fused twin
-        stock, vocab, run_dir, _ = runs.load_for_generation("second", self.ck, implementation="keras")
+        stock, vocab, run_dir, _ = catalog.load_for_generation("second", self.ck, implementation="keras")
         export.export(stock, vocab, run_dir, SamplingConfig(top_k=5), os.path.join(self.tmp, "from-stock"))
         from_stock = tf.saved_model.load(os.path.join(self.tmp, "from-stock"))  # held: it owns the variables
         text_stock = from_stock.generate(prime=tf.constant("the cat"), length=tf.constant(200),
@@ -125,7 +125,7 @@ class TestPlay(unittest.TestCase):
             best = tf.train.latest_checkpoint(os.path.join(run_dir, "best"))
             self.assertIsNotNone(best)
             for spec in (None, "young", run_dir):
-                self.assertEqual(runs.resolve(spec, os.path.join(tmp, "ck")), (Path(run_dir), best))
+                self.assertEqual(catalog.resolve(spec, os.path.join(tmp, "ck")), (Path(run_dir), best))
             code, out, err = play("--checkpoint-dir", os.path.join(tmp, "ck"), "-n", "30")
             self.assertEqual((code, len(out)), (0, 30), err)
 
@@ -376,7 +376,7 @@ class LiveRunTest(RunCopyTest):
                                       r"\S+/r, which keeps only its newest checkpoints\) while it was being read; "
                                       r"try again.*\n$")
                 self.assertNotIn("damaged", err)
-                self.assertEqual(len(picked), runs.READ_TRIES if spec == "r" else 1)
+                self.assertEqual(len(picked), catalog.READ_TRIES if spec == "r" else 1)
 
     def test_a_run_plays_from_its_best_checkpoint_and_resumes_from_its_newest(self):
         run_dir = self.copy()

@@ -10,21 +10,21 @@ from unittest import mock
 
 from charrnn import config
 import rnn_train
-from charrnn import runs, trainer
+from charrnn import catalog, lock, run_files, runs, trainer
 from charrnn.errors import UserError
 from test_suite.helpers import CAN_MOUNT, RunCopyTest, play, quiet_train, tmpfs, train_stderr, write
 
 
 class SavedConfigTest(RunCopyTest):
     def edit_config(self, edit):
-        path = os.path.join(self.ck, "r", runs.CONFIG)
-        saved = runs.read_json(path)
+        path = os.path.join(self.ck, "r", run_files.CONFIG)
+        saved = run_files.read_json(path)
         edit(saved)
-        runs.write_json(path, saved)
+        run_files.write_json(path, saved)
 
     def test_saved_values_are_checked_like_flags(self):
         self.copy()
-        pristine = runs.read_json(os.path.join(self.ck, "r", runs.CONFIG))
+        pristine = run_files.read_json(os.path.join(self.ck, "r", run_files.CONFIG))
         for section, name, value, message in (
                 ("training", "val_every", 0, "--val-every must be >= 1"),
                 ("training", "keep", 0, "--keep must be >= 1"),
@@ -46,9 +46,9 @@ class SavedConfigTest(RunCopyTest):
                                         for section in ("model", "training")])
         too_large = r"a gru of 1000000 layers of 1000000000 units has .* weights; .* more than this machine's"
         built = mock.Mock(side_effect=AssertionError("a model was built"))
-        with mock.patch.object(runs, "CharRNN", built), mock.patch.object(trainer, "CharRNN", built):
+        with mock.patch.object(catalog, "CharRNN", built), mock.patch.object(trainer, "CharRNN", built):
             for refuse in (lambda: quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"}),
-                           lambda: runs.load_for_generation("r", self.ck),
+                           lambda: catalog.load_for_generation("r", self.ck),
                            lambda: rnn_train.parse(["--layers", "1000000", "--units", "1000000000"])):
                 start = time.perf_counter()
                 with self.assertRaisesRegex(UserError, too_large):
@@ -75,8 +75,8 @@ class RunFolderTest(RunCopyTest):
 
     def test_a_run_folder_that_cannot_be_written_is_one_line(self):
         run_dir = self.copy()
-        os.remove(os.path.join(run_dir, runs.LOCK))
-        os.mkdir(os.path.join(run_dir, runs.LOCK))  # cannot be opened, even by root
+        os.remove(os.path.join(run_dir, run_files.LOCK))
+        os.mkdir(os.path.join(run_dir, run_files.LOCK))  # cannot be opened, even by root
         with self.assertRaisesRegex(UserError, r"^cannot open \S+/r/\.lock \(Is a directory\): training into a run "
                                                r"needs a writable folder"):
             quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"})
@@ -106,7 +106,7 @@ class RunFolderTest(RunCopyTest):
         # The chief holds the run's lock from the moment it creates the folders: what it
         # writes then is not another run's, and a real other run is refused by the lock.
         run_dir = self.copy()
-        with runs.RunLock(run_dir):
+        with lock.RunLock(run_dir):
             run = runs.open_run(self.cfg(run="r"))
             with self.assertRaisesRegex(UserError, r"^\S+/r is being trained by pid \d+; wait for it"):
                 with run.claimed():

@@ -17,7 +17,7 @@ from unittest import mock
 import keras
 import numpy as np
 
-from charrnn import checkpoints as ckpts, cli, logs, runs, steps, training
+from charrnn import checkpoints as ckpts, cli, lock, logs, run_files, steps, training
 from charrnn.config import flag
 from charrnn.errors import UserError
 from charrnn.model import CharRNN
@@ -245,11 +245,11 @@ class TestTraining(unittest.TestCase):
         cfg = tiny(self.tmp, max_steps=4)
         run_dir = os.path.join(self.tmp, "ck", "r")
         os.makedirs(run_dir)
-        with runs.RunLock(run_dir):
+        with lock.RunLock(run_dir):
             with self.assertRaisesRegex(UserError, "being trained"):
                 quiet_train(cfg)
         # A lock file left behind by a killed process holds no kernel lock: it is reclaimed.
-        write(os.path.join(run_dir, runs.LOCK), "pid 999999")
+        write(os.path.join(run_dir, run_files.LOCK), "pid 999999")
         quiet_train(cfg)
         self.assertTrue(ckpts.latest(run_dir).endswith("ckpt-4"))
 
