@@ -27,24 +27,34 @@ SCRIPTS = {name: flags_of(parser.format_help()) for name, parser in (
     ("benchmark.py", benchmark.make_parser()))}
 
 
+PACKAGES = ("charrnn", "bench")  # bench: benchmark.py's sections, above charrnn
+
+
+def module_name(dotted):
+    """A module's name in the table: charrnn.text -> text; bench.text and benchmark stay as they are."""
+    package, _, module = dotted.partition(".")
+    return module.split(".")[0] if package == "charrnn" else dotted
+
+
 def project_imports(path):
-    """The charrnn modules a file imports, by their short names."""
+    """The charrnn and bench modules a file imports, by their names in the table."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "charrnn":
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("charrnn."):
-            names.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module in PACKAGES:
+            names |= {module_name(f"{node.module}.{alias.name}") for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+            names.add(module_name(node.module))
         elif isinstance(node, ast.Import):
-            names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("charrnn.")}
+            names |= {module_name(a.name) for a in node.names if a.name.split(".")[0] in PACKAGES and "." in a.name}
     return names
 
 
 def layout_rows():
-    """DEVELOPERS.md's layout table: [(path, short name, imports column)], top to bottom."""
+    """DEVELOPERS.md's layout table: [(path, name, imports column)], top to bottom."""
     text = (ROOT / "DEVELOPERS.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `([\w/]+\.py)` \| .* \| ([\w, -]+) \|$", text, re.M)
-    return [(path, Path(path).stem, {n.strip() for n in names.split(",")} - {"-"}) for path, names in rows]
+    rows = re.findall(r"^\| `([\w/]+\.py)` \| .* \| ([\w., -]+) \|$", text, re.M)
+    return [(path, module_name(path[:-3].replace("/", ".")), {n.strip() for n in names.split(",")} - {"-"})
+            for path, names in rows]
 
 
 def prose(page):
@@ -67,7 +77,8 @@ class DevelopersLayoutTest(unittest.TestCase):
     def test_every_module_is_in_the_table_with_the_imports_it_has(self):
         rows = layout_rows()
         named = {path for path, _, _ in rows}
-        modules = {f"charrnn/{p.name}" for p in (ROOT / "charrnn").glob("*.py") if p.name != "__init__.py"}
+        modules = {f"{package}/{p.name}" for package in PACKAGES for p in (ROOT / package).glob("*.py")
+                   if p.name != "__init__.py"}
         self.assertEqual(modules - named, set(), "modules missing from DEVELOPERS.md's table")
         for path, _, imports in rows:
             with self.subTest(module=path):
@@ -75,7 +86,7 @@ class DevelopersLayoutTest(unittest.TestCase):
                 self.assertEqual(imports, project_imports(ROOT / path))
 
     def test_each_module_imports_only_modules_below_it(self):
-        order = [name for path, name, _ in layout_rows() if path.startswith("charrnn/")]
+        order = [name for path, name, _ in layout_rows() if path.split("/")[0] in PACKAGES]
         for path, name, imports in layout_rows():
             below = order[order.index(name) + 1:] if name in order else order
             with self.subTest(module=path):
