@@ -1,7 +1,7 @@
 """Speed and memory figures, printed; each measurement runs in its own process.
 
     python3 benchmark.py                  # everything (about 8 minutes on 2 cores)
-    python3 benchmark.py text train       # some sections: text matmul train generate (corpus memory peer precision quality distribute grid)
+    python3 benchmark.py text train       # some sections: text matmul train generate (corpus memory loop peer precision quality distribute grid web gpu)
     python3 benchmark.py train peer --peer-python ~/torch-venv/bin/python
     python3 benchmark.py train --precision fp32    # the training figures in fp32 only
     python3 benchmark.py precision --data input.txt  # validation loss after training in fp32 and in bf16
@@ -31,6 +31,11 @@
             the peak memory of that process; with the default implementation and,
             as a baseline, the stock Keras layers in fp32 in the same loop, each
             with rnn_train.py's thread settings for it.
+- loop:     what the training command costs beyond its step: rnn_train.py's own
+            chars/s at (a) and (b) in the first --precision (a fresh process, 300
+            steps at (b), 60 at (a), logged every 10 steps, no validation) against
+            the train section's step alone, in turn, --windows rounds; medians and
+            their ratio. Not in the default set (about 6 minutes on 2 cores).
 - peer:     the same training figures for PyTorch's nn.GRU (one-hot input, dropout,
             Adam, clipping, carried state), the reference peer, in fp32 and under
             torch.autocast("cpu", torch.bfloat16) (interleaved in one process), when
@@ -94,7 +99,7 @@ from charrnn.config import IMPLEMENTATIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # children import TensorFlow through tf_setup
 
-SECTIONS = ("text", "corpus", "memory", "matmul", "train", "peer", "generate", "precision", "quality", "distribute",
+SECTIONS = ("text", "corpus", "memory", "matmul", "train", "loop", "peer", "generate", "precision", "quality", "distribute",
             "gpu", "web", "grid")
 DEFAULT_SECTIONS = ["text", "matmul", "train", "generate"]
 MODULES = (text, train, generate, quality, web, gpu)  # where the sections' child_* and report_* live

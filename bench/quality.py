@@ -1,6 +1,7 @@
-"""The quality sections: quality (the README's command and its validation curve) and grid
-(that command over texts and budgets); train_command, which runs rnn_train.py and reads
-its curve, for them and for the memory and gpu sections."""
+"""The sections that run rnn_train.py as a user would: quality (the README's command and
+its validation curve), grid (that command over texts and budgets) and loop (the command's
+own speed against its step's alone); train_command, which runs rnn_train.py and reads its
+curve, for them and for the memory and gpu sections."""
 
 import math
 import os
@@ -11,9 +12,10 @@ import sys
 import tempfile
 import time
 
-from bench.common import ROOT, run_child, text_path
+from bench.common import CONFIGS, ROOT, run_child, text_path
 from charrnn.text import find_files
 
+LOOP_STEPS = {"a": 60, "b": 300}  # a run of rnn_train.py in the loop section: about 30 s on 2 cores
 GRID_COLUMNS = ("text", "MB", "cores", "budget", "command", "recipe's choice", "steps", "best (min)", "final",
                 "final - best", "validation share", "chars/s", "load")
 
@@ -116,3 +118,27 @@ def grid_row(r, name, megabytes, cores, budget, flags):
     return row + [f"{final[1]:,}", f"{best[2]:.4f} ({best[0] / 60:.1f})", f"{final[2]:.4f}",
                   f"{final[2] - best[2]:+.4f}", f"{sum(r['validation_seconds']) / r['seconds']:.1%}",
                   f"{r['chars_s']:,.0f}", f"{os.getloadavg()[0]:.1f}"]
+
+
+def report_loop(args, matmul):
+    """rnn_train.py's own training chars/s against its step's alone, at (a) and (b) in the
+    first --precision: in turn, --windows times, the command in a fresh process for
+    LOOP_STEPS steps logged every 10 (the median of its TensorBoard windows, the first one
+    tracing the step) and the train section's child (its step, --seconds windows)."""
+    data, precision = text_path(args), args.precision.split(",")[0]
+    for name, (kwargs, batch, seqlen) in CONFIGS.items():
+        flags = (f"--cell {kwargs['cell']} --layers {kwargs['layers']} --units {kwargs['units']} --seqlen {seqlen} "
+                 f"--batch-size {batch} --precision {precision} --implementation {args.implementation} "
+                 f"--max-steps {LOOP_STEPS[name]} --log-every 10 --val-every 1000000 --sample-every 1000000 "
+                 f"--checkpoint-every 1000000")
+        command, step = [], []
+        for _ in range(args.windows):
+            command.append(train_command(data, flags)["chars_s"])
+            step.append(run_child("train", config=name, implementation=args.implementation, precision=precision,
+                                  seconds=args.seconds, windows=2)[precision]["chars_s"])
+        ratio = statistics.median(command) / statistics.median(step)
+        print(f"loop ({name}) {kwargs['cell'].upper()} {kwargs['layers']}x{kwargs['units']}, seq {seqlen}, batch "
+              f"{batch}, {precision}: rnn_train.py {statistics.median(command):,.0f} chars/s "
+              f"({' '.join(f'{x:,.0f}' for x in command)}), its step alone {statistics.median(step):,.0f} "
+              f"({' '.join(f'{x:,.0f}' for x in step)}): the command runs at x{ratio:.3f} of its step "
+              f"(medians of {args.windows} rounds, in turn)", flush=True)
