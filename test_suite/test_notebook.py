@@ -63,7 +63,10 @@ class NotebookTest(unittest.TestCase):
             out = outputs_by_tag(nbformat.read(executed, as_version=4))
             self.assertIn("nothing to install", out["install"][0])
             self.assertRegex(out["train"][0], r"new run .* from 1 file")
-            self.assertIn("--max-time 60s reached", out["train"][0])
+            # It ends at its deadline, or earlier where validation stopped improving (--patience):
+            # a fast machine reads the sonnets' 6,151 characters some 70 times in a minute.
+            self.assertRegex(out["train"][0], r"--max-time 60s reached|ending early with the best checkpoint")
+            self.assertRegex(out["train"][0], r"\ndone: step \d+")
             self.assertIn("image/png", out["curves"][1])  # the learning curves, drawn inline
             sample = out["generate"][0].split(", seed 1\n", 1)[1]  # after rnn_play.py's "generating from ..., seed 1" line
             self.assertGreaterEqual(len(sample.strip()), 400)  # -n 500, less a few newlines and spaces
