@@ -194,49 +194,16 @@ def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=t
     In a low matmul_dtype the element-wise work, the carry and the bias gradients
     stay float32; the matmuls' operands are cast down.
     """
-    T, U = x.shape[0], h0.shape[-1]
-
-    def gate_major(w):  # [N, 3U] -> [3, N, U]
-        return tf.transpose(tf.reshape(w, [-1, 3, U]), [1, 0, 2])
+    U = h0.shape[-1]
 
     @tf.custom_gradient
     def sequence(x, h0, kernel, recurrent_kernel, bias):
-        # The z and r recurrent biases join the input bias: added once, not per step.
-        input_bias = bias[0] + tf.concat([bias[1, : 2 * U], tf.zeros([U])], 0)  # [3U]
-        if one_hot:  # one_hot(x) @ kernel + bias without the matmul: rows of the table
-            xs = tf.gather(gate_major(kernel + input_bias), x, axis=1)  # [3, T, B, U]
-        else:
-            flat = tf.cast(tf.reshape(x, [-1, x.shape[-1]]), matmul_dtype)  # [T·B, I]
-            kernel_mm = tf.cast(kernel, matmul_dtype)  # kept for the input's gradient
-            xw = _matmul(flat[None], gate_major(kernel_mm), tf.float32)  # [3, T·B, U]
-            xs = tf.reshape(xw + gate_major(input_bias[None]), [3, T, -1, U])
+        xs, flat, kernel_mm = _gru_input_projection(x, kernel, bias, one_hot, matmul_dtype)
         rec_kernel = tf.cast(recurrent_kernel, matmul_dtype)  # [U, 3U]; the same tensor in float32
-        rec_gates, b_h = gate_major(rec_kernel), bias[1, 2 * U :]  # [3, U, U], [U]
-        h, steps, hs = h0, [], []  # steps: per step (h_prev - hh, z, r, rh, hh)
-        for xz_t, xr_t, xh_t in zip(*(tf.unstack(g) for g in tf.unstack(xs))):
-            hk_z, hk_r, hk_h = tf.unstack(_matmul(h[None], rec_gates))  # [3, B, U] -> three [B, U]
-            z, r = tf.sigmoid(xz_t + hk_z), tf.sigmoid(xr_t + hk_r)  # [B, U]
-            rh = hk_h + b_h
-            hh = tf.tanh(xh_t + r * rh)  # candidate
-            h_minus_hh = h - hh
-            steps.append((h_minus_hh, z, r, rh, hh))
-            h = hh + z * h_minus_hh
-            hs.append(h)
-        hs = tf.stack(hs)  # [T, B, U]
+        hs, saved = _gru_forward(xs, h0, rec_kernel, bias[1, 2 * U :])
 
         def grad(dhs):
-            carry, d_rh, d_xh = tf.zeros_like(h0), [], []
-            for dh_t, (h_minus_hh, z, r, rh, hh) in reversed(list(zip(tf.unstack(dhs), steps))):
-                dh = dh_t + carry
-                dh_z = dh * z
-                dz = tf.raw_ops.SigmoidGrad(y=z, dy=dh * h_minus_hh)
-                dxh = tf.raw_ops.TanhGrad(y=hh, dy=dh - dh_z)
-                dr = tf.raw_ops.SigmoidGrad(y=r, dy=dxh * rh)
-                d_rh.append(tf.concat([dz, dr, dxh * r], axis=1))  # [B, 3U]
-                d_xh.append(dxh)
-                carry = dh_z + _matmul(d_rh[-1], rec_kernel, transpose_b=True)
-            d_rh = tf.reshape(tf.stack(d_rh[::-1]), [-1, 3 * U])  # [T·B, 3U]
-            d_x = tf.concat([d_rh[:, : 2 * U], tf.reshape(tf.stack(d_xh[::-1]), [-1, U])], 1)  # [T·B, 3U]: dX
+            d_rh, d_x, carry = _gru_backward_steps(dhs, saved, h0, rec_kernel)
             h_prev = tf.reshape(tf.concat([h0[None], hs[:-1]], 0), [-1, U])  # [T·B, U]
             d_rec_kernel = _matmul(h_prev, tf.cast(d_rh, matmul_dtype), transpose_a=True)  # [U, 3U]
             ones = tf.ones([1, tf.shape(d_x)[0]])  # the batch may be unknown when tracing
@@ -252,3 +219,59 @@ def _gru_training(x, h0, kernel, recurrent_kernel, bias, one_hot, matmul_dtype=t
         return hs, grad
 
     return sequence(x, h0, kernel, recurrent_kernel, bias)
+
+
+def _gate_major(w, U):
+    """[N, 3U] -> [3, N, U]: each gate's block contiguous."""
+    return tf.transpose(tf.reshape(w, [-1, 3, U]), [1, 0, 2])
+
+
+def _gru_input_projection(x, kernel, bias, one_hot, matmul_dtype):
+    """The input projection of the whole sequence plus the input bias and the z and r
+    recurrent biases (added once, not per step), gate-major: xs [3, T, B, U]. Also the
+    input and the kernel in matmul_dtype, which the backward reuses (None for one-hot)."""
+    T, U = x.shape[0], kernel.shape[-1] // 3
+    input_bias = bias[0] + tf.concat([bias[1, : 2 * U], tf.zeros([U])], 0)  # [3U]
+    if one_hot:  # one_hot(x) @ kernel + bias without the matmul: rows of the table
+        return tf.gather(_gate_major(kernel + input_bias, U), x, axis=1), None, None  # [3, T, B, U]
+    flat = tf.cast(tf.reshape(x, [-1, x.shape[-1]]), matmul_dtype)  # [T·B, I]
+    kernel_mm = tf.cast(kernel, matmul_dtype)
+    xw = _matmul(flat[None], _gate_major(kernel_mm, U), tf.float32)  # [3, T·B, U]
+    return tf.reshape(xw + _gate_major(input_bias[None], U), [3, T, -1, U]), flat, kernel_mm
+
+
+def _gru_forward(xs, h0, rec_kernel, b_h):
+    """The recurrence, one batched matmul of h with the kernel's three [U, U] gate blocks a
+    step. Returns hs [T, B, U] and, per step, what the backward needs: (h - hh, z, r, rh, hh)."""
+    rec_gates = _gate_major(rec_kernel, h0.shape[-1])  # [3, U, U]
+    h, saved, hs = h0, [], []
+    for xz_t, xr_t, xh_t in zip(*(tf.unstack(g) for g in tf.unstack(xs))):
+        hk_z, hk_r, hk_h = tf.unstack(_matmul(h[None], rec_gates))  # [3, B, U] -> three [B, U]
+        z, r = tf.sigmoid(xz_t + hk_z), tf.sigmoid(xr_t + hk_r)  # [B, U]
+        rh = hk_h + b_h
+        hh = tf.tanh(xh_t + r * rh)  # candidate
+        h_minus_hh = h - hh
+        saved.append((h_minus_hh, z, r, rh, hh))
+        h = hh + z * h_minus_hh
+        hs.append(h)
+    return tf.stack(hs), saved
+
+
+def _gru_backward_steps(dhs, saved, h0, rec_kernel):
+    """Backwards in time, the gate derivatives and one matmul a step. Returns dRH
+    [T·B, 3U] (the gradient of h K + b), dX [T·B, 3U] (of the input projection) and the
+    gradient of h0."""
+    U = h0.shape[-1]
+    carry, d_rh, d_xh = tf.zeros_like(h0), [], []
+    for dh_t, (h_minus_hh, z, r, rh, hh) in reversed(list(zip(tf.unstack(dhs), saved))):
+        dh = dh_t + carry
+        dh_z = dh * z
+        dz = tf.raw_ops.SigmoidGrad(y=z, dy=dh * h_minus_hh)
+        dxh = tf.raw_ops.TanhGrad(y=hh, dy=dh - dh_z)
+        dr = tf.raw_ops.SigmoidGrad(y=r, dy=dxh * rh)
+        d_rh.append(tf.concat([dz, dr, dxh * r], axis=1))  # [B, 3U]
+        d_xh.append(dxh)
+        carry = dh_z + _matmul(d_rh[-1], rec_kernel, transpose_b=True)
+    d_rh = tf.reshape(tf.stack(d_rh[::-1]), [-1, 3 * U])  # [T·B, 3U]
+    d_x = tf.concat([d_rh[:, : 2 * U], tf.reshape(tf.stack(d_xh[::-1]), [-1, U])], 1)  # [T·B, 3U]
+    return d_rh, d_x, carry
