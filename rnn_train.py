@@ -35,7 +35,7 @@ PRESETS = {  # name: (what it is for, its flags)
                    val_every=100, sample_every=100)),
     "quality": ("the lowest validation loss this machine gives in --max-time (ten minutes by default): "
                 "before the run, the width, the dropout and the validation are chosen from the text's size, "
-                "the budget and a probe of this machine's speed (a second of training), and said on the recipe: line "
+                "the budget and a probe of this machine's speed (two seconds of training), and said on the recipe: line "
                 "(docs/recipe.md); these flags are the starting point",
                 dict(layers=2, units=512, embedding=64, seqlen=64, batch_size=64, lr=0.003, warmup_steps=100,
                      decay="cosine", min_lr_ratio=0.05, dropout=0.1, weight_decay=0.1, max_time="10m",
@@ -250,7 +250,7 @@ def warn_about(cfg):
 
 def quality_recipe(cfg, argv, resume, started=None):
     """--preset quality on a new run: the model, dropout and validation that charrnn.recipe
-    chooses for this text, budget and machine (a probe of its speed: a second of training
+    chooses for this text, budget and machine (a probe of its speed: two seconds of training
     GRU 2x256, after tracing its step);
     flags typed with the preset win. Prints the choice and why. started: when the command
     started (budget.now()): the choice plans the time left after the start-up and the probe."""

@@ -6,7 +6,7 @@ from the size of the text, the time budget and this machine's speed.
     text_size(globs)             the characters a run will train on and hold out, and its symbols
 
 The model is built before the run's own calibration, so the choice keys on a probe
-timed before the run starts: a second of the real training step of the narrowest
+timed before the run starts: two seconds of the real training step of the narrowest
 candidate (GRU 2x256, batch 64, sequences of 64), built as the run's will be (its
 precision, kernels and threads), so it sees the matmul rate, the element-wise work, the
 cores this process may use and the load of a shared machine alike. From it, each
@@ -17,8 +17,10 @@ has the grid it comes from):
 - the widest candidate whose steps reach MIN_STEPS (the learning-rate schedule needs that
   many to pay off) and whose weights do not outnumber the training characters by more
   than MAX_PARAMS_PER_CHAR (more only memorises a small text);
-- dropout grows with the passes over the text: none on a first pass, then 0.1 per
-  doubling of the passes beyond two, up to MAX_DROPOUT;
+- dropout grows with the exposure, the passes over the text times the weights per
+  training character (a large model overfits a text in fewer passes than a small
+  one): none on a first pass or up to FREE_EXPOSURE, then 0.1 per doubling, up to
+  MAX_DROPOUT;
 - validation takes about VALIDATION_SHARE of the budget: VALIDATIONS validations (enough
   to keep a best checkpoint near the best point) of as many held-out characters as that
   share pays for, between MIN_VAL_CHARS and the default cap; where even MIN_VAL_CHARS
@@ -43,6 +45,7 @@ LAYERS, EMBEDDING, BATCH, SEQLEN = 2, 64, 64, 64
 MIN_STEPS = 1500           # steps the warm-up and cosine decay need to reach a low loss
 MAX_PARAMS_PER_CHAR = 5.0  # weights per training character
 MAX_DROPOUT = 0.4
+FREE_EXPOSURE = 4.0        # passes x weights per training character that need no dropout
 VALIDATION_SHARE = 0.05    # of the budget
 VALIDATIONS = 10           # in a run: the best checkpoint is within a tenth of the run of the best point
 MIN_VALIDATIONS = 4        # on a slow machine, fewer, but enough to keep a best checkpoint
@@ -52,7 +55,9 @@ MAX_VAL_CHARS = TrainConfig.val_chars
 STARTUP_SECONDS = 30.0     # tracing the run's step and the first validation, the last checkpoint
 ELEMENTWISE_FLOPS = 4000.0  # a step's element-wise work, per layer, unit and character, in matmul FLOPs
 PROBE_UNITS = WIDTHS[0]    # the probe trains the narrowest candidate: the quickest to trace
-PROBE_SECONDS = 1.0        # of timed steps, after two that trace and warm up the step
+PROBE_SECONDS = 2.0        # of timed steps, after WARMUP_STEPS that trace and warm up the step
+PROBE_WINDOWS = 4          # ... in windows: the fastest counts
+WARMUP_STEPS = 4
 SAMPLE_BYTES = 8 << 20     # read to estimate the vocabulary: a fraction of a second
 EVAL_SPEEDUP = 3.0         # a validated character costs a third of a trained one (no backward)
 
@@ -91,21 +96,26 @@ def choose(train_chars, valid_chars, seconds, speed, vocab=100):
     units = max(fitting, default=WIDTHS[0])
     planned = steps(units)
     passes = planned * BATCH * SEQLEN / max(1, train_chars)
+    weights_per_char = params(units) / max(1, train_chars)
     eval_chars_s = EVAL_SPEEDUP * chars_per_second(units, speed, vocab)
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
-                 dropout=dropout_for(passes), **validation_for(planned, valid_chars, seconds, eval_chars_s))
+                 dropout=dropout_for(passes, weights_per_char),
+                 **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
     share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
     reason = (f"{train_chars / 1e6:.1f} MB, about {passes:.2g} passes in {seconds / 60:.3g} min "
               f"({planned:,.0f} steps at an estimated {chars_per_second(units, speed, vocab):,.0f} chars/s): "
-              f"GRU {LAYERS}x{units}, dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
+              f"GRU {LAYERS}x{units} ({weights_per_char:.2g} weights a training character), "
+              f"dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
               f"on {read:,} chars, about {share:.0%} of the time")
     return Choice(flags, reason)
 
 
-def dropout_for(passes):
-    """None while the text is read once or twice; then 0.1 more per doubling of the passes."""
-    rate = 0.1 * math.log2(max(passes, 1.0) / 2) if passes > 2 else 0.0
+def dropout_for(passes, weights_per_char):
+    """None on a first pass, or while the exposure (passes x weights per training
+    character) is at most FREE_EXPOSURE; then 0.1 more per doubling of it."""
+    exposure = passes * weights_per_char
+    rate = 0.1 * math.log2(exposure / FREE_EXPOSURE) if passes > 1 and exposure > FREE_EXPOSURE else 0.0
     return round(min(MAX_DROPOUT, rate) * 20) / 20  # to 0.05
 
 
@@ -144,11 +154,15 @@ def text_size(globs, tail=0.1, sample_bytes=SAMPLE_BYTES):
     return int(total * (1 - tail)), int(total * tail), len(seen) + 1
 
 
-def measure_speed(cfg, vocab, seconds=PROBE_SECONDS):
+def measure_speed(cfg, vocab, seconds=PROBE_SECONDS, windows=PROBE_WINDOWS):
     """Training characters a second of GRU 2xPROBE_UNITS (batch BATCH, sequences of SEQLEN)
     here, now: the real training step, built from cfg as the run's will be (its precision,
-    kernels and thread settings), two steps to trace and warm it up, then as many as
-    `seconds` holds (three at least). Random characters: the speed does not depend on them."""
+    kernels and thread settings), WARMUP_STEPS to trace and warm it up, then `windows`
+    windows of seconds / windows each (a step at least); the fastest window's speed. A
+    freshly traced step runs slow for a while on some CPUs (a 2-core Zen 5 read 1.5x low
+    from one window of a second after two steps), and a transient load only slows
+    some windows: the fastest is the speed the run will see. Random characters: the
+    speed does not depend on them."""
     import numpy as np
     from charrnn.trainer import Trainer
     probe = dataclasses.replace(cfg, layers=LAYERS, units=PROBE_UNITS, embedding=EMBEDDING, batch_size=BATCH,
@@ -156,14 +170,19 @@ def measure_speed(cfg, vocab, seconds=PROBE_SECONDS):
     with contextlib.redirect_stderr(io.StringIO()):  # the precision's warning, if any: the run prints it
         trainer = Trainer(probe.model_config(vocab), probe)
     batches = np.random.default_rng(0).integers(0, vocab, (2, BATCH, SEQLEN + 1), dtype=np.int32)
+    done = 0
 
-    def step(i):
-        trainer.train_step(batches[i % 2, :, :-1], batches[i % 2, :, 1:])
-
-    for i in range(2):
-        step(i)
-    began, done = time.perf_counter(), 0
-    while done < 3 or time.perf_counter() - began < seconds:
-        step(done)
+    def step():
+        nonlocal done
+        trainer.train_step(batches[done % 2, :, :-1], batches[done % 2, :, 1:])
         done += 1
-    return done * BATCH * SEQLEN / (time.perf_counter() - began)
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    rates = []
+    for _ in range(windows):
+        began, first = time.perf_counter(), done
+        while done == first or time.perf_counter() - began < seconds / windows:
+            step()
+        rates.append((done - first) * BATCH * SEQLEN / (time.perf_counter() - began))
+    return max(rates)

@@ -54,12 +54,13 @@ class RecipeTest(unittest.TestCase):
             self.assertLessEqual(params, recipe.MAX_PARAMS_PER_CHAR * 0.9 * megabytes * MB)
         self.assertGreater(choose(50, 120, 60_000).flags["units"], choose(0.3, 120, 60_000).flags["units"])
 
-    def test_dropout_follows_the_passes_over_the_text(self):
-        self.assertEqual(recipe.dropout_for(0.5), 0.0)   # a first pass cannot overfit
-        self.assertEqual(recipe.dropout_for(2.0), 0.0)
-        self.assertEqual(recipe.dropout_for(4.0), 0.1)   # 0.1 a doubling beyond two passes
-        self.assertEqual(recipe.dropout_for(16.0), 0.3)
-        self.assertEqual(recipe.dropout_for(1000.0), recipe.MAX_DROPOUT)
+    def test_dropout_follows_the_passes_times_the_weights_per_character(self):
+        self.assertEqual(recipe.dropout_for(0.9, 5.0), 0.0)   # a first pass cannot overfit
+        self.assertEqual(recipe.dropout_for(2.0, 2.0), 0.0)   # up to FREE_EXPOSURE, none
+        self.assertEqual(recipe.dropout_for(4.0, 2.0), 0.1)   # 0.1 a doubling beyond it
+        self.assertEqual(recipe.dropout_for(16.0, 2.0), 0.3)
+        self.assertEqual(recipe.dropout_for(7.3, 0.66), 0.05)  # a small model on the same passes: less
+        self.assertEqual(recipe.dropout_for(1000.0, 1.0), recipe.MAX_DROPOUT)
         self.assertEqual(choose(50, 10, 17_000).flags["dropout"], 0.0)
         self.assertGreater(choose(1.1, 30, 17_000).flags["dropout"], choose(1.1, 10, 17_000).flags["dropout"])
 
@@ -87,9 +88,11 @@ class RecipeTest(unittest.TestCase):
     def test_the_reason_says_what_was_chosen_and_why(self):
         c = choose(4.4, 10, 17_000)
         self.assertRegex(c.reason, r"^4\.0 MB, about [\d.]+ passes in 10 min \([\d,]+ steps at an estimated "
-                                   r"[\d,]+ chars/s\): GRU 2x\d+, dropout [\d.]+; validation every \d+ steps on "
+                                   r"[\d,]+ chars/s\): GRU 2x\d+ \([\d.]+ weights a training character\), dropout "
+                                   r"[\d.]+; validation every \d+ steps on "
                                    r"[\d,]+ chars, about \d+% of the time$")
-        self.assertIn(f"GRU 2x{c.flags['units']}, dropout {c.flags['dropout']:g}", c.reason)
+        self.assertIn(f"GRU 2x{c.flags['units']} (", c.reason)
+        self.assertIn(f"character), dropout {c.flags['dropout']:g};", c.reason)
 
     def test_a_slower_probe_means_proportionally_fewer_chars_per_second(self):
         self.assertAlmostEqual(recipe.chars_per_second(512, 4000) / recipe.chars_per_second(512, 2000), 2.0)
@@ -148,6 +151,23 @@ class ProbeTest(unittest.TestCase):
         slow = recipe.measure_speed(cfg, 66, seconds=0.0)   # three steps
         self.assertGreater(slow, 100)                      # chars/s: at least a slow core's
         self.assertLess(slow, 10_000_000)
+
+    def test_the_probe_takes_its_fastest_window_after_the_warm_up(self):
+        clock = [0.0]
+        durations = iter([30.0] * recipe.WARMUP_STEPS + [0.4] * 5 + [0.1] * 1000)  # tracing, slow, then fast
+
+        class Trainer:
+            def __init__(self, *args):
+                pass
+
+            def train_step(self, x, y):
+                clock[0] += next(durations)
+
+        cfg, _, _ = rnn_train.parse(["--preset", "quality", "--precision", "fp32"])
+        with mock.patch("charrnn.trainer.Trainer", Trainer), mock.patch.object(recipe.time, "perf_counter",
+                                                                             lambda: clock[0]):
+            speed = recipe.measure_speed(cfg, 66, seconds=2.0, windows=4)
+        self.assertAlmostEqual(speed, recipe.BATCH * recipe.SEQLEN / 0.1, delta=1)  # neither the warm-up nor the slow steps
 
 
 if __name__ == "__main__":
