@@ -250,8 +250,8 @@ def warn_about(cfg):
 
 def quality_recipe(cfg, argv, resume, started=None):
     """--preset quality on a new run: the model, dropout and validation that charrnn.recipe
-    chooses for this text, budget and machine (a probe of its speed: two seconds of training
-    GRU 2x256, after tracing its step);
+    chooses for this text, budget and machine (probes of its speed: two seconds of training
+    GRU 2x256 after tracing its step, then of the width chosen, until it is one measured);
     flags typed with the preset win. Prints the choice and why. started: when the command
     started (budget.now()): the choice plans the time left after the start-up and the probe."""
     typed = vars(make_parser().parse_args(argv))
@@ -264,9 +264,12 @@ def quality_recipe(cfg, argv, resume, started=None):
         ensure_shakespeare(str(Path(DEFAULT_DATA).parent))
     train_chars, valid_chars, vocab = recipe.text_size(cfg.data)
     vocab = min(vocab, cfg.max_vocab or vocab)
-    speed = recipe.measure_speed(cfg, vocab)
-    left = cfg.max_seconds - (0.0 if started is None else budget.now() - started)
-    choice = recipe.choose(train_chars, valid_chars, left, speed, vocab)
+
+    def left():
+        return cfg.max_seconds - (0.0 if started is None else budget.now() - started)
+
+    choice = recipe.choose_measured(train_chars, valid_chars, vocab, left,
+                                    lambda units: recipe.measure_speed(cfg, vocab, units), wider="units" not in typed)
     chosen = {k: v for k, v in choice.flags.items() if k not in typed}
     kept = ", ".join(f"{flag(k)} {typed[k]}" for k in choice.flags if k in typed)
     print(f"recipe: {choice.reason}" + (f" (kept as given: {kept})" if kept else ""), file=sys.stderr)

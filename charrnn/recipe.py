@@ -1,8 +1,9 @@
 """The --preset quality recipe: the model, its regularisation and its validation, chosen
 from the size of the text, the time budget and this machine's speed.
 
-    choose(train_chars, valid_chars, seconds, speed, vocab)  -> Choice(flags, reason)
-    measure_speed(cfg, vocab)    chars/s of the real training step of GRU 2x256 here, now (TensorFlow)
+    choose(train_chars, valid_chars, seconds, speeds, vocab)  -> Choice(flags, reason)
+    choose_measured(...)         choose, probing each width it picks until the pick is measured
+    measure_speed(cfg, vocab, units)  chars/s of the real training step of GRU 2xunits here, now (TensorFlow)
     text_size(globs)             the characters a run will train on and hold out, and its symbols
 
 The model is built before the run's own calibration, so the choice keys on a probe
@@ -11,8 +12,10 @@ candidate (GRU 2x256, batch 64, sequences of 64), built as the run's will be (it
 precision, kernels and threads), so it sees the matmul rate, the element-wise work, the
 cores this process may use and the load of a shared machine alike. From it, each
 candidate shape's speed follows from its cost (`char_cost`), and with the budget: the
-steps it would make and the passes over the text they read. The rule (docs/recipe.md
-has the grid it comes from):
+steps it would make and the passes over the text they read. A wider choice is probed
+too, and the choice made again from its measured speed, until the chosen width is one
+measured (the costs alone are not exact across CPUs). The rule (docs/recipe.md has the
+grid it comes from):
 
 - the widest candidate whose steps reach MIN_STEPS (the learning-rate schedule needs that
   many to pay off) and whose weights do not outnumber the training characters by more
@@ -75,40 +78,66 @@ def char_cost(units, layers=LAYERS, vocab=100):
     return 3 * model.flops_per_char() + ELEMENTWISE_FLOPS * layers * units
 
 
-def chars_per_second(units, speed, vocab=100):
-    """Training characters a second of GRU 2xunits on a machine where the probe (GRU
-    2xPROBE_UNITS, measure_speed) trained `speed` characters a second."""
-    return speed * char_cost(PROBE_UNITS, vocab=vocab) / char_cost(units, vocab=vocab)
+def chars_per_second(units, speed, vocab=100, of=PROBE_UNITS):
+    """Training characters a second of GRU 2xunits on a machine where GRU 2x`of` trained
+    `speed` characters a second, by their costs (char_cost)."""
+    return speed * char_cost(of, vocab=vocab) / char_cost(units, vocab=vocab)
 
 
-def choose(train_chars, valid_chars, seconds, speed, vocab=100):
+def estimate(units, speeds, vocab=100):
+    """Training chars/s of GRU 2xunits from speeds, {units: chars/s} measured here: its own
+    when measured, else the widest measured below it (the narrowest above when none) scaled
+    by the costs."""
+    if units in speeds:
+        return speeds[units]
+    below = [u for u in speeds if u < units]
+    of = max(below) if below else min(speeds)
+    return chars_per_second(units, speeds[of], vocab, of)
+
+
+def choose(train_chars, valid_chars, seconds, speeds, vocab=100):
     """The recipe for a run of `seconds` on train_chars characters (valid_chars held out),
-    on a machine where the probe trained `speed` characters a second. Returns a Choice."""
+    on a machine where the widths in speeds ({units: chars/s}, measure_speed) trained at
+    those speeds. Returns a Choice; measure its width too and choose again until it is
+    measured (the cost model alone read a 2-core Zen 3's 2x512 1.4x fast)."""
     train_seconds = max(1.0, seconds * (1 - VALIDATION_SHARE) - STARTUP_SECONDS)
 
     def steps(units):
-        return train_seconds * chars_per_second(units, speed, vocab) / (BATCH * SEQLEN)
+        return train_seconds * estimate(units, speeds, vocab) / (BATCH * SEQLEN)
 
     def params(units):
         return ModelConfig(vocab_size=vocab, layers=LAYERS, units=units, embedding=EMBEDDING).parameters()
 
     fitting = [u for u in WIDTHS if steps(u) >= MIN_STEPS and params(u) <= MAX_PARAMS_PER_CHAR * train_chars]
     units = max(fitting, default=WIDTHS[0])
-    planned = steps(units)
+    planned, chars_s = steps(units), estimate(units, speeds, vocab)
     passes = planned * BATCH * SEQLEN / max(1, train_chars)
     weights_per_char = params(units) / max(1, train_chars)
-    eval_chars_s = EVAL_SPEEDUP * chars_per_second(units, speed, vocab)
+    eval_chars_s = EVAL_SPEEDUP * chars_s
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
                  dropout=dropout_for(passes, weights_per_char),
                  **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
     share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
+    how = "a measured" if units in speeds else "an estimated"
     reason = (f"{train_chars / 1e6:.1f} MB, about {passes:.2g} passes in {seconds / 60:.3g} min "
-              f"({planned:,.0f} steps at an estimated {chars_per_second(units, speed, vocab):,.0f} chars/s): "
+              f"({planned:,.0f} steps at {how} {chars_s:,.0f} chars/s): "
               f"GRU {LAYERS}x{units} ({weights_per_char:.2g} weights a training character), "
               f"dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
               f"on {read:,} chars, about {share:.0%} of the time")
     return Choice(flags, reason)
+
+
+def choose_measured(train_chars, valid_chars, vocab, seconds_left, measure, wider=True):
+    """choose() from measure(units) (chars/s: measure_speed) of GRU 2xPROBE_UNITS and, when
+    wider, of each width chosen, until the chosen width is one measured: at most one probe
+    a width. seconds_left(): the budget left, after the probes so far."""
+    speeds, units = {}, PROBE_UNITS
+    while units not in speeds:
+        speeds[units] = measure(units)
+        choice = choose(train_chars, valid_chars, seconds_left(), speeds, vocab)
+        units = choice.flags["units"] if wider else units
+    return choice
 
 
 def dropout_for(passes, weights_per_char):
@@ -154,8 +183,8 @@ def text_size(globs, tail=0.1, sample_bytes=SAMPLE_BYTES):
     return int(total * (1 - tail)), int(total * tail), len(seen) + 1
 
 
-def measure_speed(cfg, vocab, seconds=PROBE_SECONDS, windows=PROBE_WINDOWS):
-    """Training characters a second of GRU 2xPROBE_UNITS (batch BATCH, sequences of SEQLEN)
+def measure_speed(cfg, vocab, units=PROBE_UNITS, seconds=PROBE_SECONDS, windows=PROBE_WINDOWS):
+    """Training characters a second of GRU 2xunits (batch BATCH, sequences of SEQLEN)
     here, now: the real training step, built from cfg as the run's will be (its precision,
     kernels and thread settings), WARMUP_STEPS to trace and warm it up, then `windows`
     windows of seconds / windows each (a step at least); the fastest window's speed. A
@@ -165,7 +194,7 @@ def measure_speed(cfg, vocab, seconds=PROBE_SECONDS, windows=PROBE_WINDOWS):
     speed does not depend on them."""
     import numpy as np
     from charrnn.trainer import Trainer
-    probe = dataclasses.replace(cfg, layers=LAYERS, units=PROBE_UNITS, embedding=EMBEDDING, batch_size=BATCH,
+    probe = dataclasses.replace(cfg, layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH,
                                 seqlen=SEQLEN, max_time="")
     with contextlib.redirect_stderr(io.StringIO()):  # the precision's warning, if any: the run prints it
         trainer = Trainer(probe.model_config(vocab), probe)

@@ -72,7 +72,7 @@ def _rows(tensor, first, rows):
 
 
 def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=None,
-                    counter=None, learning_rate=None, window=None, last=None):
+                    counter=None, learning_rate=None, window=None):
     """One compiled training step on a batch [B, T]; the carried state lives in `states`.
 
     Built inside strategy.scope() (with the variables made there), it runs on every
@@ -83,8 +83,7 @@ def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=N
     (one device only), else None.
     counter: an int64 variable the step adds one to (skipped steps too); learning_rate(step):
     the rate of the update that makes that step, set before it. window: a float64 [3]
-    variable that sums the loss, the accuracy and the count of the finite steps, for the log;
-    last: a float32 [2] variable, the step's loss and accuracy (NaN when it was skipped).
+    variable that sums the loss, the accuracy and the count of the finite steps, for the log.
     """
     if not optimizer.built:  # its slots must exist now: a non-finite step restores them
         raise ValueError("build the optimizer on the variables first (make_optimizer does)")
@@ -135,8 +134,6 @@ def make_train_step(model, optimizer, variables, states, clip_norm, loss_scale=N
             loss_scale.update(finite)
         if window is not None:
             window.assign_add(tf.where(finite, tf.cast(tf.stack([loss, accuracy, 1.0]), tf.float64), 0.0))
-        if last is not None:
-            last.assign(tf.where(finite, tf.stack([loss, accuracy]), np.nan))
         return loss, accuracy, finite
 
     return train_step

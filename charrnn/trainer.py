@@ -48,7 +48,7 @@ class Trainer:
         self.step_limit = cfg.max_steps or (None if cfg.max_time else cfg.epochs * nb_batches)
         self.schedule = tf.Variable(self.step_limit or 0, dtype=tf.int64)  # the steps the schedule spans; 0: unknown
         self.window = tf.Variable(tf.zeros(3, tf.float64))  # the finite steps' loss, accuracy and count, since the log
-        self.last = tf.Variable([np.nan, np.nan], dtype=tf.float32)  # the last step's loss and accuracy, NaN if skipped
+        self.last = None  # the last step's (loss, accuracy) tensors, None when it was skipped
         if tf.distribute.has_strategy() and self.choice.precision == "fp16":
             raise UserError("--precision fp16 with --distribute is not supported (its loss scaling runs on "
                             "one device); use --precision bf16 or fp32")
@@ -56,7 +56,7 @@ class Trainer:
         rate = steps.scheduled_rate(cfg, self.schedule, keep and keep.lr_scale)
         self.compiled_step = steps.make_train_step(
             self.model, self.optimizer, list(self.named.values()), self.states, cfg.clip_norm, loss_scale,
-            self.progress["step"], rate, self.window, self.last)
+            self.progress["step"], rate, self.window)
         self.validate = steps.make_validate(self.model, cfg.seqlen, cfg.val_chars)
         self.flops_per_char = 3 * model_config.flops_per_char()
         self.nonfinite_in_a_row = 0
@@ -83,8 +83,7 @@ class Trainer:
     @property
     def last_loss(self):
         """(loss, accuracy) of the last step, None when it was skipped or none ran."""
-        loss, accuracy = (float(v) for v in self.last.numpy())
-        return None if np.isnan(loss) else (loss, accuracy)
+        return None if self.last is None else tuple(float(v) for v in self.last)
 
     @property
     def schedule_steps(self):
@@ -124,10 +123,11 @@ class Trainer:
 
     def train_step(self, x, y):
         """One step on batch (x, y) [B, T] at the schedule's learning rate; False when it was skipped."""
-        _, _, finite = self.compiled_step(x.astype(np.int32), y.astype(np.int32))
+        loss, accuracy, finite = self.compiled_step(x.astype(np.int32), y.astype(np.int32))
         if bool(finite):  # the one value read back every step: a skipped step is told at once
-            self.nonfinite_in_a_row = 0
+            self.nonfinite_in_a_row, self.last = 0, (loss, accuracy)  # the step's outputs: no op to read them
             return True
+        self.last = None
         self.skipped(self.step)
         return False
 

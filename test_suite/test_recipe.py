@@ -22,7 +22,15 @@ def probe_for(chars_s):
 
 def choose(megabytes, minutes, chars_s):
     """The recipe for a text of that size (its last 10% held out), budget and 2x512 speed."""
-    return recipe.choose(int(0.9 * megabytes * MB), int(0.1 * megabytes * MB), 60 * minutes, probe_for(chars_s))
+    return recipe.choose(int(0.9 * megabytes * MB), int(0.1 * megabytes * MB), 60 * minutes,
+                         {recipe.PROBE_UNITS: probe_for(chars_s)})
+
+
+def machine(chars_s, slower=None):
+    """measure_speed on a machine that trains GRU 2x512 at chars_s by the costs, the widths
+    in slower ({units: factor}) that many times slower than the costs say."""
+    return lambda cfg, vocab, units=recipe.PROBE_UNITS, **_: \
+        recipe.chars_per_second(units, probe_for(chars_s), vocab) / (slower or {}).get(units, 1.0)
 
 
 class RecipeTest(unittest.TestCase):
@@ -87,7 +95,7 @@ class RecipeTest(unittest.TestCase):
 
     def test_the_reason_says_what_was_chosen_and_why(self):
         c = choose(4.4, 10, 17_000)
-        self.assertRegex(c.reason, r"^4\.0 MB, about [\d.]+ passes in 10 min \([\d,]+ steps at an estimated "
+        self.assertRegex(c.reason, r"^4\.0 MB, about [\d.]+ passes in 10 min \([\d,]+ steps at (a measured|an estimated) "
                                    r"[\d,]+ chars/s\): GRU 2x\d+ \([\d.]+ weights a training character\), dropout "
                                    r"[\d.]+; validation every \d+ steps on "
                                    r"[\d,]+ chars, about \d+% of the time$")
@@ -118,12 +126,33 @@ class RecipeTest(unittest.TestCase):
         self.assertGreater(recipe.char_cost(256, vocab=5000), 2 * recipe.char_cost(256, vocab=66))
 
 
+class MeasuredChoiceTest(unittest.TestCase):
+    def test_a_width_chosen_is_measured_and_the_choice_made_again_from_its_speed(self):
+        probes = []
+
+        def measure(units):  # 2x512 trains 1.7x slower than the costs say, as on a 2-core Zen 3
+            probes.append(units)
+            return machine(4_250, {512: 1.7})(None, 66, units)
+
+        c = recipe.choose_measured(MB, MB // 10, 66, lambda: 1800, measure)
+        self.assertEqual(probes, [256, 512, 384])   # 512 too slow once measured: 384, measured too
+        self.assertEqual(c.flags["units"], 384)
+        self.assertIn("steps at a measured", c.reason)
+        probes.clear()
+        c = recipe.choose_measured(MB, MB // 10, 66, lambda: 1800, measure, wider=False)  # --units typed
+        self.assertEqual(probes, [256])
+        self.assertIn("steps at an estimated", c.reason)
+        probes.clear()
+        recipe.choose_measured(MB, MB // 10, 66, lambda: 120, measure)  # 2 minutes: 2x256, nothing wider
+        self.assertEqual(probes, [256])
+
+
 class PresetTest(unittest.TestCase):
     """rnn_train.quality_recipe: where --preset quality meets the recipe."""
 
     def adapted(self, argv, resume=None):
         cfg, _, _ = rnn_train.parse(argv)
-        with mock.patch.object(recipe, "measure_speed", return_value=probe_for(17_000)), \
+        with mock.patch.object(recipe, "measure_speed", machine(17_000)), \
                 contextlib.redirect_stderr(io.StringIO()) as err:
             return rnn_train.quality_recipe(cfg, argv, resume), err.getvalue()
 
@@ -133,8 +162,9 @@ class PresetTest(unittest.TestCase):
             with open(data, "w") as f:
                 f.write("to be or not to be\n" * 60_000)  # 1.1 MB
             cfg, printed = self.adapted(["--preset", "quality", "--data", data, "--max-time", "30m"])
-            expected = recipe.choose(*recipe.text_size([data])[:2], 1800, probe_for(17_000),
-                                     recipe.text_size([data])[2])
+            train_chars, valid_chars, vocab = recipe.text_size([data])
+            expected = recipe.choose_measured(train_chars, valid_chars, vocab, lambda: 1800,
+                                              lambda units: machine(17_000)(None, vocab, units))
             self.assertEqual({k: getattr(cfg, k) for k in expected.flags}, expected.flags)
             self.assertEqual(printed, f"recipe: {expected.reason}\n")
             cfg, printed = self.adapted(["--preset", "quality", "--data", data, "--units", "128", "--dropout", "0"])
@@ -148,7 +178,7 @@ class PresetTest(unittest.TestCase):
 class ProbeTest(unittest.TestCase):
     def test_the_probe_times_the_real_training_step(self):
         cfg, _, _ = rnn_train.parse(["--preset", "quality", "--precision", "fp32"])
-        slow = recipe.measure_speed(cfg, 66, seconds=0.0)   # three steps
+        slow = recipe.measure_speed(cfg, 66, seconds=0.0)   # the warm-up, then a step a window
         self.assertGreater(slow, 100)                      # chars/s: at least a slow core's
         self.assertLess(slow, 10_000_000)
 
