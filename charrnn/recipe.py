@@ -99,7 +99,7 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100):
     """The recipe for a run of `seconds` on train_chars characters (valid_chars held out),
     on a machine where the widths in speeds ({units: chars/s}, measure_speed) trained at
     those speeds. Returns a Choice; measure its width too and choose again until it is
-    measured (the cost model alone read a 2-core Zen 3's 2x512 1.4x fast)."""
+    measured (the 2x256 probe scaled by the costs read a 2-core Zen 3's 2x512 1.66x fast)."""
     train_seconds = max(1.0, seconds * (1 - VALIDATION_SHARE) - STARTUP_SECONDS)
 
     def steps(units):
