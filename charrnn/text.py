@@ -10,7 +10,6 @@ import codecs
 import collections
 import glob
 import hashlib
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -20,11 +19,13 @@ import numpy as np
 from charrnn.config import VALIDATION_SPLITS
 from charrnn.errors import UserError
 
-log = logging.getLogger("charrnn")
-
-
 UNKNOWN = "\ufffd"  # how the unknown symbol decodes
 _SLICE = 1 << 22  # characters encoded per step: bounds the temporary arrays of encode()
+
+
+def warn(message):
+    """One `warning: ` line on stderr, as the other modules print theirs."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _code_points(text):
@@ -304,7 +305,7 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
         try:
             size = os.path.getsize(path)
             if size == 0:
-                log.warning("skipping empty file %s", path)
+                warn(f"skipping empty file {path}")
                 continue
             sha, n_chars, file_counts = hashlib.sha256(), 0, collections.Counter()
             for raw, text in _text_chunks(path, chunk_size):
@@ -316,11 +317,11 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
         except BinaryFile as e:
-            log.warning("skipping binary file %s (%s; if it is UTF-16 text, convert it to UTF-8)", path, e)
+            warn(f"skipping binary file {path} ({e}; if it is UTF-16 text, convert it to UTF-8)")
             continue
         counts.update(file_counts)
         if n_chars == 0:
-            log.warning("skipping empty file %s", path)
+            warn(f"skipping empty file {path}")
             continue
         kept.append((path, n_chars, size, sha.hexdigest()))
     if not kept:
