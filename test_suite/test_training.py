@@ -517,10 +517,11 @@ class TestWhatTheUserSees(unittest.TestCase):
             self.assertEqual((cfg, given), typed[:2])
         cfg, given, _ = rnn_train.parse(["--units", "128", "--preset", "quick", "--max-steps", "5"])
         self.assertEqual((cfg.layers, cfg.units, cfg.max_steps), (2, 128, 5))  # flags given with it win
-        with tempfile.TemporaryDirectory() as tmp:  # the run saves the values, not the preset's name
+        with tempfile.TemporaryDirectory() as tmp:  # the run saves the values, not the preset's name (short
+            # sequences: the unrolled step of 64 traces for seconds)
             ck = os.path.join(tmp, "ck")
             r = subprocess.run([sys.executable, "rnn_train.py", "--preset", "quick", "--data", *tiny(tmp).data,
-                                "--units", "16", "--max-steps", "2", "--checkpoint-dir", ck,
+                                "--units", "16", "--seqlen", "8", "--max-steps", "2", "--checkpoint-dir", ck,
                                 "--log-dir", os.path.join(tmp, "log"), "--run", "q"],
                                capture_output=True, text=True, timeout=300)
             self.assertEqual(r.returncode, 0, r.stderr)
@@ -528,7 +529,7 @@ class TestWhatTheUserSees(unittest.TestCase):
                 saved = json.load(f)["training"]
             self.assertNotIn("preset", saved)
             self.assertEqual({k: saved[k] for k in ("layers", "units", "seqlen", "batch_size", "lr", "max_steps")},
-                             dict(layers=2, units=16, seqlen=64, batch_size=64, lr=0.003, max_steps=2))
+                             dict(layers=2, units=16, seqlen=8, batch_size=64, lr=0.003, max_steps=2))
 
     def test_help_and_bad_flags_answer_before_tensorflow_loads(self):
         code = ("import sys, rnn_train, rnn_play; rnn_train.parse(['--layers', '2']); "
