@@ -17,8 +17,8 @@ too, and the choice made again from its measured speed, until the chosen width i
 measured (the costs alone are not exact across CPUs). The rule (docs/recipe.md has the
 grid it comes from):
 
-- the widest candidate whose steps reach MIN_STEPS (the learning-rate schedule needs that
-  many to pay off) and whose weights do not outnumber the training characters by more
+- the widest candidate whose steps reach MIN_STEPS (below it, a narrower model that makes
+  more steps ends lower) and whose weights do not outnumber the training characters by more
   than MAX_PARAMS_PER_CHAR (more only memorises a small text);
 - dropout grows with the exposure, the passes over the text times the weights per
   training character (a large model overfits a text in fewer passes than a small
@@ -45,7 +45,7 @@ from charrnn.text import find_files
 
 WIDTHS = (256, 384, 512, 768)  # the candidates: 2 GRU layers of these units (wider: not measured)
 LAYERS, EMBEDDING, BATCH, SEQLEN = 2, 64, 64, 64
-MIN_STEPS = 1500           # steps the warm-up and cosine decay need to reach a low loss
+MIN_STEPS = 2500           # steps a wider model must make to beat a narrower one that makes more (docs/recipe.md)
 MAX_PARAMS_PER_CHAR = 5.0  # weights per training character
 MAX_DROPOUT = 0.4
 FREE_EXPOSURE = 4.0        # passes x weights per training character that need no dropout

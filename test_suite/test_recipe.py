@@ -90,8 +90,9 @@ class RecipeTest(unittest.TestCase):
                 self.assertEqual(flags["val_every"] % 10, 0)  # validated on a step whose training is logged
             self.assertLessEqual(flags["val_chars"], recipe.MAX_VAL_CHARS)
         self.assertEqual(choose(50, 2, 700).flags["val_chars"], recipe.FEWEST_VAL_CHARS)
-        self.assertEqual(choose(50, 10, 17_000).flags["val_chars"] // 1000,
-                         int(recipe.VALIDATION_SHARE * 600 * 3 * 17_000 / 11) // 1000)  # what the share pays for
+        self.assertEqual(choose(50, 10, 20_000).flags["units"], 512)
+        self.assertEqual(choose(50, 10, 20_000).flags["val_chars"] // 1000,
+                         int(recipe.VALIDATION_SHARE * 600 * 3 * 20_000 / 11) // 1000)  # what the share pays for
 
     def test_the_reason_says_what_was_chosen_and_why(self):
         c = choose(4.4, 10, 17_000)
@@ -133,7 +134,7 @@ class MeasuredChoiceTest(unittest.TestCase):
 
         def measure(units):  # 2x512 trains 1.7x slower than the costs say, as on a 2-core Zen 3
             probes.append(units)
-            return machine(4_250, {512: 1.7})(None, 66, units)
+            return machine(7_500, {512: 1.7})(None, 66, units)
 
         c = recipe.choose_measured(MB, MB // 10, 66, lambda: 1800, measure)
         self.assertEqual(probes, [256, 512, 384])   # 512 too slow once measured: 384, measured too
