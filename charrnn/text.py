@@ -300,12 +300,12 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
 
     # pass 1: sizes, hashes and character counts
     counts = collections.Counter()
-    kept = []  # (path, n_chars, size, sha256)
+    kept, skipped = [], []  # (path, n_chars, size, sha256); a warning for each file skipped
     for path in find_files(globs):
         try:
             size = os.path.getsize(path)
             if size == 0:
-                warn(f"skipping empty file {path}")
+                skipped.append(f"skipping empty file {path}")
                 continue
             sha, n_chars, file_counts = hashlib.sha256(), 0, collections.Counter()
             for raw, text in _text_chunks(path, chunk_size):
@@ -317,15 +317,17 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
         except BinaryFile as e:
-            warn(f"skipping binary file {path} ({e}; if it is UTF-16 text, convert it to UTF-8)")
+            skipped.append(f"skipping binary file {path} ({e}; if it is UTF-16 text, convert it to UTF-8)")
             continue
         counts.update(file_counts)
         if n_chars == 0:
-            warn(f"skipping empty file {path}")
+            skipped.append(f"skipping empty file {path}")
             continue
         kept.append((path, n_chars, size, sha.hexdigest()))
     if not kept:
         raise UserError(f"every file matched by {' '.join(map(repr, _as_list(globs)))} was empty or binary: point to UTF-8 text files")
+    for message in skipped:  # when every file is skipped, the error alone says so, in one line
+        warn(message)
     if vocab is None:
         vocab = Vocabulary.from_counts(counts, max_vocab)
 

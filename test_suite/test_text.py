@@ -349,9 +349,10 @@ class TestBadInput(unittest.TestCase):
 
     def test_every_file_skipped(self):
         write(self.path("a.txt"), "")
-        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(UserError) as cm:
+        with contextlib.redirect_stderr(io.StringIO()) as err, self.assertRaises(UserError) as cm:
             read_corpus(self.path("a.txt"))
         self.assertOneLine(cm.exception)
+        self.assertEqual(err.getvalue(), "")  # the error is the one line: no warning before it
 
     def test_invalid_utf8_names_file_and_byte_offset(self):
         data = "héllo wörld ".encode("utf-8") * 3 + b"\xff" + b" and more"
