@@ -23,11 +23,6 @@ UNKNOWN = "\ufffd"  # how the unknown symbol decodes
 _SLICE = 1 << 22  # characters encoded per step: bounds the temporary arrays of encode()
 
 
-def warn(message):
-    """One `warning: ` line on stderr, as the other modules print theirs."""
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def _code_points(text):
     """(N,) uint32 array of the code points of text (astral characters included)."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
@@ -303,31 +298,21 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
     kept, skipped = [], []  # (path, n_chars, size, sha256); a warning for each file skipped
     for path in find_files(globs):
         try:
-            size = os.path.getsize(path)
-            if size == 0:
-                skipped.append(f"skipping empty file {path}")
-                continue
-            sha, n_chars, file_counts = hashlib.sha256(), 0, collections.Counter()
-            for raw, text in _text_chunks(path, chunk_size):
-                sha.update(raw)
-                n_chars += len(text)
-                if vocab is None:
-                    for i in range(0, len(text), _SLICE):
-                        file_counts.update(_count_chars(text[i : i + _SLICE]))
+            size, n_chars, sha, file_counts = _scan_file(path, chunk_size, count=vocab is None)
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
         except BinaryFile as e:
             skipped.append(f"skipping binary file {path} ({e}; if it is UTF-16 text, convert it to UTF-8)")
             continue
-        counts.update(file_counts)
         if n_chars == 0:
             skipped.append(f"skipping empty file {path}")
             continue
-        kept.append((path, n_chars, size, sha.hexdigest()))
+        counts.update(file_counts)
+        kept.append((path, n_chars, size, sha))
     if not kept:
         raise UserError(f"every file matched by {' '.join(map(repr, _as_list(globs)))} was empty or binary: point to UTF-8 text files")
     for message in skipped:  # when every file is skipped, the error alone says so, in one line
-        warn(message)
+        print(f"warning: {message}", file=sys.stderr)
     if vocab is None:
         vocab = Vocabulary.from_counts(counts, max_vocab)
 
@@ -335,20 +320,9 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
     codes = np.empty(sum(n for _, n, _, _ in kept), vocab.dtype)  # (N,)
     files, pos = [], 0
     for path, n_chars, size, sha in kept:
-        start = pos
-        try:
-            for _, text in _text_chunks(path, chunk_size):
-                if pos + len(text) > start + n_chars:
-                    break
-                codes[pos : pos + len(text)] = vocab.encode(text)
-                pos += len(text)
-        except OSError as e:
-            raise UserError(f"cannot read {path}: {e.strerror}") from None
-        except BinaryFile:
-            pos = -1  # it changed since pass 1
-        if pos != start + n_chars:
-            raise UserError(f"{path} changed while it was being read: run again once it is stable")
-        files.append(FileSpan(path, start, pos, size, sha))
+        end = _encode_file(codes, pos, path, n_chars, vocab, chunk_size)
+        files.append(FileSpan(path, pos, end, size, sha))
+        pos = end
 
     cutoff, split = len(codes), "none"
     if validation in ("files", "auto"):
@@ -357,6 +331,42 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
     if validation == "tail" or (validation == "auto" and split == "none"):
         cutoff, split = int(len(codes) * (1 - tail_fraction)), "tail"
     return Corpus(codes, vocab, files, train=codes[:cutoff], valid=codes[cutoff:], split=split)
+
+
+def _scan_file(path, chunk_size, count):
+    """Pass 1 of read_corpus for one file: (its size in bytes, its characters, its sha256
+    in hex, the counts of its characters when count). Raises BinaryFile for a binary file,
+    OSError where it cannot be read."""
+    size = os.path.getsize(path)
+    sha, n_chars, counts = hashlib.sha256(), 0, collections.Counter()
+    if size:  # an empty file is not opened
+        for raw, text in _text_chunks(path, chunk_size):
+            sha.update(raw)
+            n_chars += len(text)
+            if count:
+                for i in range(0, len(text), _SLICE):
+                    counts.update(_count_chars(text[i : i + _SLICE]))
+    return size, n_chars, sha.hexdigest(), counts
+
+
+def _encode_file(codes, start, path, n_chars, vocab, chunk_size):
+    """Pass 2 of read_corpus for one file: its n_chars characters (pass 1's count) encoded
+    into codes from start. Returns where they end; a file that changed since pass 1 is a
+    one-line error."""
+    pos = start
+    try:
+        for _, text in _text_chunks(path, chunk_size):
+            if pos + len(text) > start + n_chars:
+                break
+            codes[pos : pos + len(text)] = vocab.encode(text)
+            pos += len(text)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except BinaryFile:
+        pos = -1  # it changed since pass 1
+    if pos != start + n_chars:
+        raise UserError(f"{path} changed while it was being read: run again once it is stable")
+    return pos
 
 
 def _as_list(globs):

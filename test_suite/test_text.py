@@ -30,12 +30,12 @@ from txt_utils import (
 )
 
 
-
 def warnings_of(stderr):
     """The `warning: ` lines a call printed on the stderr captured in stderr (a StringIO)."""
     lines = stderr.getvalue().splitlines()
     assert all(line.startswith("warning: ") for line in lines), lines
     return lines
+
 
 class TestVocabulary(unittest.TestCase):
     TEXT = "Héllo, wörld! Καλημέρα κόσμε. 你好世界 🎭🐍 done\n"

@@ -517,8 +517,9 @@ class TestWhatTheUserSees(unittest.TestCase):
             self.assertEqual((cfg, given), typed[:2])
         cfg, given, _ = rnn_train.parse(["--units", "128", "--preset", "quick", "--max-steps", "5"])
         self.assertEqual((cfg.layers, cfg.units, cfg.max_steps), (2, 128, 5))  # flags given with it win
-        with tempfile.TemporaryDirectory() as tmp:  # the run saves the values, not the preset's name (short
-            # sequences: the unrolled step of 64 traces for seconds)
+        # The run saves the values, not the preset's name (sequences of 8: the step unrolled
+        # over 64 traces for seconds).
+        with tempfile.TemporaryDirectory() as tmp:
             ck = os.path.join(tmp, "ck")
             r = subprocess.run([sys.executable, "rnn_train.py", "--preset", "quick", "--data", *tiny(tmp).data,
                                 "--units", "16", "--seqlen", "8", "--max-steps", "2", "--checkpoint-dir", ck,
