@@ -55,6 +55,8 @@
             --grid-data for each --max-time of --grid-times, optionally on fewer
             cores (--grid-cpus, through taskset): one table row a run, with the
             recipe's choice, the steps, the best and final validation loss, the
+            loss of the run's best/ on the same 500,000 held-out characters for
+            every command (each run validates on its own --val-chars), the
             share of the wall time spent validating, the chars/s and the load
             average. Not in the default set (the sum of its budgets; docs/recipe.md).
 - generate: batch-1 generation chars/s of a GRU 3x512 from the compiled loop and,

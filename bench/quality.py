@@ -17,7 +17,8 @@ from charrnn.text import find_files
 
 LOOP_STEPS = {"a": 60, "b": 300}  # a run of rnn_train.py in the loop section: about 30 s on 2 cores
 GRID_COLUMNS = ("text", "MB", "cores", "budget", "command", "recipe's choice", "steps", "best (min)", "final",
-                "final - best", "validation share", "chars/s", "load")
+                "final - best", "held-out", "validation share", "chars/s", "load")
+SCORE_CHARS = 500_000  # the grid scores every run's best/ on the same held-out characters
 
 
 def child_curve(args):
@@ -38,12 +39,15 @@ def child_curve(args):
             "train": [(wall, step) for wall, step, _ in speed]}
 
 
-def train_command(data, flags, prefix=()):
+def train_command(data, flags, prefix=(), score=None):
     """Run `rnn_train.py FLAGS --data DATA` in a temporary folder (after the command
     prefix, e.g. taskset's). Returns its validation curve [(seconds since the start,
     step, loss)], its wall seconds, the median training chars/s, its new-run line and
-    --preset quality's recipe line, the process's peak memory (MB) and the seconds each
-    validation took (from the last training event before it to the validation's event)."""
+    --preset quality's recipe line, the process's peak memory (MB), the seconds each
+    validation took (from the last training event before it to the validation's event)
+    and, given a text file score, `rnn_play.py --eval`'s loss of the run on it (else None).
+    Each run's own validation reads at most its --val-chars, so only "score" compares
+    runs of different commands."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [*prefix, sys.executable, os.path.join(ROOT, "rnn_train.py"), *shlex.split(flags), "--data", data,
                    "--run", "run", "--checkpoint-dir", os.path.join(tmp, "ck"), "--log-dir", os.path.join(tmp, "log")]
@@ -57,12 +61,37 @@ def train_command(data, flags, prefix=()):
         if os.waitstatus_to_exitcode(status):
             sys.exit(f"benchmark: rnn_train.py failed:\n{stderr[-2000:]}")
         curve = run_child("curve", tmp=os.path.join(tmp, "log", "run"))
+        scored = score and eval_loss(prefix, os.path.join(tmp, "ck"), score)
     points = [(wall - start, step, loss) for wall, step, loss in curve["validation"]]
     validation_seconds = [wall - max((w for w, s in curve["train"] if s <= step and w <= wall), default=start)
                           for wall, step, _ in curve["validation"]]
     return dict(points=points, seconds=seconds, chars_s=statistics.median(curve["chars_s"] or [0]),
                 new_run=first_line(stderr, "new run"), recipe=first_line(stderr, "recipe: "),
-                peak_mb=usage.ru_maxrss / 1024, validation_seconds=validation_seconds)
+                peak_mb=usage.ru_maxrss / 1024, validation_seconds=validation_seconds, score=scored)
+
+
+def eval_loss(prefix, checkpoints, path):
+    """rnn_play.py --eval's loss (nats/char) of the run under checkpoints on the text of path."""
+    command = [*prefix, sys.executable, os.path.join(ROOT, "rnn_play.py"), "run", "--checkpoint-dir", checkpoints,
+               "--eval", path]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode or not done.stdout.startswith("loss "):
+        sys.exit(f"benchmark: rnn_play.py --eval failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.split()[1])
+
+
+def held_out_slice(data, folder):
+    """A file in folder holding the first SCORE_CHARS characters of the held-out tail of
+    data (the last 10% of its characters, as rnn_train.py splits one file), or None where
+    data is not one file."""
+    if not os.path.isfile(data):
+        return None
+    with open(data, encoding="utf-8", newline="") as f:
+        text = f.read().replace("\r\n", "\n")
+    path = os.path.join(folder, os.path.basename(data) + ".held-out")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text[int(len(text) * 0.9):][:SCORE_CHARS])
+    return path
 
 
 def first_line(text, start):
@@ -102,21 +131,23 @@ def report_grid(args, matmul):
     print("grid: | " + " | ".join(GRID_COLUMNS) + " |\ngrid: |" + "---|" * len(GRID_COLUMNS), flush=True)
     for data in texts:
         megabytes = sum(os.path.getsize(f) for f in find_files(data)) / 1e6
-        for budget in args.grid_times:
-            for flags in args.grid_flags:
-                r = train_command(data, f"{flags} --max-time {budget}", prefix)
-                print("grid: | " + " | ".join(grid_row(r, os.path.basename(data), megabytes, cores, budget, flags))
-                      + " |", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            score = held_out_slice(data, tmp)
+            for budget in args.grid_times:
+                for flags in args.grid_flags:
+                    r = train_command(data, f"{flags} --max-time {budget}", prefix, score)
+                    print("grid: | " + " | ".join(grid_row(r, os.path.basename(data), megabytes, cores, budget,
+                                                           flags)) + " |", flush=True)
 
 
 def grid_row(r, name, megabytes, cores, budget, flags):
     choice = r["recipe"].split(": ", 2)[-1]  # "recipe: 1.0 MB, about 9 passes in 10 min: GRU ..." -> "GRU ..."
     row = [name, f"{megabytes:.1f}", cores, budget, f"`{flags}`", choice]
     if not r["points"]:
-        return row + ["no validation"] + [""] * 6
+        return row + ["no validation"] + [""] * 7
     best, final = min(r["points"], key=lambda p: p[2]), r["points"][-1]
     return row + [f"{final[1]:,}", f"{best[2]:.4f} ({best[0] / 60:.1f})", f"{final[2]:.4f}",
-                  f"{final[2] - best[2]:+.4f}", f"{sum(r['validation_seconds']) / r['seconds']:.1%}",
+                  f"{final[2] - best[2]:+.4f}", "" if r["score"] is None else f"{r['score']:.4f}", f"{sum(r['validation_seconds']) / r['seconds']:.1%}",
                   f"{r['chars_s']:,.0f}", f"{os.getloadavg()[0]:.1f}"]
 
 
