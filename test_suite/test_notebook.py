@@ -1,7 +1,7 @@
 """The quickstart notebook, executed whole with papermill as CI runs it, and the
 GPU check (`benchmark.py gpu`) on a machine without a GPU.
 
-The notebook test trains for 60 s on walkthrough/sonnets.txt, everything it
+The notebook test trains for 30 s on walkthrough/sonnets.txt, everything it
 writes in a temporary folder: about 3 minutes on 2 cores.
 """
 
@@ -57,15 +57,15 @@ class NotebookTest(unittest.TestCase):
             executed = os.path.join(tmp, "executed.ipynb")
             done = subprocess.run(
                 [sys.executable, "-m", "papermill", str(NOTEBOOK), executed, "--cwd", str(NOTEBOOK.parent),
-                 "-k", "python3", "-p", "MAX_TIME", "60s", "-p", "DATA", str(SONNETS), "-p", "WORKDIR", tmp],
+                 "-k", "python3", "-p", "MAX_TIME", "30s", "-p", "DATA", str(SONNETS), "-p", "WORKDIR", tmp],
                 capture_output=True, text=True, timeout=900, env={**os.environ, "JUPYTER_PATH": tmp})
             self.assertEqual(done.returncode, 0, done.stderr[-3000:])
             out = outputs_by_tag(nbformat.read(executed, as_version=4))
             self.assertIn("nothing to install", out["install"][0])
             self.assertRegex(out["train"][0], r"new run .* from 1 file")
             # It ends at its deadline, or earlier where validation stopped improving (--patience):
-            # a fast machine reads the sonnets' 6,151 characters some 70 times in a minute.
-            self.assertRegex(out["train"][0], r"--max-time 60s reached|ending early with the best checkpoint")
+            # a fast machine reads the sonnets' 6,151 characters some 35 times in 30 s.
+            self.assertRegex(out["train"][0], r"--max-time 30s reached|ending early with the best checkpoint")
             self.assertRegex(out["train"][0], r"\ndone: step \d+")
             self.assertIn("image/png", out["curves"][1])  # the learning curves, drawn inline
             sample = out["generate"][0].split(", seed 1\n", 1)[1]  # after rnn_play.py's "generating from ..., seed 1" line
