@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from bench.common import CONFIGS, ROOT, run_child, text_path
-from charrnn.text import find_files
+from charrnn.text import find_files, read_corpus
 
 LOOP_STEPS = {"a": 60, "b": 300}  # a run of rnn_train.py in the loop section: about 30 s on 2 cores
 GRID_COLUMNS = ("text", "MB", "cores", "budget", "command", "recipe's choice", "steps", "best (min)", "final",
@@ -81,16 +81,13 @@ def eval_loss(prefix, checkpoints, path):
 
 
 def held_out_slice(data, folder):
-    """A file in folder holding the first SCORE_CHARS characters of the held-out tail of
-    data (the last 10% of its characters, as rnn_train.py splits one file), or None where
-    data is not one file."""
-    if not os.path.isfile(data):
-        return None
-    with open(data, encoding="utf-8", newline="") as f:
-        text = f.read().replace("\r\n", "\n")
-    path = os.path.join(folder, os.path.basename(data) + ".held-out")
+    """A file in folder holding the first SCORE_CHARS characters of what rnn_train.py
+    holds out of data by default (text.read_corpus's split: the last files of a large
+    glob, else the last 10% of the characters)."""
+    corpus = read_corpus(data)
+    path = os.path.join(folder, "held-out.txt")
     with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text[int(len(text) * 0.9):][:SCORE_CHARS])
+        f.write(corpus.vocab.decode(corpus.valid[:SCORE_CHARS]))
     return path
 
 
@@ -147,8 +144,8 @@ def grid_row(r, name, megabytes, cores, budget, flags):
         return row + ["no validation"] + [""] * 7
     best, final = min(r["points"], key=lambda p: p[2]), r["points"][-1]
     return row + [f"{final[1]:,}", f"{best[2]:.4f} ({best[0] / 60:.1f})", f"{final[2]:.4f}",
-                  f"{final[2] - best[2]:+.4f}", "" if r["score"] is None else f"{r['score']:.4f}", f"{sum(r['validation_seconds']) / r['seconds']:.1%}",
-                  f"{r['chars_s']:,.0f}", f"{os.getloadavg()[0]:.1f}"]
+                  f"{final[2] - best[2]:+.4f}", "" if r["score"] is None else f"{r['score']:.4f}",
+                  f"{sum(r['validation_seconds']) / r['seconds']:.1%}", f"{r['chars_s']:,.0f}", f"{os.getloadavg()[0]:.1f}"]
 
 
 def report_loop(args, matmul):
