@@ -8,7 +8,8 @@ from the size of the text, the time budget and this machine's speed.
 
 The model is built before the run's own calibration, so the choice keys on a probe
 timed before the run starts: two seconds of the real training step of the narrowest
-candidate (GRU 2x256, batch 64, sequences of 64), built as the run's will be (its
+candidate (GRU 2x256, batch 64, sequences of 64; none for a budget under two minutes),
+built as the run's will be (its
 precision, kernels and threads), so it sees the matmul rate, the element-wise work, the
 cores this process may use and the load of a shared machine alike. From it, each
 candidate shape's speed follows from its cost (`char_cost`), and with the budget: the
@@ -60,6 +61,8 @@ ELEMENTWISE_FLOPS = 4000.0  # a step's element-wise work, per layer, unit and ch
 PROBE_UNITS = WIDTHS[0]    # the probe trains the narrowest candidate: the quickest to trace
 PROBE_SECONDS = 2.0        # of timed steps, after WARMUP_STEPS that trace and warm up the step
 PROBE_WINDOWS = 4          # ... in windows: the fastest counts
+PROBE_BUDGET = 120.0       # a shorter budget is planned unprobed, at ASSUMED_SPEED (see choose_measured)
+ASSUMED_SPEED = 20_000.0   # chars/s of GRU 2x256: a 2-core CPU's, within 2x of those measured
 WARMUP_STEPS = 4
 SAMPLE_BYTES = 8 << 20     # read to estimate the vocabulary: a fraction of a second
 EVAL_SPEEDUP = 3.0         # a validated character costs a third of a trained one (no backward)
@@ -95,11 +98,12 @@ def estimate(units, speeds, vocab=100):
     return chars_per_second(units, speeds[of], vocab, of)
 
 
-def choose(train_chars, valid_chars, seconds, speeds, vocab=100):
+def choose(train_chars, valid_chars, seconds, speeds, vocab=100, assumed=False):
     """The recipe for a run of `seconds` on train_chars characters (valid_chars held out),
     on a machine where the widths in speeds ({units: chars/s}, measure_speed) trained at
     those speeds. Returns a Choice; measure its width too and choose again until it is
-    measured (the 2x256 probe scaled by the costs read a 2-core Zen 3's 2x512 1.66x fast)."""
+    measured (the 2x256 probe scaled by the costs read a 2-core Zen 3's 2x512 1.66x fast).
+    assumed: speeds is a guess, not a measurement (the reason says so)."""
     train_seconds = max(1.0, seconds * (1 - VALIDATION_SHARE) - STARTUP_SECONDS)
 
     def steps(units):
@@ -119,7 +123,7 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100):
                  **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
     share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
-    how = "a measured" if units in speeds else "an estimated"
+    how = "an assumed" if assumed else "a measured" if units in speeds else "an estimated"
     reason = (f"{train_chars / 1e6:.1f} MB, about {passes:.2g} passes in {seconds / 60:.3g} min "
               f"({planned:,.0f} steps at {how} {chars_s:,.0f} chars/s): "
               f"GRU {LAYERS}x{units} ({weights_per_char:.2g} weights a training character), "
@@ -131,7 +135,12 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100):
 def choose_measured(train_chars, valid_chars, vocab, seconds_left, measure, wider=True):
     """choose() from measure(units) (chars/s: measure_speed) of GRU 2xPROBE_UNITS and, when
     wider, of each width chosen, until the chosen width is one measured: at most one probe
-    a width. seconds_left(): the budget left, after the probes so far."""
+    a width. seconds_left(): the budget left, after the probes so far.
+    A budget under PROBE_BUDGET is planned at ASSUMED_SPEED, with no probe: tracing the
+    probe's step takes 10-25 s of a 2-core CPU, a large share of such a budget, and at it
+    no width above PROBE_UNITS makes MIN_STEPS on any CPU measured."""
+    if seconds_left() < PROBE_BUDGET:
+        return choose(train_chars, valid_chars, seconds_left(), {PROBE_UNITS: ASSUMED_SPEED}, vocab, assumed=True)
     speeds, units = {}, PROBE_UNITS
     while units not in speeds:
         speeds[units] = measure(units)

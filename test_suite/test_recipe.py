@@ -145,8 +145,12 @@ class MeasuredChoiceTest(unittest.TestCase):
         self.assertEqual(probes, [256])
         self.assertIn("steps at an estimated", c.reason)
         probes.clear()
-        recipe.choose_measured(MB, MB // 10, 66, lambda: 120, measure)  # 2 minutes: 2x256, nothing wider
+        recipe.choose_measured(MB, MB // 10, 66, lambda: 180, measure)  # 3 minutes: 2x256, nothing wider
         self.assertEqual(probes, [256])
+        probes.clear()
+        c = recipe.choose_measured(MB, MB // 10, 66, lambda: 60, measure)  # 1 minute: no probe, 2x256
+        self.assertEqual((probes, c.flags["units"]), ([], 256))
+        self.assertIn("steps at an assumed 20,000 chars/s", c.reason)
 
 
 class PresetTest(unittest.TestCase):
