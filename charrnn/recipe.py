@@ -25,6 +25,9 @@ grid it comes from):
   training character (a large model overfits a text in fewer passes than a small
   one): none on a first pass or up to FREE_EXPOSURE, then 0.1 per doubling, up to
   MAX_DROPOUT;
+- the learning rate falls as the width grows: LR_UNITS / units (a wider model takes
+  smaller steps; at 2,000 steps 2x256 ended best at 0.005 among 0.003, 0.005 and 0.008,
+  2x512 better at 0.003 than at 0.005);
 - validation takes about VALIDATION_SHARE of the budget: VALIDATIONS validations (enough
   to keep a best checkpoint near the best point) of as many held-out characters as that
   share pays for, between MIN_VAL_CHARS and the default cap; where even MIN_VAL_CHARS
@@ -49,7 +52,8 @@ LAYERS, EMBEDDING, BATCH, SEQLEN = 2, 64, 64, 64
 MIN_STEPS = 2500           # steps a wider model must make to beat a narrower one that makes more (docs/recipe.md)
 MAX_PARAMS_PER_CHAR = 5.0  # weights per training character
 MAX_DROPOUT = 0.4
-FREE_EXPOSURE = 4.0        # passes x weights per training character that need no dropout
+FREE_EXPOSURE = 6.0        # passes x weights per training character that need no dropout
+LR_UNITS = 0.005 * 256     # the learning rate x the units: 0.005 at 2x256, 0.0025 at 2x512 (docs/recipe.md)
 VALIDATION_SHARE = 0.05    # of the budget
 VALIDATIONS = 10           # in a run: the best checkpoint is within a tenth of the run of the best point
 MIN_VALIDATIONS = 4        # on a slow machine, fewer, but enough to keep a best checkpoint
@@ -119,7 +123,7 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100, assumed=False):
     weights_per_char = params(units) / max(1, train_chars)
     eval_chars_s = EVAL_SPEEDUP * chars_s
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
-                 dropout=dropout_for(passes, weights_per_char),
+                 lr=round(LR_UNITS / units, 5), dropout=dropout_for(passes, weights_per_char),
                  **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
     share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
@@ -127,7 +131,7 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100, assumed=False):
     reason = (f"{train_chars / 1e6:.1f} MB, about {passes:.2g} passes in {seconds / 60:.3g} min "
               f"({planned:,.0f} steps at {how} {chars_s:,.0f} chars/s): "
               f"GRU {LAYERS}x{units} ({weights_per_char:.2g} weights a training character), "
-              f"dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
+              f"learning rate {flags['lr']:g}, dropout {flags['dropout']:g}; validation every {flags['val_every']} steps "
               f"on {read:,} chars, about {share:.0%} of the time")
     return Choice(flags, reason)
 

@@ -64,13 +64,21 @@ class RecipeTest(unittest.TestCase):
 
     def test_dropout_follows_the_passes_times_the_weights_per_character(self):
         self.assertEqual(recipe.dropout_for(0.9, 5.0), 0.0)   # a first pass cannot overfit
-        self.assertEqual(recipe.dropout_for(2.0, 2.0), 0.0)   # up to FREE_EXPOSURE, none
-        self.assertEqual(recipe.dropout_for(4.0, 2.0), 0.1)   # 0.1 a doubling beyond it
-        self.assertEqual(recipe.dropout_for(16.0, 2.0), 0.3)
-        self.assertEqual(recipe.dropout_for(7.3, 0.66), 0.05)  # a small model on the same passes: less
+        self.assertEqual(recipe.dropout_for(3.0, 2.0), 0.0)   # up to FREE_EXPOSURE, none
+        self.assertEqual(recipe.dropout_for(6.0, 2.0), 0.1)   # 0.1 a doubling beyond it
+        self.assertEqual(recipe.dropout_for(24.0, 2.0), 0.3)
+        self.assertEqual(recipe.dropout_for(12.0, 0.66), 0.05)  # a small model on the same passes: less
+        self.assertEqual(recipe.dropout_for(8.0, 0.66), 0.0)
         self.assertEqual(recipe.dropout_for(1000.0, 1.0), recipe.MAX_DROPOUT)
         self.assertEqual(choose(50, 10, 17_000).flags["dropout"], 0.0)
         self.assertGreater(choose(1.1, 30, 17_000).flags["dropout"], choose(1.1, 10, 17_000).flags["dropout"])
+
+    def test_the_learning_rate_falls_as_the_width_grows(self):
+        rates = {}
+        for chars_s in (4_000, 15_000, 20_000, 40_000):
+            flags = choose(50, 10, chars_s).flags
+            rates[flags["units"]] = flags["lr"]
+        self.assertEqual(rates, {256: 0.005, 384: 0.00333, 512: 0.0025, 768: 0.00167})
 
     def test_validation_takes_about_its_share_of_the_budget(self):
         cases = [(megabytes, minutes, chars_s) for megabytes in (0.3, 1.1, 16, 50) for minutes in (2, 10, 30)
@@ -98,11 +106,11 @@ class RecipeTest(unittest.TestCase):
         c = choose(4.4, 10, 17_000)
         how = "a measured" if c.flags["units"] == recipe.PROBE_UNITS else "an estimated"  # only 2x256 was probed
         self.assertRegex(c.reason, r"^4\.0 MB, about [\d.]+ passes in 10 min \([\d,]+ steps at " + how + " "
-                                   r"[\d,]+ chars/s\): GRU 2x\d+ \([\d.]+ weights a training character\), dropout "
-                                   r"[\d.]+; validation every \d+ steps on "
+                                   r"[\d,]+ chars/s\): GRU 2x\d+ \([\d.]+ weights a training character\), learning "
+                                   r"rate [\d.]+, dropout [\d.]+; validation every \d+ steps on "
                                    r"[\d,]+ chars, about \d+% of the time$")
         self.assertIn(f"GRU 2x{c.flags['units']} (", c.reason)
-        self.assertIn(f"character), dropout {c.flags['dropout']:g};", c.reason)
+        self.assertIn(f"character), learning rate {c.flags['lr']:g}, dropout {c.flags['dropout']:g};", c.reason)
 
     def test_a_slower_probe_means_proportionally_fewer_chars_per_second(self):
         self.assertAlmostEqual(recipe.chars_per_second(512, 4000) / recipe.chars_per_second(512, 2000), 2.0)
