@@ -67,12 +67,13 @@ def make_corpus(folder, files=8, repeats=40):
 
 
 def tiny(tmp, **overrides):
-    """A training configuration that runs in a second or two."""
+    """A training configuration that runs in a second or two. No samples (compiling the
+    generator costs more than the run): a test of them asks for sample_every."""
     corpus = os.path.join(tmp, "corpus")
     if not os.path.isdir(corpus):
         make_corpus(corpus)
     base = dict(data=[os.path.join(corpus, "*.txt")], layers=2, units=16, seqlen=8, batch_size=4,
-                dropout=0.2, lr=0.01, max_steps=20, val_every=10, sample_every=10, checkpoint_every=10,
+                dropout=0.2, lr=0.01, max_steps=20, val_every=10, sample_every=1000, checkpoint_every=10,
                 checkpoint_dir=os.path.join(tmp, "ck"), log_dir=os.path.join(tmp, "log"), run="r",
                 precision="fp32")  # the same arithmetic on every CPU; test_precision.py tests the others
     return TrainConfig(**{**base, **overrides})

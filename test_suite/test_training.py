@@ -133,8 +133,9 @@ class ValidationTest(unittest.TestCase):
         # 2,999 predictions in 2 rows of 24 chunks of 64, the second row padded at its end
         rows = [(codes[:1536], codes[1:1537]), (codes[1536:-1], codes[1537:])]
         ce, correct = 0.0, 0.0
+        whole_row = tf.function(lambda x: model(x)[0], input_signature=[tf.TensorSpec([1, None], tf.int32)])
         for x, y in rows:
-            logits, _ = model(tf.constant(x[None], tf.int32))  # the whole row in one call from a zero state
+            logits = whole_row(tf.constant(x[None], tf.int32))  # the whole row in one call from a zero state
             ce += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y[None], logits)))
             correct += float(np.sum(np.argmax(logits[0], -1) == y))
         self.assertAlmostEqual(loss, ce / 2999, places=5)
@@ -334,7 +335,7 @@ class TestTraining(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(run_dir, "ckpt-10.index")))  # the last good one is kept
 
     def test_tensorboard_tags(self):
-        quiet_train(tiny(self.tmp, max_steps=20))
+        quiet_train(tiny(self.tmp, max_steps=20, sample_every=10))
         train = read_scalars(os.path.join(self.tmp, "log", "r", "train"))
         valid = read_scalars(os.path.join(self.tmp, "log", "r", "validation"))
         # TensorBoard orders its cards by tag: the loss first, then accuracy, speed, the optimizer.
