@@ -164,7 +164,8 @@ def child_peer(args):
 
 
 def child_precision(args):
-    """Train QUALITY on --data in one precision; the validation loss of the result."""
+    """Train QUALITY on --data in one precision; the validation loss of the result (scored
+    after the run, so the run itself validates nothing)."""
     import contextlib
     import io
     from charrnn import steps, training
@@ -173,7 +174,7 @@ def child_precision(args):
     from charrnn.catalog import load_for_generation
     from charrnn.text import read_corpus
     low = args.precision
-    cfg = TrainConfig(data=[args.data], validation="tail", max_steps=args.steps, val_every=args.steps,
+    cfg = TrainConfig(data=[args.data], validation="tail", max_steps=args.steps, val_every=args.steps + 1,
                       sample_every=args.steps + 1, checkpoint_every=args.steps, log_every=args.steps,
                       checkpoint_dir=os.path.join(args.tmp, "ck"), log_dir=os.path.join(args.tmp, "log"),
                       run=low, precision=low, **QUALITY)
