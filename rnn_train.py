@@ -67,7 +67,8 @@ def make_parser():
         prog="rnn_train.py", description="Train a character-level GRU/LSTM/RNN language model on text files.",
         argument_default=argparse.SUPPRESS)
     p.add_argument("--preset", choices=PRESETS, help=preset_help())
-    for add_flags in (add_data_flags, add_model_flags, add_optimisation_flags, add_run_flags):
+    for add_flags in (add_data_flags, add_model_flags, add_optimisation_flags, add_validation_flags,
+                      add_run_flags, add_hardware_flags):
         add_flags(p)
     return p
 
@@ -165,8 +166,31 @@ def add_optimisation_flags(p):
                                 "max_nonfinite"))
 
 
+def add_validation_flags(p):
+    """How often and on what the run validates, and what it does when validation stops improving."""
+    g = p.add_argument_group("validation")
+    g.add_argument("--val-every", type=int, metavar="N",
+                   help=default("validate every N batches, to see overfitting and keep the best "
+                                "checkpoint; each validation reads the first --val-chars characters of the "
+                                "held-out text", "val_every"))
+    g.add_argument("--val-chars", type=int, metavar="N",
+                   help=default("held-out characters each validation reads, the same ones every time, so "
+                                "that its cost does not grow with the corpus; 0 reads them all", "val_chars"))
+    g.add_argument("--patience", type=int, metavar="N",
+                   help=default("after N validations without a gain of 0.003 nats, act on --plateau; a "
+                                "run that ends above its best validation ends with the best weights. An "
+                                "overfitting run only gets worse: three validations tell a plateau from "
+                                "noise (docs/early-stopping.md)", "patience", "0: off, train to the end "
+                                "with the last weights"))
+    g.add_argument("--plateau", choices=PLATEAUS,
+                   help=default("what --patience does: restart goes on from the best checkpoint at half the "
+                                "learning rate (twice, then ends there), stop ends the run at the best "
+                                "checkpoint at once; restart reached 0.023 nats lower in the time that stop "
+                                "leaves unused (docs/early-stopping.md)", "plateau"))
+
+
 def add_run_flags(p):
-    """The run's folders, checkpoints, logs, and how the work is placed on the hardware."""
+    """The run's folders, checkpoints, logs and samples."""
     g = p.add_argument_group("run, checkpoints and logs")
     g.add_argument("--run", metavar="NAME",
                    help="name of a new run, for --resume and rnn_play.py (default: the first data file's name, "
@@ -184,24 +208,6 @@ def add_run_flags(p):
     g.add_argument("--log-dir", metavar="DIR",
                    help=default("TensorBoard logs, a folder per run: tensorboard --logdir=DIR shows "
                                 "all runs side by side", "log_dir"))
-    g.add_argument("--val-every", type=int, metavar="N",
-                   help=default("validate every N batches, to see overfitting and keep the best "
-                                "checkpoint; each validation reads the first --val-chars characters of the "
-                                "held-out text", "val_every"))
-    g.add_argument("--patience", type=int, metavar="N",
-                   help=default("after N validations without a gain of 0.003 nats, act on --plateau; a "
-                                "run that ends above its best validation ends with the best weights. An "
-                                "overfitting run only gets worse: three validations tell a plateau from "
-                                "noise (docs/early-stopping.md)", "patience", "0: off, train to the end "
-                                "with the last weights"))
-    g.add_argument("--plateau", choices=PLATEAUS,
-                   help=default("what --patience does: restart goes on from the best checkpoint at half the "
-                                "learning rate (twice, then ends there), stop ends the run at the best "
-                                "checkpoint at once; restart reached 0.023 nats lower in the time that stop "
-                                "leaves unused (docs/early-stopping.md)", "plateau"))
-    g.add_argument("--val-chars", type=int, metavar="N",
-                   help=default("held-out characters each validation reads, the same ones every time, so "
-                                "that its cost does not grow with the corpus; 0 reads them all", "val_chars"))
     g.add_argument("--sample-every", type=int, metavar="N",
                    help=default("print and log a generated sample every N batches: the plainest sign "
                                 "of what the model has learnt. A --max-time run also prints one at its first "
@@ -215,6 +221,11 @@ def add_run_flags(p):
     g.add_argument("--keep", type=int, metavar="N",
                    help=default("keep the last N checkpoints, plus the best by validation loss; each "
                                 "holds the weights and Adam's two slots", "keep"))
+
+
+def add_hardware_flags(p):
+    """How the work is placed on the hardware, in what precision."""
+    g = p.add_argument_group("hardware")
     g.add_argument("--implementation", choices=IMPLEMENTATIONS,
                    help=default("recurrent kernels: fused (fast on CPU), keras (stock layers, cuDNN on "
                                 "GPU), auto picks keras when a GPU is visible; checkpoints load into "
@@ -229,6 +240,7 @@ def add_run_flags(p):
                                 "weights, the state and the loss in fp32. auto picks bf16 where the CPU "
                                 "(amx_bf16, avx512_bf16) or the GPU (compute capability 8.0+) multiplies bf16 "
                                 "natively, else fp32; checkpoints are the same in every precision", "precision"))
+
 
 def parse(argv):
     """(TrainConfig, the fields given on the command line, the --resume value)."""

@@ -293,12 +293,23 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
     if not 0 <= tail_fraction < 1:
         raise ValueError(f"tail_fraction must lie in [0, 1), got {tail_fraction}")
 
-    # pass 1: sizes, hashes and character counts
+    kept, counts = _scan_files(globs, chunk_size, count=vocab is None)
+    if vocab is None:
+        vocab = Vocabulary.from_counts(counts, max_vocab)
+    codes, files = _encode_files(kept, vocab, chunk_size)
+    cutoff, split = _split(files, len(codes), validation, tail_fraction)
+    return Corpus(codes, vocab, files, train=codes[:cutoff], valid=codes[cutoff:], split=split)
+
+
+def _scan_files(globs, chunk_size, count):
+    """Pass 1 of read_corpus: ([(path, characters, size, sha256)] of the files kept, the
+    counts of their characters when count). Warns of each empty or binary file skipped;
+    a UserError when none is left, or a file cannot be read."""
     counts = collections.Counter()
-    kept, skipped = [], []  # (path, n_chars, size, sha256); a warning for each file skipped
+    kept, skipped = [], []
     for path in find_files(globs):
         try:
-            size, n_chars, sha, file_counts = _scan_file(path, chunk_size, count=vocab is None)
+            size, n_chars, sha, file_counts = _scan_file(path, chunk_size, count)
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}") from None
         except BinaryFile as e:
@@ -313,24 +324,30 @@ def read_corpus(globs, vocab=None, max_vocab=None, validation="auto", tail_fract
         raise UserError(f"every file matched by {' '.join(map(repr, _as_list(globs)))} was empty or binary: point to UTF-8 text files")
     for message in skipped:  # when every file is skipped, the error alone says so, in one line
         print(f"warning: {message}", file=sys.stderr)
-    if vocab is None:
-        vocab = Vocabulary.from_counts(counts, max_vocab)
+    return kept, counts
 
-    # pass 2: encode into one preallocated array
+
+def _encode_files(kept, vocab, chunk_size):
+    """Pass 2 of read_corpus: the files' codes in one array allocated at its final size,
+    and a FileSpan a file."""
     codes = np.empty(sum(n for _, n, _, _ in kept), vocab.dtype)  # (N,)
     files, pos = [], 0
     for path, n_chars, size, sha in kept:
         end = _encode_file(codes, pos, path, n_chars, vocab, chunk_size)
         files.append(FileSpan(path, pos, end, size, sha))
         pos = end
+    return codes, files
 
-    cutoff, split = len(codes), "none"
+
+def _split(files, total_len, validation, tail_fraction):
+    """(where the held-out characters begin, the split read_corpus made: files, tail or none)."""
+    cutoff, split = total_len, "none"
     if validation in ("files", "auto"):
-        cutoff = validation_cutoff(files, len(codes))
-        split = "files" if cutoff < len(codes) else "none"
+        cutoff = validation_cutoff(files, total_len)
+        split = "files" if cutoff < total_len else "none"
     if validation == "tail" or (validation == "auto" and split == "none"):
-        cutoff, split = int(len(codes) * (1 - tail_fraction)), "tail"
-    return Corpus(codes, vocab, files, train=codes[:cutoff], valid=codes[cutoff:], split=split)
+        cutoff, split = int(total_len * (1 - tail_fraction)), "tail"
+    return cutoff, split
 
 
 def _scan_file(path, chunk_size, count):
