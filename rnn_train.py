@@ -34,9 +34,9 @@ PRESETS = {  # name: (what it is for, its flags)
               dict(layers=2, units=256, seqlen=64, batch_size=64, lr=0.003, dropout=0.0, max_steps=300,
                    val_every=100, sample_every=100)),
     "quality": ("the lowest validation loss this machine gives in --max-time (ten minutes by default): "
-                "before the run, the width, the learning rate, the dropout and the validation are chosen from the text's size, "
-                "the budget and a probe of this machine's speed (two seconds of training), and said on the recipe: line "
-                "(docs/recipe.md); these flags are the starting point",
+                "before the run, the width, the learning rate, the dropout, the weight decay and the validation are "
+                "chosen from the text's size, the budget and a probe of this machine's speed (two seconds of training), "
+                "and said on the recipe: line (docs/recipe.md); these flags are the starting point",
                 dict(layers=2, units=512, embedding=64, seqlen=64, batch_size=64, lr=0.003, warmup_steps=100,
                      decay="cosine", min_lr_ratio=0.05, dropout=0.1, weight_decay=0.1, max_time="10m",
                      val_every=250, sample_every=1000, checkpoint_every=1000)),

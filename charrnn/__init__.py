@@ -22,7 +22,7 @@ inside it from the loop down to the text (DEVELOPERS.md has the table):
     fused       the fused CPU kernels
     precision   --precision: the matmuls' dtype, fp16's loss scale
     schedule    the learning rate at each step
-    recipe      --preset quality: the model, learning rate, dropout and validation for this text, budget and machine
+    recipe      --preset quality: the model and its training for this text, budget and machine
     checkpoints checkpoint bundles, durable writes
     console     what a run prints
     cli         the commands the tools print, as the user's environment runs them; the scripts' parser

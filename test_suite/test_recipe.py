@@ -73,6 +73,13 @@ class RecipeTest(unittest.TestCase):
         self.assertEqual(choose(50, 10, 17_000).flags["dropout"], 0.0)
         self.assertGreater(choose(1.1, 30, 17_000).flags["dropout"], choose(1.1, 10, 17_000).flags["dropout"])
 
+    def test_weight_decay_is_stronger_where_the_exposure_needs_dropout(self):
+        read_once, read_often = choose(50, 10, 17_000).flags, choose(1.1, 10, 17_000).flags
+        self.assertEqual((read_once["dropout"], read_once["weight_decay"]), (0.0, recipe.WEIGHT_DECAY))
+        self.assertGreater(read_often["dropout"], 0.0)
+        self.assertEqual(read_often["weight_decay"], recipe.OVERFIT_WEIGHT_DECAY)
+        self.assertGreater(recipe.OVERFIT_WEIGHT_DECAY, recipe.WEIGHT_DECAY)
+
     def test_the_learning_rate_falls_as_the_width_grows(self):
         rates = {}
         for chars_s in (4_000, 15_000, 20_000, 40_000):
@@ -107,10 +114,11 @@ class RecipeTest(unittest.TestCase):
         how = "a measured" if c.flags["units"] == recipe.PROBE_UNITS else "an estimated"  # only 2x256 was probed
         self.assertRegex(c.reason, r"^4\.0 MB, about [\d.]+ passes in 10 min \([\d,]+ steps at " + how + " "
                                    r"[\d,]+ chars/s\): GRU 2x\d+ \([\d.]+ weights a training character\), learning "
-                                   r"rate [\d.]+, dropout [\d.]+; validation every \d+ steps on "
+                                   r"rate [\d.]+, dropout [\d.]+, weight decay [\d.]+; validation every \d+ steps on "
                                    r"[\d,]+ chars, about \d+% of the time$")
         self.assertIn(f"GRU 2x{c.flags['units']} (", c.reason)
-        self.assertIn(f"character), learning rate {c.flags['lr']:g}, dropout {c.flags['dropout']:g};", c.reason)
+        self.assertIn(f"character), learning rate {c.flags['lr']:g}, dropout {c.flags['dropout']:g}, "
+                      f"weight decay {c.flags['weight_decay']:g};", c.reason)
 
     def test_a_slower_probe_means_proportionally_fewer_chars_per_second(self):
         self.assertAlmostEqual(recipe.chars_per_second(512, 4000) / recipe.chars_per_second(512, 2000), 2.0)
