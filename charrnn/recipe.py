@@ -28,9 +28,10 @@ grid it comes from):
 - weight decay (AdamW) follows the dropout: WEIGHT_DECAY where the exposure needs none,
   OVERFIT_WEIGHT_DECAY where it does (at 14 passes, 2x384 with dropout 0.15 ended 0.030
   lower with 0.5 than with 0.1, 0.024 lower than with 0.9);
-- the learning rate falls as the width grows: LR_UNITS / units (a wider model takes
-  smaller steps; at 2,000 steps 2x256 ended best at 0.005 among 0.003, 0.005 and 0.008,
-  2x512 better at 0.003 than at 0.005);
+- the learning rate falls as the width grows, LR_UNITS / units, and rises with the steps
+  past LR_STEPS, to at most MAX_LR (at 2,000 steps 2x256 ended best at 0.005 among 0.003,
+  0.005 and 0.008; at 2,300 steps 2x512 ended better at 0.003 than at 0.005, at 7,051
+  better at 0.005 than at 0.0035 and 0.0025);
 - validation takes about VALIDATION_SHARE of the budget: VALIDATIONS validations (enough
   to keep a best checkpoint near the best point) of as many held-out characters as that
   share pays for, between MIN_VAL_CHARS and the default cap; where even MIN_VAL_CHARS
@@ -59,6 +60,8 @@ FREE_EXPOSURE = 6.0        # passes x weights per training character that need n
 WEIGHT_DECAY = 0.1         # AdamW's, where the exposure needs no dropout (a text read a few times)
 OVERFIT_WEIGHT_DECAY = 0.5  # ... and where it does (docs/recipe.md)
 LR_UNITS = 0.005 * 256     # the learning rate x the units: 0.005 at 2x256, 0.0025 at 2x512 (docs/recipe.md)
+LR_STEPS = 3500            # ... for runs of up to these steps; a longer run takes a rate as many times higher
+MAX_LR = 0.005             # ... up to this (docs/recipe.md)
 VALIDATION_SHARE = 0.05    # of the budget
 VALIDATIONS = 10           # in a run: the best checkpoint is within a tenth of the run of the best point
 MIN_VALIDATIONS = 4        # on a slow machine, fewer, but enough to keep a best checkpoint
@@ -129,7 +132,7 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100, assumed=False):
     eval_chars_s = EVAL_SPEEDUP * chars_s
     dropout = dropout_for(passes, weights_per_char)
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
-                 lr=round(LR_UNITS / units, 5), dropout=dropout,
+                 lr=lr_for(units, planned), dropout=dropout,
                  weight_decay=OVERFIT_WEIGHT_DECAY if dropout else WEIGHT_DECAY,
                  **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
@@ -159,6 +162,11 @@ def choose_measured(train_chars, valid_chars, vocab, seconds_left, measure, wide
         choice = choose(train_chars, valid_chars, seconds_left(), speeds, vocab)
         units = choice.flags["units"] if wider else units
     return choice
+
+
+def lr_for(units, steps):
+    """Adam's peak learning rate for a GRU of these units trained for these steps."""
+    return round(min(MAX_LR, LR_UNITS / units * max(1.0, steps / LR_STEPS)), 5)
 
 
 def dropout_for(passes, weights_per_char):

@@ -81,11 +81,18 @@ class RecipeTest(unittest.TestCase):
         self.assertGreater(recipe.OVERFIT_WEIGHT_DECAY, recipe.WEIGHT_DECAY)
 
     def test_the_learning_rate_falls_as_the_width_grows(self):
-        rates = {}
-        for chars_s in (4_000, 15_000, 20_000, 40_000):
-            flags = choose(50, 10, chars_s).flags
-            rates[flags["units"]] = flags["lr"]
+        rates = {units: recipe.lr_for(units, recipe.MIN_STEPS) for units in recipe.WIDTHS}
         self.assertEqual(rates, {256: 0.005, 384: 0.00333, 512: 0.0025, 768: 0.00167})
+        chosen = choose(50, 2, 40_000).flags
+        self.assertEqual(chosen["lr"], round(recipe.LR_UNITS / chosen["units"], 5))
+
+    def test_the_learning_rate_rises_with_the_steps_up_to_its_cap(self):
+        rates = [recipe.lr_for(512, steps) for steps in (2_300, recipe.LR_STEPS, 5_000, 7_051, 50_000)]
+        self.assertEqual(rates[:2], [0.0025, 0.0025])
+        self.assertLess(rates[1], rates[2])
+        self.assertLess(rates[2], rates[3])
+        self.assertEqual(rates[3:], [recipe.MAX_LR, recipe.MAX_LR])
+        self.assertEqual(recipe.lr_for(256, 50_000), recipe.MAX_LR)
 
     def test_validation_takes_about_its_share_of_the_budget(self):
         cases = [(megabytes, minutes, chars_s) for megabytes in (0.3, 1.1, 16, 50) for minutes in (2, 10, 30)
