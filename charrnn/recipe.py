@@ -18,9 +18,11 @@ too, and the choice made again from its measured speed, until the chosen width i
 measured (the costs alone are not exact across CPUs). The rule (docs/recipe.md has the
 grid it comes from):
 
-- the widest candidate whose steps reach MIN_STEPS (below it, a narrower model that makes
-  more steps ends lower) and whose weights do not outnumber the training characters by more
-  than MAX_PARAMS_PER_CHAR (more only memorises a small text);
+- the widest candidate whose planned characters (steps x batch x sequence) reach
+  MIN_CHARS_PER_WEIGHT for each of its weights (below it, a narrower model that makes more
+  steps ends lower: a wider model needs more steps, not a fixed number) and whose weights
+  do not outnumber the training characters by more than MAX_PARAMS_PER_CHAR (more only
+  memorises a small text);
 - dropout grows with the exposure, the passes over the text times the weights per
   training character (a large model overfits a text in fewer passes than a small
   one): none on a first pass or up to FREE_EXPOSURE, then 0.1 per doubling, up to
@@ -53,7 +55,7 @@ from charrnn.text import find_files
 
 WIDTHS = (256, 384, 512, 768)  # the candidates: 2 GRU layers of these units (wider: not measured)
 LAYERS, EMBEDDING, BATCH, SEQLEN = 2, 64, 64, 64
-MIN_STEPS = 2500           # steps a wider model must make to beat a narrower one that makes more (docs/recipe.md)
+MIN_CHARS_PER_WEIGHT = 8.0  # planned characters a weight a wider model needs to beat a narrower one (docs/recipe.md)
 MAX_PARAMS_PER_CHAR = 5.0  # weights per training character
 MAX_DROPOUT = 0.4
 FREE_EXPOSURE = 6.0        # passes x weights per training character that need no dropout
@@ -124,7 +126,8 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100, assumed=False):
     def params(units):
         return ModelConfig(vocab_size=vocab, layers=LAYERS, units=units, embedding=EMBEDDING).parameters()
 
-    fitting = [u for u in WIDTHS if steps(u) >= MIN_STEPS and params(u) <= MAX_PARAMS_PER_CHAR * train_chars]
+    fitting = [u for u in WIDTHS if steps(u) * BATCH * SEQLEN >= MIN_CHARS_PER_WEIGHT * params(u)
+               and params(u) <= MAX_PARAMS_PER_CHAR * train_chars]
     units = max(fitting, default=WIDTHS[0])
     planned, chars_s = steps(units), estimate(units, speeds, vocab)
     passes = planned * BATCH * SEQLEN / max(1, train_chars)
@@ -153,7 +156,7 @@ def choose_measured(train_chars, valid_chars, vocab, seconds_left, measure, wide
     a width. seconds_left(): the budget left, after the probes so far.
     A budget under PROBE_BUDGET is planned at ASSUMED_SPEED, with no probe: tracing the
     probe's step takes 10-25 s of a 2-core CPU, a large share of such a budget, and at it
-    no width above PROBE_UNITS makes MIN_STEPS on any CPU measured."""
+    no width above PROBE_UNITS makes MIN_CHARS_PER_WEIGHT on any CPU measured."""
     if seconds_left() < PROBE_BUDGET:
         return choose(train_chars, valid_chars, seconds_left(), {PROBE_UNITS: ASSUMED_SPEED}, vocab, assumed=True)
     speeds, units = {}, PROBE_UNITS

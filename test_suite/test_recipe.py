@@ -44,14 +44,17 @@ class RecipeTest(unittest.TestCase):
                 self.assertEqual(units, sorted(units), (megabytes, vary))
                 self.assertEqual(dropout, sorted(dropout), (megabytes, vary))
 
-    def test_the_widest_model_that_still_makes_the_steps_a_schedule_needs(self):
+    def test_the_widest_model_that_still_reads_enough_characters_a_weight(self):
         c = choose(50, 10, 17_000)
-        steps = lambda units: (60 * 10 * (1 - recipe.VALIDATION_SHARE) - recipe.STARTUP_SECONDS) * \
-            recipe.chars_per_second(units, probe_for(17_000)) / (recipe.BATCH * recipe.SEQLEN)
+        chars = lambda units: (60 * 10 * (1 - recipe.VALIDATION_SHARE) - recipe.STARTUP_SECONDS) * \
+            recipe.chars_per_second(units, probe_for(17_000))
+        per_weight = lambda units: chars(units) / ModelConfig(
+            vocab_size=100, layers=recipe.LAYERS, units=units, embedding=recipe.EMBEDDING).parameters()
         units = c.flags["units"]
-        self.assertGreaterEqual(steps(units), recipe.MIN_STEPS)
+        self.assertGreater(units, recipe.WIDTHS[0])
+        self.assertGreaterEqual(per_weight(units), recipe.MIN_CHARS_PER_WEIGHT)
         wider = [u for u in recipe.WIDTHS if u > units]
-        self.assertTrue(all(steps(u) < recipe.MIN_STEPS for u in wider), (units, wider))
+        self.assertTrue(all(per_weight(u) < recipe.MIN_CHARS_PER_WEIGHT for u in wider), (units, wider))
         self.assertEqual(choose(50, 2, 1_000).flags["units"], recipe.WIDTHS[0])  # nothing fits: the smallest
 
     def test_a_small_text_caps_the_weights_per_training_character(self):
@@ -81,7 +84,7 @@ class RecipeTest(unittest.TestCase):
         self.assertGreater(recipe.OVERFIT_WEIGHT_DECAY, recipe.WEIGHT_DECAY)
 
     def test_the_learning_rate_falls_as_the_width_grows(self):
-        rates = {units: recipe.lr_for(units, recipe.MIN_STEPS) for units in recipe.WIDTHS}
+        rates = {units: recipe.lr_for(units, 2_500) for units in recipe.WIDTHS}
         self.assertEqual(rates, {256: 0.005, 384: 0.00333, 512: 0.0025, 768: 0.00167})
         chosen = choose(50, 2, 40_000).flags
         self.assertEqual(chosen["lr"], round(recipe.LR_UNITS / chosen["units"], 5))
@@ -112,9 +115,9 @@ class RecipeTest(unittest.TestCase):
                 self.assertEqual(flags["val_every"] % 10, 0)  # validated on a step whose training is logged
             self.assertLessEqual(flags["val_chars"], recipe.MAX_VAL_CHARS)
         self.assertEqual(choose(50, 2, 700).flags["val_chars"], recipe.FEWEST_VAL_CHARS)
-        self.assertEqual(choose(50, 10, 20_000).flags["units"], 512)
-        self.assertEqual(choose(50, 10, 20_000).flags["val_chars"] // 1000,
-                         int(recipe.VALIDATION_SHARE * 600 * 3 * 20_000 / 11) // 1000)  # what the share pays for
+        self.assertEqual(choose(50, 30, 20_000).flags["units"], 512)
+        self.assertEqual(choose(50, 30, 20_000).flags["val_chars"] // 1000,
+                         int(recipe.VALIDATION_SHARE * 1800 * 3 * 20_000 / 11) // 1000)  # what the share pays for
 
     def test_the_reason_says_what_was_chosen_and_why(self):
         c = choose(4.4, 10, 17_000)
@@ -157,7 +160,7 @@ class MeasuredChoiceTest(unittest.TestCase):
 
         def measure(units):  # 2x512 trains 1.7x slower than the costs say, as on a 2-core Zen 3
             probes.append(units)
-            return machine(7_500, {512: 1.7})(None, 66, units)
+            return machine(13_000, {512: 1.7})(None, 66, units)
 
         c = recipe.choose_measured(MB, MB // 10, 66, lambda: 1800, measure)
         self.assertEqual(probes, [256, 512, 384])   # 512 too slow once measured: 384, measured too
