@@ -84,7 +84,7 @@ class RecipeTest(unittest.TestCase):
         self.assertGreater(recipe.OVERFIT_WEIGHT_DECAY, recipe.WEIGHT_DECAY)
 
     def test_the_learning_rate_falls_as_the_width_grows(self):
-        rates = {units: recipe.lr_for(units, 2_500) for units in recipe.WIDTHS}
+        rates = {units: recipe.lr_for(units, recipe.LR_STEPS) for units in recipe.WIDTHS}
         self.assertEqual(rates, {256: 0.005, 384: 0.00333, 512: 0.0025, 768: 0.00167})
         chosen = choose(50, 2, 40_000).flags
         self.assertEqual(chosen["lr"], round(recipe.LR_UNITS / chosen["units"], 5))
