@@ -70,7 +70,8 @@ class RecipeTest(unittest.TestCase):
         self.assertEqual(recipe.dropout_for(3.0, 2.0), 0.0)   # up to FREE_EXPOSURE, none
         self.assertEqual(recipe.dropout_for(6.0, 2.0), 0.1)   # 0.1 a doubling beyond it
         self.assertEqual(recipe.dropout_for(24.0, 2.0), 0.3)
-        self.assertEqual(recipe.dropout_for(12.0, 0.66), 0.05)  # a small model on the same passes: less
+        self.assertEqual(recipe.dropout_for(15.5, 1.43), 0.15)  # 0.18 rounds down
+        self.assertEqual(recipe.dropout_for(16.0, 0.66), 0.05)  # a small model on the same passes: less
         self.assertEqual(recipe.dropout_for(8.0, 0.66), 0.0)
         self.assertEqual(recipe.dropout_for(1000.0, 1.0), recipe.MAX_DROPOUT)
         self.assertEqual(choose(50, 10, 17_000).flags["dropout"], 0.0)
@@ -90,7 +91,7 @@ class RecipeTest(unittest.TestCase):
         self.assertEqual(chosen["lr"], round(recipe.LR_UNITS / chosen["units"], 5))
 
     def test_the_learning_rate_rises_with_the_steps_up_to_its_cap(self):
-        rates = [recipe.lr_for(512, steps) for steps in (2_300, recipe.LR_STEPS, 5_000, 7_051, 50_000)]
+        rates = [recipe.lr_for(512, steps) for steps in (2_300, recipe.LR_STEPS, 3_500, 5_000, 50_000)]
         self.assertEqual(rates[:2], [0.0025, 0.0025])
         self.assertLess(rates[1], rates[2])
         self.assertLess(rates[2], rates[3])
