@@ -176,7 +176,7 @@ def lr_for(units, steps):
 def dropout_for(passes, weights_per_char):
     """None on a first pass, or while the exposure (passes x weights per training
     character) is at most FREE_EXPOSURE; then 0.1 more per doubling of it, rounded down
-    to 0.05 (at an exposure of 22, 0.18: 0.15 ended 0.004-0.007 lower than 0.2)."""
+    to 0.05 (at an exposure of 22, 0.18: 0.15 ended 0.003-0.008 lower than 0.2)."""
     exposure = passes * weights_per_char
     rate = 0.1 * math.log2(exposure / FREE_EXPOSURE) if passes > 1 and exposure > FREE_EXPOSURE else 0.0
     return math.floor(min(MAX_DROPOUT, rate) * 20 + 1e-9) / 20  # down to 0.05 (1e-9: 0.15 in floats stays 0.15)
