@@ -26,8 +26,11 @@ grid it comes from):
 - dropout grows with the exposure, the passes over the text times the weights per
   training character (a large model overfits a text in fewer passes than a small
   one): none on a first pass or up to FREE_EXPOSURE, then 0.1 per doubling, rounded
-  down to 0.05, up to MAX_DROPOUT;
-- weight decay (AdamW) follows the dropout: WEIGHT_DECAY where the exposure needs none,
+  down to 0.05, up to MAX_DROPOUT; a model wider than the narrowest keeps MIN_DROPOUT
+  past a first pass (on a text whose held-out part is unlike its training part, code
+  for one, dropout helped at any exposure; on one like it, Shakespeare, it cost the
+  wider model little and the narrowest more);
+- weight decay (AdamW) follows the exposure: WEIGHT_DECAY where it needs no dropout,
   OVERFIT_WEIGHT_DECAY where it does (at 14 passes, 2x384 with dropout 0.15 ended 0.030
   lower with 0.5 than with 0.1, 0.024 lower than with 0.9);
 - the learning rate falls as the width grows, LR_UNITS / units, and rises with the steps
@@ -59,6 +62,7 @@ LAYERS, EMBEDDING, BATCH, SEQLEN = 2, 64, 64, 64
 MIN_CHARS_PER_WEIGHT = 8.0  # planned characters a weight a wider model needs to beat a narrower one (docs/recipe.md)
 MAX_PARAMS_PER_CHAR = 5.0  # weights per training character
 MAX_DROPOUT = 0.4
+MIN_DROPOUT = 0.1          # past a first pass, wider than WIDTHS[0] (docs/recipe.md)
 FREE_EXPOSURE = 6.0        # passes x weights per training character that need no dropout
 WEIGHT_DECAY = 0.1         # AdamW's, where the exposure needs no dropout (a text read a few times)
 OVERFIT_WEIGHT_DECAY = 0.5  # ... and where it does (docs/recipe.md)
@@ -134,10 +138,9 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100, assumed=False):
     passes = planned * BATCH * SEQLEN / max(1, train_chars)
     weights_per_char = params(units) / max(1, train_chars)
     eval_chars_s = EVAL_SPEEDUP * chars_s
-    dropout = dropout_for(passes, weights_per_char)
+    dropout, weight_decay = regularisation_for(passes, weights_per_char, units)
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
-                 lr=lr_for(units, planned), dropout=dropout,
-                 weight_decay=OVERFIT_WEIGHT_DECAY if dropout else WEIGHT_DECAY,
+                 lr=lr_for(units, planned), dropout=dropout, weight_decay=weight_decay,
                  **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
     share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
@@ -180,6 +183,18 @@ def dropout_for(passes, weights_per_char):
     exposure = passes * weights_per_char
     rate = 0.1 * math.log2(exposure / FREE_EXPOSURE) if passes > 1 and exposure > FREE_EXPOSURE else 0.0
     return math.floor(min(MAX_DROPOUT, rate) * 20 + 1e-9) / 20  # down to 0.05 (1e-9: 0.15 in floats stays 0.15)
+
+
+def regularisation_for(passes, weights_per_char, units):
+    """(dropout, weight decay) of GRU 2xunits: dropout_for's dropout, at least MIN_DROPOUT
+    past a first pass of a model wider than WIDTHS[0]; OVERFIT_WEIGHT_DECAY where the
+    exposure needs dropout, WEIGHT_DECAY where only the floor gives it. At about 5.5
+    passes of 5 MB (an exposure of 1.8, none by dropout_for), 2x384 ended 0.040 lower with
+    0.1 than with none on Python, 0.005 higher on Shakespeare; at 3 passes 2x256 ended
+    0.018 lower with 0.1 on Python, 0.018 higher on Shakespeare (docs/recipe.md)."""
+    dropout = dropout_for(passes, weights_per_char)
+    floor = MIN_DROPOUT if passes > 1 and units > WIDTHS[0] else 0.0
+    return max(dropout, floor), OVERFIT_WEIGHT_DECAY if dropout else WEIGHT_DECAY
 
 
 def validation_for(planned_steps, valid_chars, seconds, eval_chars_s):

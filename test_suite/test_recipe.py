@@ -77,6 +77,16 @@ class RecipeTest(unittest.TestCase):
         self.assertEqual(choose(50, 10, 17_000).flags["dropout"], 0.0)
         self.assertGreater(choose(1.1, 30, 17_000).flags["dropout"], choose(1.1, 10, 17_000).flags["dropout"])
 
+    def test_a_wider_model_keeps_some_dropout_past_a_first_pass(self):
+        floor = (recipe.MIN_DROPOUT, recipe.WEIGHT_DECAY)  # the floor's dropout keeps the light decay
+        self.assertEqual(recipe.regularisation_for(5.7, 0.32, 384), floor)  # an exposure of 1.8
+        self.assertEqual(recipe.regularisation_for(5.7, 0.32, recipe.WIDTHS[0]), (0.0, recipe.WEIGHT_DECAY))
+        self.assertEqual(recipe.regularisation_for(0.9, 0.32, 768), (0.0, recipe.WEIGHT_DECAY))  # a first pass
+        self.assertEqual(recipe.regularisation_for(15.5, 1.43, 384), (0.15, recipe.OVERFIT_WEIGHT_DECAY))
+        self.assertGreater(recipe.dropout_for(15.5, 1.43), recipe.MIN_DROPOUT)  # ... the exposure's, above it
+        python = choose(5, 30, 9_500).flags  # the 5 MB Python text on one core of a Zen 4
+        self.assertEqual((python["units"], python["dropout"], python["weight_decay"]), (384,) + floor)
+
     def test_weight_decay_is_stronger_where_the_exposure_needs_dropout(self):
         read_once, read_often = choose(50, 10, 17_000).flags, choose(1.1, 10, 17_000).flags
         self.assertEqual((read_once["dropout"], read_once["weight_decay"]), (0.0, recipe.WEIGHT_DECAY))
