@@ -97,11 +97,11 @@ class RecipeTest(unittest.TestCase):
     def test_the_learning_rate_falls_as_the_width_grows(self):
         rates = {units: recipe.lr_for(units, recipe.LR_STEPS) for units in recipe.WIDTHS}
         self.assertEqual(rates, {256: 0.005, 384: 0.00333, 512: 0.0025, 768: 0.00167})
-        chosen = choose(50, 2, 40_000).flags
+        chosen = choose(50, 2, 20_000).flags  # 1,301 steps: below LR_STEPS, the width's rate alone
         self.assertEqual(chosen["lr"], round(recipe.LR_UNITS / chosen["units"], 5))
 
     def test_the_learning_rate_rises_with_the_steps_up_to_its_cap(self):
-        rates = [recipe.lr_for(512, steps) for steps in (2_300, recipe.LR_STEPS, 3_500, 5_000, 50_000)]
+        rates = [recipe.lr_for(512, steps) for steps in (2_300, recipe.LR_STEPS, 3_500, 7_000, 50_000)]
         self.assertEqual(rates[:2], [0.0025, 0.0025])
         self.assertLess(rates[1], rates[2])
         self.assertLess(rates[2], rates[3])
