@@ -190,6 +190,8 @@ class TrainConfig:
                 raise UserError(f"{flag(name)} must be in [0, 1) (got {getattr(self, name)})")
         if not self.lr > 0 or not self.clip_norm > 0:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
+        if self.lr == math.inf:
+            raise UserError("--lr must be finite (got inf); Adam's rate is a few thousandths, such as 0.003")
         try:  # the vocabulary is not known yet: the smallest one, so no model that fits is refused
             self.model_config(max(self.max_vocab, 2)).check_fits(TRAINING_COPIES)
         except ValueError as e:

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -237,10 +238,26 @@ def data_name(data):
     return re.sub(r"[^\w.-]+", "-", stem).strip("-.")[:40] or "data"
 
 
+MAX_RUN_NAME = 200  # bytes: a folder name may hold 255; a fork of a run adds "-from-STEP" to it
+
+
+def check_run_name(name):
+    """Refuse a --run name that could not be a folder, or would break the commands the
+    tools print with it (a leading '-' reads as a flag, a control character as a
+    terminal command)."""
+    shown = repr(name if len(name) <= 40 else name[:36] + "...")
+    if Path(name).name != name or name in (".", ".."):
+        raise UserError(f"--run {shown} must be a plain folder name, without '/'")
+    if name.startswith("-") or any(unicodedata.category(c) == "Cc" for c in name):
+        raise UserError(f"--run {shown} must not start with '-' nor hold control characters; "
+                        f"use letters, digits, '.', '_' and '-'")
+    if len(name.encode()) > MAX_RUN_NAME:
+        raise UserError(f"--run {shown} is {len(name.encode())} bytes long; give a name of at most {MAX_RUN_NAME}")
+
+
 def _new_run_dirs(cfg, name):
     """(run folder, log folder) of a new run called name, refusing to write into another run's files."""
-    if Path(name).name != name or name in (".", ".."):
-        raise UserError(f"--run {name!r} must be a plain folder name, without '/'")
+    check_run_name(name)
     run_dir, log_dir = Path(cfg.checkpoint_dir) / name, Path(cfg.log_dir) / name
     for d in (run_dir, log_dir):
         if d.exists() and not d.is_dir():

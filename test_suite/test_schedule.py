@@ -81,7 +81,8 @@ class LearningRateTest(unittest.TestCase):
                               (["--min-lr-ratio", "1.5"], "--min-lr-ratio must be in"),
                               (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
                               (["--weight-decay", "-0.1"], "--weight-decay must be in"),
-                              (["--weight-drop", "1"], "--weight-drop must be in")):
+                              (["--weight-drop", "1"], "--weight-drop must be in"),
+                              (["--lr", "inf"], r"--lr must be finite \(got inf\)")):
             with self.subTest(argv=argv), self.assertRaisesRegex(UserError, pattern):
                 rnn_train.parse(argv)
         for text, seconds in (("90s", 90), ("10m", 600), ("1h30m", 5400), ("2h", 7200), ("1.5m", 90)):

@@ -273,7 +273,10 @@ class TestTraining(unittest.TestCase):
         for overrides, pattern in (
                 (dict(seqlen=100000), r"one batch needs 400,001 training characters .* lower --batch-size or --seqlen"),
                 (dict(run="a-file"), r"a-file is a file, not a run folder; choose another --run"),
-                (dict(run="a/b"), r"--run 'a/b' must be a plain folder name")):
+                (dict(run="a/b"), r"--run 'a/b' must be a plain folder name"),
+                (dict(run="-x"), r"--run '-x' must not start with '-' nor hold control characters"),
+                (dict(run="a\x1b[31mb"), r"must not start with '-' nor hold control characters"),
+                (dict(run="n" * 300), r"--run 'nnnn.*\.\.\.' is 300 bytes long; give a name of at most 200")):
             with self.subTest(overrides=overrides), self.assertRaisesRegex(UserError, pattern):
                 quiet_train(tiny(self.tmp, **overrides))
         # the failed new run left no folders behind to block its name
