@@ -131,6 +131,9 @@ def resolve(spec, checkpoint_dir="checkpoints"):
             prefix = checkpoints.latest(candidate)
             if prefix:
                 return candidate.parent, prefix
+        if candidate.is_dir() and any(candidate.glob("ckpt-*.index")) | any(candidate.glob(f"{BEST}/ckpt-*.index")):
+            raise UserError(f"{candidate} holds checkpoints but no {CONFIG}, so their model cannot be rebuilt; "
+                            f"restore {candidate / CONFIG} from a backup")
     prefix = spec[:-6] if spec.endswith(".index") else spec
     if not Path(prefix + ".index").is_file() and Path(checkpoint_dir, prefix + ".index").is_file():
         prefix = str(Path(checkpoint_dir, prefix))  # RUN/ckpt-N, under the checkpoint folder
@@ -155,10 +158,7 @@ def load_for_generation(spec, checkpoint_dir="checkpoints", implementation="fuse
     """
     run_dir, prefix = resolve(spec, checkpoint_dir)
     config, vocab, _ = load_run_files(run_dir)
-    mconf = model_config(run_dir, config)
-    if mconf.vocab_size != len(vocab):
-        raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but "
-                        f"{Path(run_dir) / CONFIG} says vocab_size {mconf.vocab_size}")
+    mconf = model_config(run_dir, config, vocab)
     model = CharRNN(mconf, implementation=implementation, initialize=False)  # restored below
     for _ in range(READ_TRIES):
         try:

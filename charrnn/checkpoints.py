@@ -417,7 +417,16 @@ def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=No
     except AssertionError as e:
         raise UserError(f"{prefix} does not match this {what}: {first_line(e)[:300]}") from None
     except (tf.errors.OpError, ValueError) as e:
+        shapes = _SHAPE_MISMATCH.search(str(e))
+        if shapes:  # a config.json edited, or copied from another run
+            raise UserError(f"{prefix} does not match this {what}: its {shapes['name']} has shape {shapes['saved']}, the "
+                            f"model's {shapes['model']}; restore the run's config.json from a backup") from None
         raise UserError(f"{prefix} cannot be restored ({first_line(e)[:300]})") from None
+
+
+# TensorFlow's words for a saved tensor whose shape is not the variable's
+_SHAPE_MISMATCH = re.compile(r"incompatible tensor with shape (?P<saved>\([^)]*\)) when attempting to restore "
+                             r"variable with shape (?P<model>\([^)]*\)) and name (?P<name>[^\s:]+)")
 
 
 def _progress_saved(progress, saved, optional):

@@ -35,6 +35,9 @@ _DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?:in)?)?(?:{_NUMBER}s)?")
 # its plan, and keeps schedule.SAVE_SECONDS for its last checkpoint: under 30 s little or nothing
 # trains. Over 30 days, a value is a typo (and the plan's arithmetic would overflow).
 MIN_MAX_TIME, MAX_MAX_TIME = 30.0, 30 * 24 * 3600.0
+# Deeper stacks take minutes to build and trace (100,000 layers: hours) and train no better:
+# character models gain little past 3 or 4 layers.
+MAX_LAYERS = 32
 
 
 def _is_int(value):
@@ -63,6 +66,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.layers > MAX_LAYERS:
+            raise ValueError(f"ModelConfig.layers must be at most {MAX_LAYERS}, got {self.layers}")
         if self.cell not in CELLS:
             raise ValueError(f"ModelConfig.cell must be one of {CELLS}, got {self.cell!r}")
         for name in ("dropout", "weight_drop"):
@@ -192,6 +197,9 @@ class TrainConfig:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
         if self.lr == math.inf:
             raise UserError("--lr must be finite (got inf); Adam's rate is a few thousandths, such as 0.003")
+        if self.layers > MAX_LAYERS:
+            raise UserError(f"--layers must be at most {MAX_LAYERS} (got {self.layers}): deeper stacks take "
+                            f"minutes to build and train no better; use 2 to 4")
         try:  # the vocabulary is not known yet: the smallest one, so no model that fits is refused
             self.model_config(max(self.max_vocab, 2)).check_fits(TRAINING_COPIES)
         except ValueError as e:
@@ -226,7 +234,7 @@ def _is_number(value):
 
 
 # The checks of TrainConfig's field types: (test, what the value must be).
-_KINDS = {int: (_is_int, "an integer"), float: (_is_number, "a number, not NaN"),
+_KINDS = {int: (_is_int, "an integer"), float: (_is_number, "a number"),
           bool: (lambda v: isinstance(v, bool), "true or false"), str: (lambda v: isinstance(v, str), "a string"),
           list: (lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of paths")}
 

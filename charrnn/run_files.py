@@ -71,15 +71,21 @@ def load_run_files(run_dir):
     return config, vocab, manifest
 
 
-def model_config(run_dir, config):
-    """The ModelConfig of a run's config.json contents, checked: also that its weights
-    fit in this machine's memory, before anything is built."""
+def model_config(run_dir, config, vocab=None):
+    """The ModelConfig of a run's config.json contents, checked: against the run's
+    Vocabulary when given, and that its weights fit in this machine's memory, before anything is built."""
+    where = Path(run_dir) / CONFIG
+    if not isinstance(config.get("model"), dict):
+        raise UserError(f"{where} has no model section; restore it from a backup")
     try:
         model = ModelConfig.from_json(config["model"])
         model.check_fits()
-        return model
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{Path(run_dir) / CONFIG}: bad model configuration ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: bad model configuration ({e})") from None
+    if vocab is not None and model.vocab_size != len(vocab):
+        raise UserError(f"{Path(run_dir) / VOCAB} has {len(vocab)} symbols but {where} says vocab_size "
+                        f"{model.vocab_size}; restore the files from a backup")
+    return model
 
 
 def describe_model(model):

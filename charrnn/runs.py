@@ -173,7 +173,7 @@ def open_run(cfg: TrainConfig, resume=None, given=()):
                         f"to go on in a new run, resume a checkpoint: --resume {source_name}/best or "
                         f"{source_name}/ckpt-N")
     saved, vocab, manifest = load_run_files(source)
-    merged = _merge(source, saved, cfg, given)
+    merged = _merge(source, saved, vocab, cfg, given)
     if "data" not in given:  # paths read from a run folder are shown before they are read
         print(f"reading the data saved in {source / CONFIG}: {' '.join(merged.data)}", file=sys.stderr)
     if prefix is None:  # the run goes on in its own folders
@@ -186,7 +186,7 @@ def open_run(cfg: TrainConfig, resume=None, given=()):
     return Run(*_new_run_dirs(merged, merged.run), merged, source, prefix, vocab, manifest)
 
 
-def _merge(source, saved, cfg, given):
+def _merge(source, saved, vocab, cfg, given):
     """The saved training configuration, with the flags given now where they may change.
 
     The saved values are checked like flags, and the model section must be the one
@@ -216,7 +216,7 @@ def _merge(source, saved, cfg, given):
         setattr(merged, name, getattr(cfg, name))
     for name in PER_PROCESS:
         setattr(merged, name, getattr(cfg, name))
-    model = model_config(source, saved)
+    model = model_config(source, saved, vocab)
     if model != merged.model_config(model.vocab_size):
         raise UserError(f"{where}: the model section ({describe_model(model)}) disagrees with the training section; "
                         f"restore the file from a backup")

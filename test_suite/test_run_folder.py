@@ -28,7 +28,7 @@ class SavedConfigTest(RunCopyTest):
         for section, name, value, message in (
                 ("training", "val_every", 0, "--val-every must be >= 1"),
                 ("training", "keep", 0, "--keep must be >= 1"),
-                ("training", "clip_norm", float("nan"), "--clip-norm must be a number, not NaN"),
+                ("training", "clip_norm", float("nan"), r"--clip-norm must be a number \(got nan\)"),
                 ("training", "layers", "2", "--layers must be an integer"),
                 ("training", "layers", True, "--layers must be an integer"),
                 ("training", "cell", "gruu", "--cell must be one of"),
@@ -39,17 +39,46 @@ class SavedConfigTest(RunCopyTest):
                     quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"})
                 self.assertNotIn("\n", str(cm.exception))
 
+    def test_an_edited_or_missing_config_is_one_line_naming_it_for_both_tools(self):
+        def model(edit):
+            return lambda saved: edit(saved["model"])
+
+        def units(saved):  # both sections, so they agree: only the checkpoint tells
+            saved["model"]["units"] = saved["training"]["units"] = 32
+
+        for edit, message in ((lambda saved: saved.pop("model"), r"config\.json has no model section"),
+                              (model(lambda m: m.update(vocab_size=m["vocab_size"] + 1)),
+                               r"vocab\.json has \d+ symbols but \S+/config\.json says vocab_size"),
+                              (units, r"ckpt-\d+ does not match this (run|model .*): its \S+ has shape \(16, \d+\), "
+                                      r"the model's \(32, \d+\); restore the run's config\.json"),
+                              (None, r"\S+/r holds checkpoints but no config\.json, so their model cannot be rebuilt")):
+            with self.subTest(message=message):
+                shutil.rmtree(os.path.join(self.ck, "r"), ignore_errors=True)
+                self.copy()
+                if edit is None:
+                    os.remove(os.path.join(self.ck, "r", run_files.CONFIG))
+                else:
+                    self.edit_config(edit)
+                before = sorted(os.listdir(os.path.join(self.ck, "r")))
+                with self.assertRaisesRegex(UserError, message) as cm:
+                    quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"})
+                self.assertNotIn("\n", str(cm.exception))
+                code, _, err = play("r", "--checkpoint-dir", self.ck)
+                self.assertEqual((code, err.count("\n")), (2, 1), err)
+                self.assertRegex(err, message)
+                self.assertEqual(sorted(os.listdir(os.path.join(self.ck, "r"))), before)  # nothing written
+
     @unittest.skipIf(config.physical_memory() is None, "this system does not tell its memory size")
     def test_a_model_too_large_for_memory_is_refused_at_once_before_it_is_built(self):
         self.copy()
-        self.edit_config(lambda saved: [saved[section].update(layers=10 ** 6, units=10 ** 9)
+        self.edit_config(lambda saved: [saved[section].update(layers=4, units=10 ** 9)
                                         for section in ("model", "training")])
-        too_large = r"a gru of 1000000 layers of 1000000000 units has .* weights; .* more than this machine's"
+        too_large = r"a gru of 4 layers of 1000000000 units has .* weights; .* more than this machine's"
         built = mock.Mock(side_effect=AssertionError("a model was built"))
         with mock.patch.object(catalog, "CharRNN", built), mock.patch.object(trainer, "CharRNN", built):
             for refuse in (lambda: quiet_train(self.cfg(max_steps=30), resume="r", given={"max_steps"}),
                            lambda: catalog.load_for_generation("r", self.ck),
-                           lambda: rnn_train.parse(["--layers", "1000000", "--units", "1000000000"])):
+                           lambda: rnn_train.parse(["--layers", "4", "--units", "1000000000"])):
                 start = time.perf_counter()
                 with self.assertRaisesRegex(UserError, too_large):
                     refuse()

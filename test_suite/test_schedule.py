@@ -82,7 +82,9 @@ class LearningRateTest(unittest.TestCase):
                               (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
                               (["--weight-decay", "-0.1"], "--weight-decay must be in"),
                               (["--weight-drop", "1"], "--weight-drop must be in"),
-                              (["--lr", "inf"], r"--lr must be finite \(got inf\)")):
+                              (["--lr", "inf"], r"--lr must be finite \(got inf\)"),
+                              (["--lr", "nan"], r"--lr must be a number \(got nan\)"),
+                              (["--layers", "100000", "--units", "8"], r"--layers must be at most 32 \(got 100000\)")):
             with self.subTest(argv=argv), self.assertRaisesRegex(UserError, pattern):
                 rnn_train.parse(argv)
         for text, seconds in (("90s", 90), ("10m", 600), ("1h30m", 5400), ("2h", 7200), ("1.5m", 90)):
