@@ -13,6 +13,7 @@ The model is rebuilt from the run's saved configuration and vocabulary, so no
 flag has to match what was trained. Exit codes: 0 done, 2 bad input.
 """
 
+import argparse
 import contextlib
 import math
 import os
@@ -28,6 +29,11 @@ from charrnn.config import SamplingConfig
 from charrnn.errors import UserError, safe_console
 
 FLUSH_SECONDS = 0.05
+MAX_SAMPLES = 10_000  # --samples are one batch: its states and logits are held in memory at once
+# The flags a web page starts its form with (its option names, charrnn/webpage/charrnn.js):
+# those given with --export-web, the others keep the page's own defaults.
+WEB_OPTIONS = {"prime": "prime", "prime_file": "prime", "length": "length", "temperature": "temperature",
+               "top_k": "topK", "top_p": "topP", "argmax": "argmax", "seed": "seed"}
 PROGRESS_DELAY = 1.0  # seconds before a progress bar shows: none for what is quick
 
 
@@ -76,7 +82,9 @@ def make_parser():
                         "from these flags) and a bare `step` signature; see export.py")
     p.add_argument("--export-web", metavar="DIR",
                    help="instead of generating, write a static web page to the new folder DIR that generates "
-                        "text in any browser, with no server: open DIR/index.html; see web.py")
+                        "text in any browser, with no server: open DIR/index.html; the sampling flags given "
+                        "(-n, --prime, --temperature, --top-k, --top-p, --argmax, --seed) fill in its form; "
+                        "see web.py")
     p.add_argument("--web-weights", choices=("float32", "float16", "int8"), default="float32",
                    help="how --export-web stores the weights: float16 halves the page and int8 quarters it, "
                         "the arithmetic stays float32 (default: %(default)s, the exact weights)")
@@ -112,6 +120,9 @@ def check(args):
         raise UserError(f"--length must be >= 0 (got {args.length})")
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1 (got {args.samples})")
+    if args.samples > MAX_SAMPLES:
+        raise UserError(f"--samples must be at most {MAX_SAMPLES:,} (got {args.samples:,}): they are generated as "
+                        f"one batch, in memory; run the command again for more")
     if args.samples > 1 and args.length == 0:
         raise UserError("--samples N needs a finite --length: samples are printed one after the other")
     if args.eval is not None and args.export is not None:
@@ -122,11 +133,44 @@ def check(args):
         raise UserError("--export-web goes alone: pass it without --export or --eval")
     if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
         raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
+    if args.export_web is not None and args.seed is not None and not abs(args.seed) < 2 ** 53:
+        raise UserError(f"--seed {args.seed} is too large for a web page, whose numbers are exact up to 2**53; "
+                        f"give a smaller seed")
+    for name in ("export", "export_web"):
+        check_new_folder("--" + name.replace("_", "-"), getattr(args, name))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     return SamplingConfig(args.temperature, args.top_k, args.top_p, args.argmax, seed).check()
 
 
-def play(args, sampling):
+def check_new_folder(flag, directory):
+    """Refuse, before TensorFlow loads, a folder that an export could not be written to:
+    no name, or one under a file (export.py and web.py refuse a folder that is not empty)."""
+    if directory is None:
+        return
+    if not directory.strip():
+        raise UserError(f"{flag} needs the name of a new folder to write (got {directory!r})")
+    for parent in Path(directory).absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{flag} {directory}: {parent} is a file, not a folder; name a new folder elsewhere")
+
+
+def given_flags(argv):
+    """The names of the flags given in argv (dests), not left at their defaults."""
+    parser = make_parser()
+    for action in parser._actions:  # argparse's defaults, left out of the namespace
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def web_options(args, given, prime):
+    """The page's starting options ({charrnn.js option: value}) from the sampling flags given."""
+    options = {WEB_OPTIONS[name]: getattr(args, name) for name in given & WEB_OPTIONS.keys()}
+    if "prime" in options:
+        options["prime"] = prime
+    return options
+
+
+def play(args, sampling, given=frozenset()):
     from charrnn import tf_setup
     tf_setup.import_tensorflow()
     from charrnn import catalog
@@ -145,7 +189,8 @@ def play(args, sampling):
         return evaluate(args.eval, model, vocab, run_dir, prefix)
     if args.export_web is not None:
         from charrnn import web
-        target = web.export_web(model, vocab, run_dir, prefix, args.export_web, args.web_weights)
+        target = web.export_web(model, vocab, run_dir, prefix, args.export_web, args.web_weights,
+                                web_options(args, given, prime))
         print(f"wrote a web page of {catalog.describe(run_dir, prefix)} to {target}: open {target / 'index.html'}",
               file=sys.stderr)
         return 0
@@ -272,7 +317,7 @@ def main(argv=None):
     safe_console()
     args = make_parser().parse_args(argv)
     try:
-        return play(args, check(args))
+        return play(args, check(args), given_flags(argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ are embedded in the page as JSON and base64 inside non-executed
 (a page opened from file:// may not fetch() its sibling files in Chromium).
 The same manifest and weights are also written as DIR/model.json and
 DIR/weights.bin, with DIR/charrnn.js, for a page of one's own:
-`await CharRNN.load("model.json")`.
+`await CharRNN.load("model.json")`. The manifest's "sampling" holds the sampling
+flags given to rnn_play.py (charrnn.js's option names), the form's starting values.
 
 The manifest follows TensorFlow.js's `weightsManifest` layout: one group, one
 binary file, each weight's name, shape and dtype in the order of the bytes; a
@@ -40,6 +41,7 @@ from charrnn.errors import UserError
 
 ASSETS = Path(__file__).with_name("webpage")
 STORAGE = ("float32", "float16", "int8")
+SAMPLING = ("prime", "length", "temperature", "topK", "topP", "argmax", "seed")  # the page's options (charrnn.js)
 FORMAT = "charrnn-web/1"
 
 
@@ -71,8 +73,9 @@ def dequantize(stored, entry):
     return stored.astype(np.float32)
 
 
-def manifest(model, vocab, info, weights):
-    """The page's model.json: the configuration, the vocabulary, what is shown about the run."""
+def manifest(model, vocab, info, weights, sampling=None):
+    """The page's model.json: the configuration, the vocabulary, what is shown about the run,
+    and the sampling options the page starts with (SAMPLING's keys; those not given keep the page's)."""
     c = model.config
     return {
         "format": FORMAT,
@@ -81,6 +84,7 @@ def manifest(model, vocab, info, weights):
         "vocabulary": vocab.chars,  # code order; code 0 is the unknown symbol
         "unknown": vocab.unk_index,
         "run": info,
+        "sampling": dict(sampling or {}),
         "weightsManifest": [{"paths": ["weights.bin"], "weights": [entry for _, _, entry in weights]}],
     }
 
@@ -111,8 +115,9 @@ def run_info(run_dir, prefix, step, best_validation_loss):
             "step": int(step), "best_validation_loss": loss}
 
 
-def write_page(model, vocab, info, directory, storage="float32"):
-    """Write the page folder at directory, which must not exist or be an empty folder.
+def write_page(model, vocab, info, directory, storage="float32", sampling=None):
+    """Write the page folder at directory, which must not exist or be an empty folder;
+    sampling: the options the page starts with (manifest).
 
     Everything is written into a temporary folder beside it and renamed into
     place, so a failure leaves nothing half-written. Returns the folder's Path.
@@ -123,7 +128,7 @@ def write_page(model, vocab, info, directory, storage="float32"):
         raise UserError(f"{flag} {directory}: exists and is not an empty folder; name a new folder (nothing was written)")
     weights = stored_weights(model, storage)
     data = b"".join(np.ascontiguousarray(w).astype(w.dtype.newbyteorder("<")).tobytes() for _, w, _ in weights)
-    model_json = manifest(model, vocab, info, weights)
+    model_json = manifest(model, vocab, info, weights, sampling)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -145,12 +150,13 @@ def write_page(model, vocab, info, directory, storage="float32"):
     return target
 
 
-def export_web(model, vocab, run_dir, prefix, directory, storage="float32"):
-    """rnn_play.py --export-web: the page of the checkpoint at prefix (catalog.load_for_generation)."""
+def export_web(model, vocab, run_dir, prefix, directory, storage="float32", sampling=None):
+    """rnn_play.py --export-web: the page of the checkpoint at prefix (catalog.load_for_generation),
+    starting with the sampling options given ({key of SAMPLING: value})."""
     from charrnn import checkpoints  # TensorFlow: not needed by write_page's callers
     step, best = checkpoints.progress_of(prefix)
     info = run_info(run_dir, prefix, step, best if best < checkpoints.NOT_VALIDATED else None)
-    return write_page(model, vocab, info, directory, storage)
+    return write_page(model, vocab, info, directory, storage, sampling)
 
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -273,7 +273,13 @@ class TestPlay(unittest.TestCase):
                  (["--checkpoint-dir", self.ck, "--top-p", "0"], "--top-p"),
                  (["--checkpoint-dir", self.ck, "--top-p", "1.5"], "--top-p"),
                  (["--checkpoint-dir", self.ck, "--top-k", "0"], "--top-k must be >= 1"),
-                 (["--checkpoint-dir", self.ck, "--prime", "a", "--prime-file", "-"], "--prime and --prime-file")]
+                 (["--checkpoint-dir", self.ck, "--prime", "a", "--prime-file", "-"], "--prime and --prime-file"),
+                 (["--checkpoint-dir", self.ck, "--samples", "100000000"], "--samples must be at most 10,000"),
+                 (["--checkpoint-dir", self.ck, "--export", ""], "--export needs the name of a new folder"),
+                 (["--checkpoint-dir", self.ck, "--export", os.path.join(not_a_checkpoint, "x")],
+                  f"--export .*: {re.escape(not_a_checkpoint)} is a file, not a folder"),
+                 (["--checkpoint-dir", self.ck, "--export-web", "page", "--seed", str(2 ** 60)],
+                  "--seed 1152921504606846976 is too large for a web page")]
         for argv, message in cases:
             with self.subTest(argv=argv):
                 code, out, err = play(*argv)

@@ -200,6 +200,24 @@ class TestWebPage(WebPageTest):
         self.assertEqual(browser.find_element("id", "output").get_attribute("textContent"), "a dog" + first)
         self.assertIn("seed 7", browser.find_element("id", "status").text)
 
+    def test_the_sampling_flags_given_fill_in_the_form(self):
+        folder = os.path.join(self.tmp, "flags-page")
+        code, _, err = play("r", "--checkpoint-dir", self.ck, "--export-web", folder, "--prime", "a <b>&",
+                            "--temperature", "0.7", "--top-k", "4", "-n", "50", "--seed", "5")
+        self.assertEqual(code, 0, err)
+        browser = self.open(folder)
+        value = lambda name: browser.find_element("id", name).get_attribute("value")
+        self.assertEqual([value(n) for n in ("prime", "temperature", "top-k", "length", "seed", "top-p")],
+                         ["a <b>&", "0.7", "4", "50", "5", "1"])  # top-p not given: the page's own
+        self.assertFalse(browser.find_element("id", "argmax").is_selected())
+        browser.find_element("id", "generate").click()
+        self.wait_until_done()
+        expected = browser.execute_script(
+            "return model.generate({prime: 'a <b>&', length: 50, temperature: 0.7, topK: 4, seed: 5})")
+        self.assertEqual(browser.find_element("id", "output").get_attribute("textContent"), "a <b>&" + expected)
+        self.open(self.export_run())  # none given: the page's defaults
+        self.assertEqual([value(n) for n in ("prime", "temperature", "length", "seed")], ["", "0.8", "500", ""])
+
     def test_stop_ends_a_stream(self):
         browser = self.open(self.export_run())
         self.fill(length=10 ** 6, seed=1)
@@ -229,7 +247,7 @@ class TestWebPage(WebPageTest):
         def ours():  # the files under tmp, less the browser's profile, which Chromium writes as it likes
             return {k: v for k, v in files_of(self.tmp).items() if not k.startswith("profile" + os.sep)}
 
-        for target in (full, a_file, os.path.join(a_file, "page")):
+        for target in (full, a_file, os.path.join(a_file, "page"), ""):
             with self.subTest(target=target):
                 before = ours()
                 code, out, err = play("r", "--checkpoint-dir", self.ck, "--export-web", target)

@@ -10,6 +10,7 @@
  *   model.probabilities("ROMEO", {each: true})   // -> the distribution after every character
  *   model.loss(text)               // -> nats/char of predicting text, one character after another
  *   model.vocabulary, model.config, model.run        // what the page shows
+ *   model.sampling   // the options rnn_play.py --export-web was given: the form's starting values
  *
  * As rnn_play.py does, the state starts at zero and reads the prime (a newline
  * when there is none); the unknown symbol is never sampled; top-k and top-p cut
@@ -221,6 +222,7 @@ const CharRNN = (() => {
       if (!(c.cell in GATES)) throw new Error(`unknown cell ${c.cell}`);
       this.config = c;
       this.run = manifest.run;
+      this.sampling = manifest.sampling || {};  // the export's rnn_play.py flags: the page's starting options
       this.vocabulary = manifest.vocabulary;
       this.unknown = manifest.unknown;
       this.ids = new Map(this.vocabulary.map((ch, i) => [ch, i]));
