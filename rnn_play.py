@@ -114,8 +114,36 @@ def read_prime(args):
                         f"convert it, e.g. with iconv") from None
 
 
-def check(args):
-    """Reject bad flags before TensorFlow loads; return the SamplingConfig."""
+# The flags each way of running reads (dests); another flag given would do nothing, so it is refused.
+GENERATING = {"checkpoint", "checkpoint_dir", "length", "prime", "prime_file", "temperature", "top_k", "top_p",
+              "argmax", "seed", "samples"}
+READS = {"list": {"list", "checkpoint_dir"},
+         "eval": {"eval", "checkpoint", "checkpoint_dir"},
+         "export": {"export", "checkpoint", "checkpoint_dir", "top_k", "top_p", "argmax"},
+         "export_web": (GENERATING - {"samples"}) | {"export_web", "web_weights"}}
+WHY_UNUSED = {"export": " (the SavedModel's generate takes the prime, length, temperature and seed when called)",
+              "export_web": " (the page generates one sample at a time)"}
+
+
+def check_used(args, given):
+    """Refuse two ways of running at once, and a flag given where it does nothing
+    (--temperature with --eval: a score samples nothing)."""
+    modes = [m for m in READS if getattr(args, m) not in (None, False)]
+    if len(modes) > 1:
+        raise UserError(f"{', '.join('--' + m.replace('_', '-') for m in modes)} are given together; pass one of them")
+    mode = modes[0] if modes else None
+    unused = sorted(given - (READS[mode] if mode else GENERATING))
+    if unused:
+        shown = lambda dest: "RUN_OR_CHECKPOINT" if dest == "checkpoint" else "--" + dest.replace("_", "-")
+        with_what = f"with --{mode.replace('_', '-')}" if mode else "when generating"
+        raise UserError(f"{', '.join(map(shown, unused))} do{'es' * (len(unused) == 1)} nothing {with_what}"
+                        f"{WHY_UNUSED.get(mode, '')}; drop {'it' if len(unused) == 1 else 'them'}")
+
+
+def check(args, given=frozenset()):
+    """Reject bad flags before TensorFlow loads; return the SamplingConfig. given: the
+    flags given (given_flags)."""
+    check_used(args, given)
     if args.length < 0:
         raise UserError(f"--length must be >= 0 (got {args.length})")
     if args.samples < 1:
@@ -125,12 +153,6 @@ def check(args):
                         f"one batch, in memory; run the command again for more")
     if args.samples > 1 and args.length == 0:
         raise UserError("--samples N needs a finite --length: samples are printed one after the other")
-    if args.eval is not None and args.export is not None:
-        raise UserError("--eval and --export are both given; pass one of them")
-    if args.eval == "-" and args.prime_file == "-":
-        raise UserError("--eval - and --prime-file - both read standard input; give one of them a file")
-    if args.export_web is not None and (args.eval is not None or args.export is not None):
-        raise UserError("--export-web goes alone: pass it without --export or --eval")
     if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
         raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
     if args.export_web is not None and args.seed is not None and not abs(args.seed) < 2 ** 53:
@@ -317,7 +339,8 @@ def main(argv=None):
     safe_console()
     args = make_parser().parse_args(argv)
     try:
-        return play(args, check(args), given_flags(argv))
+        given = given_flags(argv)
+        return play(args, check(args, given), given)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -222,7 +222,7 @@ class TestPlay(unittest.TestCase):
         self.assertEqual((code, out), (0, expected), err)
         for stdin, argv, message in ((b"", ["--eval", "-"], r"every file matched by 'standard input' was empty"),
                                      (b"\xff\xfe", ["--eval", "-"], r"standard input: invalid UTF-8 at byte 0"),
-                                     (b"a", ["--eval", "-", "--prime-file", "-"], r"--eval - and --prime-file - both")):
+                                     (b"a", ["--eval", "-", "--prime-file", "-"], r"--prime-file does nothing with --eval")):
             with self.subTest(argv=argv), mock.patch("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin))):
                 code, _, err = play("second", "--checkpoint-dir", self.ck, *argv)
                 self.assertEqual(code, 2)
@@ -278,6 +278,15 @@ class TestPlay(unittest.TestCase):
                  (["--checkpoint-dir", self.ck, "--export", ""], "--export needs the name of a new folder"),
                  (["--checkpoint-dir", self.ck, "--export", os.path.join(not_a_checkpoint, "x")],
                   f"--export .*: {re.escape(not_a_checkpoint)} is a file, not a folder"),
+                 (["--checkpoint-dir", self.ck, "--eval", "x", "--temperature", "0.5"],
+                  r"--temperature does nothing with --eval; drop it"),
+                 (["--checkpoint-dir", self.ck, "--export", "x", "-n", "9", "--seed", "1"],
+                  r"--length, --seed do nothing with --export \(the SavedModel's generate takes"),
+                 (["--checkpoint-dir", self.ck, "--export-web", "x", "--samples", "2"], "--samples does nothing"),
+                 (["--checkpoint-dir", self.ck, "--web-weights", "int8"], "--web-weights does nothing when generating"),
+                 (["--checkpoint-dir", self.ck, "--list", "second"], "RUN_OR_CHECKPOINT does nothing with --list"),
+                 (["--checkpoint-dir", self.ck, "--eval", "x", "--export-web", "y"],
+                  "--eval, --export-web are given together; pass one of them"),
                  (["--checkpoint-dir", self.ck, "--export-web", "page", "--seed", str(2 ** 60)],
                   "--seed 1152921504606846976 is too large for a web page")]
         for argv, message in cases:
