@@ -40,7 +40,9 @@ grid it comes from):
   0.005 than at 0.0036; 0.007 against 0.005: 0.015 lower for 2x256 at 3,700 steps and
   0.005 for 2x384 at 6,400 on 52 MB of Python, 0.013 lower for 2x256 on 5 MB of Shakespeare,
   0.007 higher on 5 MB of Python, a tie on tiny-shakespeare at 3,500 and 7,400 steps; for
-  2x384 at 6,000 steps on 5 MB of Python and of Shakespeare, 0.004 and 0.007 lower);
+  2x384 at 6,000 steps on 5 MB of Python and of Shakespeare, 0.004 and 0.007 lower; past
+  the cap, 0.009 ended lower where the text is read several times, 0.001-0.010, and
+  0.010-0.013 higher on 52 MB, read once);
 - validation takes about VALIDATION_SHARE of the budget: VALIDATIONS validations (enough
   to keep a best checkpoint near the best point) of as many held-out characters as that
   share pays for, between MIN_VAL_CHARS and the default cap; where even MIN_VAL_CHARS
