@@ -83,7 +83,8 @@ def make_parser():
     p.add_argument("--export-web", metavar="DIR",
                    help="instead of generating, write a static web page to the new folder DIR that generates "
                         "text in any browser, with no server: open DIR/index.html; the sampling flags given "
-                        "(-n, --prime, --temperature, --top-k, --top-p, --argmax, --seed) fill in its form; "
+                        "(-n, --prime or --prime-file, --temperature, --top-k, --top-p, --argmax, --seed) fill "
+                        "in its form; "
                         "see web.py")
     p.add_argument("--web-weights", choices=("float32", "float16", "int8"), default="float32",
                    help="how --export-web stores the weights: float16 halves the page and int8 quarters it, "
@@ -100,8 +101,6 @@ def make_parser():
 def read_prime(args):
     if args.prime_file is None:
         return args.prime
-    if args.prime:
-        raise UserError("--prime and --prime-file are both given; pass one of them")
     try:
         if args.prime_file == "-":
             return sys.stdin.buffer.read().decode("utf-8-sig")
@@ -117,33 +116,38 @@ def read_prime(args):
 # The flags each way of running reads (dests); another flag given would do nothing, so it is refused.
 GENERATING = {"checkpoint", "checkpoint_dir", "length", "prime", "prime_file", "temperature", "top_k", "top_p",
               "argmax", "seed", "samples"}
-READS = {"list": {"list", "checkpoint_dir"},
+READS = {None: GENERATING, "list": {"list", "checkpoint_dir"},
          "eval": {"eval", "checkpoint", "checkpoint_dir"},
          "export": {"export", "checkpoint", "checkpoint_dir", "top_k", "top_p", "argmax"},
          "export_web": (GENERATING - {"samples"}) | {"export_web", "web_weights"}}
-WHY_UNUSED = {"export": " (the SavedModel's generate takes the prime, length, temperature and seed when called)",
-              "export_web": " (the page generates one sample at a time)"}
+# ... and why, where it is not plain: {mode: (the flags it explains, why)}
+WHY_UNUSED = {"export": ({"prime", "prime_file", "length", "temperature", "seed"},
+                         " (the SavedModel's generate takes the prime, length, temperature and seed when called)"),
+              "export_web": ({"samples"}, " (the page generates one sample at a time)")}
 
 
 def check_used(args, given):
     """Refuse two ways of running at once, and a flag given where it does nothing
     (--temperature with --eval: a score samples nothing)."""
-    modes = [m for m in READS if getattr(args, m) not in (None, False)]
+    modes = [m for m in READS if m and getattr(args, m) not in (None, False)]
     if len(modes) > 1:
         raise UserError(f"{', '.join('--' + m.replace('_', '-') for m in modes)} are given together; pass one of them")
     mode = modes[0] if modes else None
-    unused = sorted(given - (READS[mode] if mode else GENERATING))
+    unused = sorted(given - READS[mode])
     if unused:
+        explained, why = WHY_UNUSED.get(mode, (set(), ""))
         shown = lambda dest: "RUN_OR_CHECKPOINT" if dest == "checkpoint" else "--" + dest.replace("_", "-")
         with_what = f"with --{mode.replace('_', '-')}" if mode else "when generating"
         raise UserError(f"{', '.join(map(shown, unused))} do{'es' * (len(unused) == 1)} nothing {with_what}"
-                        f"{WHY_UNUSED.get(mode, '')}; drop {'it' if len(unused) == 1 else 'them'}")
+                        f"{why if explained.issuperset(unused) else ''}; drop {'it' if len(unused) == 1 else 'them'}")
 
 
-def check(args, given=frozenset()):
+def check(args, given):
     """Reject bad flags before TensorFlow loads; return the SamplingConfig. given: the
     flags given (given_flags)."""
     check_used(args, given)
+    if {"prime", "prime_file"} <= given:
+        raise UserError("--prime and --prime-file are both given; pass one of them")
     if args.length < 0:
         raise UserError(f"--length must be >= 0 (got {args.length})")
     if args.samples < 1:
@@ -156,8 +160,8 @@ def check(args, given=frozenset()):
     if args.seed is not None and not -2 ** 63 <= args.seed < 2 ** 63:
         raise UserError(f"--seed must fit in 64 bits (got {args.seed})")
     if args.export_web is not None and args.seed is not None and not abs(args.seed) < 2 ** 53:
-        raise UserError(f"--seed {args.seed} is too large for a web page, whose numbers are exact up to 2**53; "
-                        f"give a smaller seed")
+        raise UserError(f"--seed {args.seed} is too large for a web page, whose integers are exact below 2**53; "
+                        f"give a seed of at most {2 ** 53 - 1:,} in size")
     for name in ("export", "export_web"):
         check_new_folder("--" + name.replace("_", "-"), getattr(args, name))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -171,9 +175,12 @@ def check_new_folder(flag, directory):
         return
     if not directory.strip():
         raise UserError(f"{flag} needs the name of a new folder to write (got {directory!r})")
-    for parent in Path(directory).absolute().parents:
-        if parent.exists() and not parent.is_dir():
-            raise UserError(f"{flag} {directory}: {parent} is a file, not a folder; name a new folder elsewhere")
+    try:
+        for parent in Path(directory).absolute().parents:
+            if parent.exists() and not parent.is_dir():
+                raise UserError(f"{flag} {directory}: {parent} is a file, not a folder; name a new folder elsewhere")
+    except OSError as e:
+        raise UserError(f"{flag} {directory[:200]}: {e.strerror}; name another folder") from None
 
 
 def given_flags(argv):

@@ -131,9 +131,10 @@ def resolve(spec, checkpoint_dir="checkpoints"):
             prefix = checkpoints.latest(candidate)
             if prefix:
                 return candidate.parent, prefix
-        if candidate.is_dir() and any(candidate.glob("ckpt-*.index")) | any(candidate.glob(f"{BEST}/ckpt-*.index")):
-            raise UserError(f"{candidate} holds checkpoints but no {CONFIG}, so their model cannot be rebuilt; "
-                            f"restore {candidate / CONFIG} from a backup")
+        run = candidate.parent if candidate.name == BEST else candidate
+        if candidate.is_dir() and (any(candidate.glob("ckpt-*.index")) or any(candidate.glob(f"{BEST}/ckpt-*.index"))):
+            raise UserError(f"{candidate} holds checkpoints but {run} has no {CONFIG}, so their model cannot be "
+                            f"rebuilt; restore {run / CONFIG} from a backup")
     prefix = spec[:-6] if spec.endswith(".index") else spec
     if not Path(prefix + ".index").is_file() and Path(checkpoint_dir, prefix + ".index").is_file():
         prefix = str(Path(checkpoint_dir, prefix))  # RUN/ckpt-N, under the checkpoint folder

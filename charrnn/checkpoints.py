@@ -418,9 +418,10 @@ def restore(checkpoint, prefix, what="checkpoint", extra_ok=False, vocabulary=No
         raise UserError(f"{prefix} does not match this {what}: {first_line(e)[:300]}") from None
     except (tf.errors.OpError, ValueError) as e:
         shapes = _SHAPE_MISMATCH.search(str(e))
-        if shapes:  # a config.json edited, or copied from another run
+        if shapes:  # a config.json or vocab.json edited, or copied from another run
             raise UserError(f"{prefix} does not match this {what}: its {shapes['name']} has shape {shapes['saved']}, the "
-                            f"model's {shapes['model']}; restore the run's config.json from a backup") from None
+                            f"model's {shapes['model']}; restore the run's config.json and vocab.json from a "
+                            f"backup") from None
         raise UserError(f"{prefix} cannot be restored ({first_line(e)[:300]})") from None
 
 

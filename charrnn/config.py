@@ -66,8 +66,6 @@ class ModelConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= {low}, got {value!r}")
-        if self.layers > MAX_LAYERS:
-            raise ValueError(f"ModelConfig.layers must be at most {MAX_LAYERS}, got {self.layers}")
         if self.cell not in CELLS:
             raise ValueError(f"ModelConfig.cell must be one of {CELLS}, got {self.cell!r}")
         for name in ("dropout", "weight_drop"):
@@ -166,9 +164,10 @@ class TrainConfig:
         """--max-time in seconds, or None when the run has no time limit."""
         return parse_duration(self.max_time) if self.max_time else None
 
-    def check(self) -> "TrainConfig":
+    def check(self, saved=False) -> "TrainConfig":
         """Reject values that would only fail later, naming the flag. The values may come
-        from a run's config.json, so their types are checked too."""
+        from a run's config.json (saved), so their types are checked too; a run saved
+        before MAX_LAYERS is not refused by it."""
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), _KINDS.get(f.type)
             if kind is not None and not kind[0](value):
@@ -197,7 +196,7 @@ class TrainConfig:
             raise UserError(f"--lr and --clip-norm must be > 0 (got {self.lr}, {self.clip_norm})")
         if self.lr == math.inf:
             raise UserError("--lr must be finite (got inf); Adam's rate is a few thousandths, such as 0.003")
-        if self.layers > MAX_LAYERS:
+        if self.layers > MAX_LAYERS and not saved:
             raise UserError(f"--layers must be at most {MAX_LAYERS} (got {self.layers}): deeper stacks take "
                             f"minutes to build and train no better; use 2 to 4")
         try:  # the vocabulary is not known yet: the smallest one, so no model that fits is refused
@@ -292,8 +291,9 @@ class SamplingConfig:
 
     def check(self):
         """Raise UserError naming the flag at fault."""
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be > 0 (got {self.temperature}); use --argmax for greedy text")
+        if not 0 < self.temperature < math.inf:
+            raise UserError(f"--temperature must be a number > 0 (got {self.temperature}); use --argmax for "
+                            f"greedy text")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1] (got {self.top_p})")
         if self.top_k is not None and self.top_k < 1:

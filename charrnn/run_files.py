@@ -75,7 +75,7 @@ def model_config(run_dir, config, vocab=None):
     """The ModelConfig of a run's config.json contents, checked: against the run's
     Vocabulary when given, and that its weights fit in this machine's memory, before anything is built."""
     where = Path(run_dir) / CONFIG
-    if not isinstance(config.get("model"), dict):
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise UserError(f"{where} has no model section; restore it from a backup")
     try:
         model = ModelConfig.from_json(config["model"])

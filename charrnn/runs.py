@@ -201,7 +201,7 @@ def _merge(source, saved, vocab, cfg, given):
         training = {**training, "max_time": cfg.max_time}
     try:
         merged = TrainConfig(**{k: v for k, v in training.items() if k in known and k not in PER_PROCESS})
-        merged.check()
+        merged.check(saved=True)
     except (TypeError, ValueError, UserError) as e:
         raise UserError(f"{where}: a saved value is not valid ({e}); restore the file from a backup") from None
     for name in given:

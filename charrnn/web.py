@@ -41,7 +41,6 @@ from charrnn.errors import UserError
 
 ASSETS = Path(__file__).with_name("webpage")
 STORAGE = ("float32", "float16", "int8")
-SAMPLING = ("prime", "length", "temperature", "topK", "topP", "argmax", "seed")  # the page's options (charrnn.js)
 FORMAT = "charrnn-web/1"
 
 
@@ -75,7 +74,7 @@ def dequantize(stored, entry):
 
 def manifest(model, vocab, info, weights, sampling=None):
     """The page's model.json: the configuration, the vocabulary, what is shown about the run,
-    and the sampling options the page starts with (SAMPLING's keys; those not given keep the page's)."""
+    and the sampling options the page starts with (charrnn.js's option names; the others keep the page's)."""
     c = model.config
     return {
         "format": FORMAT,
@@ -129,6 +128,7 @@ def write_page(model, vocab, info, directory, storage="float32", sampling=None):
     weights = stored_weights(model, storage)
     data = b"".join(np.ascontiguousarray(w).astype(w.dtype.newbyteorder("<")).tobytes() for _, w, _ in weights)
     model_json = manifest(model, vocab, info, weights, sampling)
+    html = page(model_json, data)  # before anything is written: a value JSON cannot hold is refused here
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -138,7 +138,7 @@ def write_page(model, vocab, info, directory, storage="float32", sampling=None):
         (staging / "weights.bin").write_bytes(data)
         (staging / "model.json").write_text(json.dumps(model_json, ensure_ascii=False, indent=1), encoding="utf-8")
         shutil.copy(ASSETS / "charrnn.js", staging / "charrnn.js")
-        (staging / "index.html").write_text(page(model_json, data), encoding="utf-8")
+        (staging / "index.html").write_text(html, encoding="utf-8")
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the page from a web server
         if target.exists():
             target.rmdir()  # empty, checked above
@@ -152,7 +152,7 @@ def write_page(model, vocab, info, directory, storage="float32", sampling=None):
 
 def export_web(model, vocab, run_dir, prefix, directory, storage="float32", sampling=None):
     """rnn_play.py --export-web: the page of the checkpoint at prefix (catalog.load_for_generation),
-    starting with the sampling options given ({key of SAMPLING: value})."""
+    starting with the sampling options given ({charrnn.js option: value})."""
     from charrnn import checkpoints  # TensorFlow: not needed by write_page's callers
     step, best = checkpoints.progress_of(prefix)
     info = run_info(run_dir, prefix, step, best if best < checkpoints.NOT_VALIDATED else None)

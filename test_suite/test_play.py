@@ -269,7 +269,7 @@ class TestPlay(unittest.TestCase):
         not_a_checkpoint = os.path.join(self.tmp, "corpus", "part0.txt")
         cases = [(["--checkpoint-dir", empty], "no trained checkpoint found.*rnn_train.py --preset quick"),
                  ([not_a_checkpoint, "--checkpoint-dir", self.ck], ".*part0.txt is not a run name"),
-                 (["--checkpoint-dir", self.ck, "--temperature", "0"], "--temperature must be > 0"),
+                 (["--checkpoint-dir", self.ck, "--temperature", "0"], "--temperature must be a number > 0"),
                  (["--checkpoint-dir", self.ck, "--top-p", "0"], "--top-p"),
                  (["--checkpoint-dir", self.ck, "--top-p", "1.5"], "--top-p"),
                  (["--checkpoint-dir", self.ck, "--top-k", "0"], "--top-k must be >= 1"),
@@ -287,6 +287,14 @@ class TestPlay(unittest.TestCase):
                  (["--checkpoint-dir", self.ck, "--list", "second"], "RUN_OR_CHECKPOINT does nothing with --list"),
                  (["--checkpoint-dir", self.ck, "--eval", "x", "--export-web", "y"],
                   "--eval, --export-web are given together; pass one of them"),
+                 (["--checkpoint-dir", self.ck, "--export-web", "x", "--temperature", "inf"],
+                  r"--temperature must be a number > 0 \(got inf\)"),
+                 (["--checkpoint-dir", self.ck, "--export-web", "n" * 300 + "/page"], r"--export-web n+: File name too long"),
+                 (["--checkpoint-dir", self.ck, "--prime", "", "--prime-file", "x"], "--prime and --prime-file are both"),
+                 (["--checkpoint-dir", self.ck, "--export", "x", "--web-weights", "int8"],
+                  r"--web-weights does nothing with --export; drop it"),
+                 (["--checkpoint-dir", self.ck, "--export-web", "page", "--seed", str(2 ** 53)],
+                  "--seed 9007199254740992 is too large for a web page"),
                  (["--checkpoint-dir", self.ck, "--export-web", "page", "--seed", str(2 ** 60)],
                   "--seed 1152921504606846976 is too large for a web page")]
         for argv, message in cases:

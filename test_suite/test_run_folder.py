@@ -50,8 +50,9 @@ class SavedConfigTest(RunCopyTest):
                               (model(lambda m: m.update(vocab_size=m["vocab_size"] + 1)),
                                r"vocab\.json has \d+ symbols but \S+/config\.json says vocab_size"),
                               (units, r"ckpt-\d+ does not match this (run|model .*): its \S+ has shape \(16, \d+\), "
-                                      r"the model's \(32, \d+\); restore the run's config\.json"),
-                              (None, r"\S+/r holds checkpoints but no config\.json, so their model cannot be rebuilt")):
+                                      r"the model's \(32, \d+\); restore the run's config\.json and vocab\.json"),
+                              (None, r"\S+/r holds checkpoints but \S+/r has no config\.json, so their model cannot be rebuilt; "
+                                     r"restore \S+/r/config\.json")):
             with self.subTest(message=message):
                 shutil.rmtree(os.path.join(self.ck, "r"), ignore_errors=True)
                 self.copy()
@@ -67,6 +68,13 @@ class SavedConfigTest(RunCopyTest):
                 self.assertEqual((code, err.count("\n")), (2, 1), err)
                 self.assertRegex(err, message)
                 self.assertEqual(sorted(os.listdir(os.path.join(self.ck, "r"))), before)  # nothing written
+
+    def test_a_config_that_is_not_a_json_object_is_listed_as_unreadable(self):
+        self.copy()
+        write(os.path.join(self.ck, "r", run_files.CONFIG), "[]")
+        code, out, err = play("--list", "--checkpoint-dir", self.ck)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"^r +cannot be read: \S+/config\.json has no model section")
 
     @unittest.skipIf(config.physical_memory() is None, "this system does not tell its memory size")
     def test_a_model_too_large_for_memory_is_refused_at_once_before_it_is_built(self):

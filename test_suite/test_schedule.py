@@ -87,6 +87,7 @@ class LearningRateTest(unittest.TestCase):
                               (["--layers", "100000", "--units", "8"], r"--layers must be at most 32 \(got 100000\)")):
             with self.subTest(argv=argv), self.assertRaisesRegex(UserError, pattern):
                 rnn_train.parse(argv)
+        TrainConfig(layers=33, units=8).check(saved=True)  # a run saved before the cap still reads
         for text, seconds in (("90s", 90), ("10m", 600), ("1h30m", 5400), ("2h", 7200), ("1.5m", 90)):
             self.assertEqual(rnn_train.parse(["--max-time", text])[0].max_seconds, seconds)
 

@@ -314,7 +314,8 @@ class TestWebWriter(unittest.TestCase):
         vocab = Vocabulary("ab")
         model = random_model(vocab, layers=1, units=4)
         with tempfile.TemporaryDirectory() as tmp:
-            with mock.patch.object(web, "page", side_effect=OSError(28, "No space left on device")):
+            # the third file of four fails, after two are written
+            with mock.patch.object(web.shutil, "copy", side_effect=OSError(28, "No space left on device")):
                 with self.assertRaisesRegex(UserError, r"--export-web .*No space left on device"):
                     web.write_page(model, vocab, INFO, os.path.join(tmp, "page"))
             self.assertEqual(os.listdir(tmp), [])

@@ -22,9 +22,10 @@
   $("vocabulary").textContent = `${model.vocabulary.length} symbols: ` + model.vocabulary.map(show).join(" ");
 
   // The options given to rnn_play.py --export-web start the form (as values, never as markup).
+  const given = (key) => Object.prototype.hasOwnProperty.call(model.sampling, key);
   const inputs = {prime: "prime", length: "length", temperature: "temperature", topK: "top-k", topP: "top-p", seed: "seed"};
-  for (const [key, id] of Object.entries(inputs)) if (Object.hasOwn(model.sampling, key)) $(id).value = String(model.sampling[key]);
-  if (Object.hasOwn(model.sampling, "argmax")) $("argmax").checked = model.sampling.argmax === true;
+  for (const [key, id] of Object.entries(inputs)) if (given(key)) $(id).value = String(model.sampling[key]);
+  if (given("argmax")) $("argmax").checked = model.sampling.argmax === true;
 
   let running = null;  // the stream being shown, until it ends or Stop
   function options() {
