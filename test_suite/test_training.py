@@ -538,7 +538,7 @@ class TestWhatTheUserSees(unittest.TestCase):
 
     def test_help_and_bad_flags_answer_before_tensorflow_loads(self):
         code = ("import sys, rnn_train, rnn_play; rnn_train.parse(['--layers', '2']); "
-                "rnn_play.check(rnn_play.make_parser().parse_args(['-n', '5'])); print('tensorflow' in sys.modules)")
+                "rnn_play.check(rnn_play.make_parser().parse_args(['-n', '5']), rnn_play.given_flags(['-n', '5'])); print('tensorflow' in sys.modules)")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         self.assertEqual(r.stdout.strip(), "False", r.stderr)
         for script in ("rnn_train.py", "rnn_play.py"):
