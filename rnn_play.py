@@ -32,8 +32,9 @@ FLUSH_SECONDS = 0.05
 MAX_SAMPLES = 10_000  # --samples are one batch: its states and logits are held in memory at once
 # The flags a web page starts its form with (its option names, charrnn/webpage/charrnn.js):
 # those given with --export-web, the others keep the page's own defaults.
-WEB_OPTIONS = {"prime": "prime", "prime_file": "prime", "length": "length", "temperature": "temperature",
-               "top_k": "topK", "top_p": "topP", "argmax": "argmax", "seed": "seed"}
+# --prime and --prime-file both fill in its prime (read_prime).
+WEB_OPTIONS = {"length": "length", "temperature": "temperature", "top_k": "topK", "top_p": "topP",
+               "argmax": "argmax", "seed": "seed"}
 PROGRESS_DELAY = 1.0  # seconds before a progress bar shows: none for what is quick
 
 
@@ -124,6 +125,8 @@ READS = {None: GENERATING, "list": {"list", "checkpoint_dir"},
 WHY_UNUSED = {"export": ({"prime", "prime_file", "length", "temperature", "seed"},
                          " (the SavedModel's generate takes the prime, length, temperature and seed when called)"),
               "export_web": ({"samples"}, " (the page generates one sample at a time)")}
+# What --argmax leaves unread where it is fixed (the page's form can untick it, so there they are kept).
+GREEDY_UNUSED = {None: {"temperature", "top_k", "top_p", "seed"}, "export": {"top_k", "top_p"}}
 
 
 def check_used(args, given):
@@ -134,6 +137,11 @@ def check_used(args, given):
         raise UserError(f"{', '.join('--' + m.replace('_', '-') for m in modes)} are given together; pass one of them")
     mode = modes[0] if modes else None
     unused = sorted(given - READS[mode])
+    greedy = sorted(given & GREEDY_UNUSED.get(mode, set())) if args.argmax else []
+    if greedy and not unused:
+        raise UserError(f"{', '.join('--' + d.replace('_', '-') for d in greedy)} do{'es' * (len(greedy) == 1)} "
+                        f"nothing with --argmax, which always takes the most likely character; drop "
+                        f"{'it' if len(greedy) == 1 else 'them'} or --argmax")
     if unused:
         explained, why = WHY_UNUSED.get(mode, (set(), ""))
         shown = lambda dest: "RUN_OR_CHECKPOINT" if dest == "checkpoint" else "--" + dest.replace("_", "-")
@@ -194,7 +202,7 @@ def given_flags(argv):
 def web_options(args, given, prime):
     """The page's starting options ({charrnn.js option: value}) from the sampling flags given."""
     options = {WEB_OPTIONS[name]: getattr(args, name) for name in given & WEB_OPTIONS.keys()}
-    if "prime" in options:
+    if given & {"prime", "prime_file"}:
         options["prime"] = prime
     return options
 
