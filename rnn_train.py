@@ -284,7 +284,8 @@ def quality_recipe(cfg, argv, resume, started=None):
                                     lambda units: recipe.measure_speed(cfg, vocab, units), wider="units" not in typed)
     chosen = {k: v for k, v in choice.flags.items() if k not in typed}
     kept = ", ".join(f"{flag(k)} {typed[k]}" for k in choice.flags if k in typed)
-    print(f"recipe: {choice.reason}" + (f" (kept as given: {kept})" if kept else ""), file=sys.stderr)
+    print(f"recipe: {choice.reason}" + (f" (given, so kept in place of the recipe's: {kept})" if kept else ""),
+          file=sys.stderr)
     return dataclasses.replace(cfg, **chosen).check()
 
 

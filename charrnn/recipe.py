@@ -34,7 +34,8 @@ grid it comes from):
   OVERFIT_WEIGHT_DECAY where it does (at 14 passes, 2x384 with dropout 0.15 ended 0.030
   lower with 0.5 than with 0.1, 0.024 lower than with 0.9);
 - the learning rate falls as the width grows, LR_UNITS / units, and rises with the steps
-  past LR_STEPS, to at most MAX_LR (at 2,000 steps 2x256 ended best at 0.005 among 0.003,
+  past LR_STEPS, to at most MAX_LR, or REREAD_MAX_LR where the run reads its text
+  REREAD_PASSES times or more (at 2,000 steps 2x256 ended best at 0.005 among 0.003,
   0.005 and 0.008; at 2,300 steps 2x512 ended better at 0.003 than at 0.005, at 7,051
   better at 0.005 than at 0.0035 and 0.0025; at 3,850 steps 2x384 ended 0.011 lower at
   0.005 than at 0.0036; 0.007 against 0.005: 0.015 lower for 2x256 at 3,700 steps and
@@ -74,6 +75,8 @@ OVERFIT_WEIGHT_DECAY = 0.5  # ... and where it does (docs/recipe.md)
 LR_UNITS = 0.005 * 256     # the learning rate x the units: 0.005 at 2x256, 0.0025 at 2x512 (docs/recipe.md)
 LR_STEPS = 2500            # ... for runs of up to these steps; a longer run takes a rate as many times higher
 MAX_LR = 0.007             # ... up to this (docs/recipe.md)
+REREAD_MAX_LR = 0.009      # ... or this, for a run that reads its text at least REREAD_PASSES times
+REREAD_PASSES = 5.0        # (0.009 ended lower at 5.5 and 30 passes, higher at 0.5: docs/recipe.md)
 VALIDATION_SHARE = 0.05    # of the budget
 VALIDATIONS = 10           # in a run: the best checkpoint is within a tenth of the run of the best point
 MIN_VALIDATIONS = 4        # on a slow machine, fewer, but enough to keep a best checkpoint
@@ -145,7 +148,7 @@ def choose(train_chars, valid_chars, seconds, speeds, vocab=100, assumed=False):
     eval_chars_s = EVAL_SPEEDUP * chars_s
     dropout, weight_decay = regularisation_for(passes, weights_per_char, units)
     flags = dict(layers=LAYERS, units=units, embedding=EMBEDDING, batch_size=BATCH, seqlen=SEQLEN,
-                 lr=lr_for(units, planned), dropout=dropout, weight_decay=weight_decay,
+                 lr=lr_for(units, planned, passes), dropout=dropout, weight_decay=weight_decay,
                  **validation_for(planned, valid_chars, seconds, eval_chars_s))
     read = min(flags["val_chars"], valid_chars)
     share = (planned / flags["val_every"] + 1) * read / eval_chars_s / seconds
@@ -176,9 +179,11 @@ def choose_measured(train_chars, valid_chars, vocab, seconds_left, measure, wide
     return choice
 
 
-def lr_for(units, steps):
-    """Adam's peak learning rate for a GRU of these units trained for these steps."""
-    return round(min(MAX_LR, LR_UNITS / units * max(1.0, steps / LR_STEPS)), 5)
+def lr_for(units, steps, passes=1.0):
+    """Adam's peak learning rate for a GRU of these units trained for these steps, which
+    read its text this many times."""
+    cap = REREAD_MAX_LR if passes >= REREAD_PASSES else MAX_LR
+    return round(min(cap, LR_UNITS / units * max(1.0, steps / LR_STEPS)), 5)
 
 
 def dropout_for(passes, weights_per_char):

@@ -108,6 +108,14 @@ class RecipeTest(unittest.TestCase):
         self.assertEqual(rates[3:], [recipe.MAX_LR, recipe.MAX_LR])
         self.assertEqual(recipe.lr_for(256, 50_000), recipe.MAX_LR)
 
+    def test_a_text_read_many_times_takes_a_higher_cap(self):
+        self.assertEqual(recipe.lr_for(512, 50_000, passes=recipe.REREAD_PASSES), recipe.REREAD_MAX_LR)
+        self.assertEqual(recipe.lr_for(512, 50_000, passes=recipe.REREAD_PASSES - 1), recipe.MAX_LR)
+        self.assertEqual(recipe.lr_for(512, 2_000, passes=30), 0.0025)  # the cap only: not the rate below it
+        small, large = choose(1.1, 30, 30_000).flags, choose(50, 30, 30_000).flags
+        self.assertEqual((small["units"], small["lr"]), (512, recipe.REREAD_MAX_LR))  # 51 passes of 12,305 steps
+        self.assertEqual((large["units"], large["lr"]), (512, recipe.MAX_LR))  # the same steps: 1.1 passes
+
     def test_validation_takes_about_its_share_of_the_budget(self):
         cases = [(megabytes, minutes, chars_s) for megabytes in (0.3, 1.1, 16, 50) for minutes in (2, 10, 30)
                  for chars_s in (700, 4_000, 17_000, 27_000)]
@@ -212,7 +220,7 @@ class PresetTest(unittest.TestCase):
             self.assertEqual(printed, f"recipe: {expected.reason}\n")
             cfg, printed = self.adapted(["--preset", "quality", "--data", data, "--units", "128", "--dropout", "0"])
             self.assertEqual((cfg.units, cfg.dropout), (128, 0.0))  # typed flags win
-            self.assertIn("(kept as given: --units 128, --dropout 0.0)", printed)
+            self.assertIn("(given, so kept in place of the recipe's: --units 128, --dropout 0.0)", printed)
             for argv, resume in ((["--preset", "quality", "--data", data], ""), (["--preset", "quick"], None)):
                 cfg, printed = self.adapted(argv, resume)  # a resumed run keeps its saved choice
                 self.assertEqual((cfg, printed), (rnn_train.parse(argv)[0], ""))
