@@ -178,15 +178,19 @@ def check(args, given):
 
 def check_new_folder(flag, directory):
     """Refuse, before TensorFlow loads, a folder that an export could not be written to:
-    no name, or one under a file (export.py and web.py refuse a folder that is not empty)."""
+    no name, one under a file, or one that exists and is not empty (the export is renamed
+    into place, so a folder filled meanwhile fails that rename: nothing in it is lost)."""
     if directory is None:
         return
     if not directory.strip():
         raise UserError(f"{flag} needs the name of a new folder to write (got {directory!r})")
+    target = Path(directory)
     try:
-        for parent in Path(directory).absolute().parents:
+        for parent in target.absolute().parents:
             if parent.exists() and not parent.is_dir():
                 raise UserError(f"{flag} {directory}: {parent} is a file, not a folder; name a new folder elsewhere")
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise UserError(f"{flag} {directory}: exists and is not an empty folder; name a new folder")
     except OSError as e:
         raise UserError(f"{flag} {directory[:200]}: {e.strerror}; name another folder") from None
 

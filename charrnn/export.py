@@ -65,15 +65,13 @@ class ExportedGenerator(tf.Module):
 
 
 def export(model, vocab, run_dir, sampling: SamplingConfig, directory):
-    """Write the SavedModel to directory, which must not exist or be empty.
+    """Write the SavedModel to directory, which must not exist or be empty (rnn_play.py
+    checks; a folder that is not empty fails the rename, unchanged).
 
     It is written into a temporary folder beside directory, then renamed into place:
     a failure (a full disk) leaves nothing behind.
     """
     target = Path(directory)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"--export {directory}: exists and is not an empty folder; "
-                        f"name a new folder (nothing was written)")
     module = ExportedGenerator(model, vocab, sampling)
     made = [p for p in reversed(target.absolute().parents) if not p.exists()]  # removed again on failure
     partial = None

@@ -115,7 +115,8 @@ def run_info(run_dir, prefix, step, best_validation_loss):
 
 
 def write_page(model, vocab, info, directory, storage="float32", sampling=None):
-    """Write the page folder at directory, which must not exist or be an empty folder;
+    """Write the page folder at directory, which must not exist or be an empty folder
+    (rnn_play.py checks; a folder that is not empty fails the rename, unchanged);
     sampling: the options the page starts with (manifest).
 
     Everything is written into a temporary folder beside it and renamed into
@@ -123,8 +124,6 @@ def write_page(model, vocab, info, directory, storage="float32", sampling=None):
     """
     target = Path(directory)
     flag = "--export-web"
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"{flag} {directory}: exists and is not an empty folder; name a new folder (nothing was written)")
     weights = stored_weights(model, storage)
     data = b"".join(np.ascontiguousarray(w).astype(w.dtype.newbyteorder("<")).tobytes() for _, w, _ in weights)
     model_json = manifest(model, vocab, info, weights, sampling)
@@ -141,7 +140,7 @@ def write_page(model, vocab, info, directory, storage="float32", sampling=None):
         (staging / "index.html").write_text(html, encoding="utf-8")
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the page from a web server
         if target.exists():
-            target.rmdir()  # empty, checked above
+            target.rmdir()  # only if empty
         staging.rename(target)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)

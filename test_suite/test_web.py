@@ -322,3 +322,14 @@ class TestWebWriter(unittest.TestCase):
             folder = web.write_page(model, vocab, INFO, os.path.join(tmp, "page"))
             self.assertEqual(sorted(os.listdir(folder)), ["charrnn.js", "index.html", "model.json", "weights.bin"])
             self.assertEqual(os.listdir(tmp), ["page"])
+
+    def test_a_folder_filled_before_the_rename_is_left_as_it_is(self):
+        vocab = Vocabulary("ab")
+        model = random_model(vocab, layers=1, units=4)
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "page").mkdir()
+            Path(tmp, "page", "mine.txt").write_text("keep")
+            with self.assertRaisesRegex(UserError, r"--export-web .*page: cannot write .*nothing was written"):
+                web.write_page(model, vocab, INFO, os.path.join(tmp, "page"))
+            self.assertEqual(sorted(os.listdir(tmp)), ["page"])
+            self.assertEqual(Path(tmp, "page", "mine.txt").read_text(), "keep")
