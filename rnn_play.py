@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from charrnn.cli import ArgumentParser, first_run
-from charrnn.config import SamplingConfig
+from charrnn.config import SamplingConfig, flag
 from charrnn.errors import UserError, safe_console
 
 FLUSH_SECONDS = 0.05
@@ -134,20 +134,23 @@ def check_used(args, given):
     (--temperature with --eval: a score samples nothing)."""
     modes = [m for m in READS if m and getattr(args, m) not in (None, False)]
     if len(modes) > 1:
-        raise UserError(f"{', '.join('--' + m.replace('_', '-') for m in modes)} are given together; pass one of them")
+        raise UserError(f"{', '.join(map(flag, modes))} are given together; pass one of them")
     mode = modes[0] if modes else None
     unused = sorted(given - READS[mode])
-    greedy = sorted(given & GREEDY_UNUSED.get(mode, set())) if args.argmax else []
-    if greedy and not unused:
-        raise UserError(f"{', '.join('--' + d.replace('_', '-') for d in greedy)} do{'es' * (len(greedy) == 1)} "
-                        f"nothing with --argmax, which always takes the most likely character; drop "
-                        f"{'it' if len(greedy) == 1 else 'them'} or --argmax")
     if unused:
         explained, why = WHY_UNUSED.get(mode, (set(), ""))
-        shown = lambda dest: "RUN_OR_CHECKPOINT" if dest == "checkpoint" else "--" + dest.replace("_", "-")
-        with_what = f"with --{mode.replace('_', '-')}" if mode else "when generating"
-        raise UserError(f"{', '.join(map(shown, unused))} do{'es' * (len(unused) == 1)} nothing {with_what}"
-                        f"{why if explained.issuperset(unused) else ''}; drop {'it' if len(unused) == 1 else 'them'}")
+        raise does_nothing(unused, (f"with {flag(mode)}" if mode else "when generating")
+                           + (why if explained.issuperset(unused) else ""))
+    greedy = sorted(given & GREEDY_UNUSED.get(mode, set())) if args.argmax else []
+    if greedy:
+        raise does_nothing(greedy, "with --argmax, which always takes the most likely character", " or --argmax")
+
+
+def does_nothing(dests, where, or_drop=""):
+    """The error for flags (dests) given where they do nothing."""
+    names = ", ".join("RUN_OR_CHECKPOINT" if dest == "checkpoint" else flag(dest) for dest in dests)
+    one = len(dests) == 1
+    return UserError(f"{names} do{'es' * one} nothing {where}; drop {'it' if one else 'them'}{or_drop}")
 
 
 def check(args, given):
@@ -171,7 +174,7 @@ def check(args, given):
         raise UserError(f"--seed {args.seed} is too large for a web page, whose integers are exact below 2**53; "
                         f"give a seed of at most {2 ** 53 - 1:,} in size")
     for name in ("export", "export_web"):
-        check_new_folder("--" + name.replace("_", "-"), getattr(args, name))
+        check_new_folder(flag(name), getattr(args, name))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     return SamplingConfig(args.temperature, args.top_k, args.top_p, args.argmax, seed).check()
 

@@ -277,7 +277,7 @@ def parse_duration(text) -> float:
 
 
 def flag(name):
-    """The command-line flag of a TrainConfig field: batch_size -> --batch-size."""
+    """The command-line flag of a TrainConfig field or an argparse dest: batch_size -> --batch-size."""
     return "--" + name.replace("_", "-")
 
 
